@@ -1,0 +1,226 @@
+"""The LightningModule: one classifier that takes its net, loss, optimizer and scheduler from config.
+
+The training step is written for speed (see docs/performance.md):
+- manual optimization, so the whole step (forward, loss, backward, optimizer step) is one
+  function that can be captured as a CUDA graph (``cuda_graph.py``);
+- no host sync inside the step: each step's loss is stored into a device buffer, and the
+  buffer is written to TensorBoard (one value per step, with its global step) at epoch end;
+- the loss is checked for NaN/inf every ``check_every`` steps, so a diverging run stops
+  within the epoch, at the cost of one host sync per ``check_every`` steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from mnist_lab.cuda_graph import GraphStep, graph_optimizer_kwargs, graph_unsupported_reason
+
+# Schedulers that move the learning rate every optimizer step; the others move it per epoch.
+PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
+
+
+class Classifier(L.LightningModule):
+    """Image classifier for a study run.
+
+    Args:
+        net: maps images (B, 1, 28, 28) to logits (B, 10).
+        loss: ``loss(logits, labels)`` -> scalar tensor.
+        optimizer: ``optimizer(params)`` -> torch optimizer (a Hydra partial).
+        scheduler: ``scheduler(optimizer)`` -> lr scheduler, or None.
+        cuda_graph: "auto" (capture on CUDA when possible), "on" (fail if not), or "off".
+        check_every: steps between NaN/inf checks of the training loss.
+        config: the run's resolved config, stored in checkpoints so ``evaluate`` can rebuild it.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        cuda_graph: str = "auto",
+        check_every: int = 50,
+        config: dict | None = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.save_hyperparameters({"config": config or {}})
+        self.net, self.loss = net, loss
+        self.make_optimizer, self.make_scheduler = optimizer, scheduler
+        self.cuda_graph, self.check_every = cuda_graph, check_every
+        self.graph_step: GraphStep | None = None
+        self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
+        self.val_acc, self.test_acc = (
+            MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
+            for _ in range(2)
+        )
+        self.history: dict[str, list[float]] = {
+            k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+        }
+        self.diverged_at: int | None = None  # global step of the first NaN/inf loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # ------------------------------------------------------------------ optimizers
+
+    def configure_optimizers(self):
+        use_graph = self._wants_graph()
+        kwargs = graph_optimizer_kwargs(self.make_optimizer) if use_graph else {}
+        optimizer = self.make_optimizer(self.parameters(), **kwargs)
+        if not self.make_scheduler:
+            return optimizer
+        if use_graph:  # a captured step reads lr from the device, so lr must be a tensor there
+            for group in optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        if isinstance(self.make_scheduler, functools.partial) and issubclass(
+            self.make_scheduler.func, PER_STEP_SCHEDULERS
+        ):  # one-cycle needs the run's length in steps
+            scheduler = self.make_scheduler(
+                optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+            )
+        else:
+            scheduler = self.make_scheduler(optimizer)
+        return [optimizer], [scheduler]
+
+    def _wants_graph(self) -> bool:
+        if self.cuda_graph == "off" or self.device.type != "cuda":
+            return False
+        return graph_unsupported_reason(self) is None
+
+    # ------------------------------------------------------------------ training
+
+    def on_train_start(self) -> None:
+        reason = graph_unsupported_reason(self)
+        if self.cuda_graph == "on" and reason:
+            raise ValueError(f"trainer.cuda_graph=on but {reason}; use trainer.cuda_graph=auto.")
+        self.use_graph = self.cuda_graph != "off" and reason is None
+        if self.device.type == "cuda" and self.cuda_graph != "off" and reason:
+            self.print(f"CUDA graph off: {reason}; using the eager step.")
+        scheduler = self.lr_schedulers()
+        self.per_step_scheduler = scheduler if isinstance(scheduler, PER_STEP_SCHEDULERS) else None
+
+    def on_train_epoch_start(self) -> None:
+        n = self.trainer.num_training_batches
+        self.step_losses = torch.zeros(n, device=self.device)
+        self.train_correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self.train_seen = 0
+        self.checked_up_to = 0
+        self.first_step = self.trainer.global_step  # optimizer steps done before this epoch
+        self.epoch_started = time.perf_counter()
+
+    def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss, backward, optimizer step. Returns (loss, number correct), on device."""
+        optimizer = self.optimizers().optimizer
+        logits = self.net(x)
+        loss = self.loss(logits, y)
+        optimizer.zero_grad(set_to_none=self.graph_step is None)  # a graph holds the .grad tensors
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        if self.use_graph and self.graph_step is None:
+            self.graph_step = GraphStep(self, x, y)
+        if self.graph_step is not None and len(x) == self.graph_step.batch_size:
+            loss, correct = self.graph_step(x, y)
+        else:
+            loss, correct = self.eager_step(x, y)
+        self.step_losses[batch_idx] = loss
+        self.train_correct += correct
+        self.train_seen += len(y)
+        self._count_optimizer_step()
+        if self.per_step_scheduler is not None:
+            self.per_step_scheduler.step()
+        if (batch_idx + 1) % self.check_every == 0:
+            self._check_finite(batch_idx + 1)
+
+    def _count_optimizer_step(self) -> None:
+        # We step the raw optimizer (or replay a graph), so tell Lightning a step happened:
+        # global_step, max_steps and checkpoint names depend on it.
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def _check_finite(self, up_to: int) -> None:
+        window = self.step_losses[self.checked_up_to : up_to]
+        self.checked_up_to = up_to
+        if bool(torch.isfinite(window).all()):
+            return
+        first_bad = int((~torch.isfinite(window)).nonzero()[0])
+        self.diverged_at = self.first_step + up_to - len(window) + first_bad + 1
+        self.print(f"loss became {window[first_bad].item()} at step {self.diverged_at}: stopping.")
+        self.trainer.should_stop = True
+
+    def on_train_epoch_end(self) -> None:
+        n_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if self.diverged_at is None:
+            self._check_finite(n_done)
+        losses = self.step_losses[:n_done]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_time = time.perf_counter() - self.epoch_started
+        self._write_step_losses(losses.cpu())
+        scheduler = self.lr_schedulers()
+        lr = float(self.optimizers().optimizer.param_groups[0]["lr"])
+        metrics = self.trainer.callback_metrics
+        row = {
+            "train_loss": float(losses.mean()) if n_done else math.nan,
+            "train_acc": float(self.train_correct) / max(self.train_seen, 1),
+            "val_loss": float(metrics.get("val/loss", math.nan)),
+            "val_acc": float(metrics.get("val/acc", math.nan)),
+            "lr": lr,
+            "epoch_time_s": epoch_time,
+        }
+        for key, value in row.items():
+            self.history[key].append(value)
+        self.log_dict(
+            {"train/loss_epoch": row["train_loss"], "train/acc": row["train_acc"], "lr": lr,
+             "epoch_time_s": epoch_time},
+            on_epoch=True,
+        )  # fmt: skip
+        if scheduler is not None and not isinstance(scheduler, PER_STEP_SCHEDULERS):
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(row["val_acc"])
+            else:
+                scheduler.step()
+
+    def _write_step_losses(self, losses: torch.Tensor) -> None:
+        """Every step's loss, as ``train/loss`` at its global step, written once per epoch."""
+        writer = getattr(self.logger, "experiment", None) if self.logger else None
+        if writer is None or not hasattr(writer, "add_scalar"):
+            return
+        first = self.first_step + 1
+        for i, value in enumerate(losses.tolist()):
+            writer.add_scalar("train/loss", value, first + i)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy) -> None:
+        x, y = batch
+        logits = self.net(x)
+        # MeanMetric with nan_strategy="disable" ignores weights: expand so each image counts once.
+        loss_metric.update(self.loss(logits, y).expand(len(y)))
+        acc_metric.update(logits, y)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_loss, self.val_acc)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({"val/loss": self.val_loss, "val/acc": self.val_acc}, prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_loss, self.test_acc)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({"test/loss": self.test_loss, "test/acc": self.test_acc})

@@ -1,0 +1,193 @@
+"""MNIST as device-resident tensors, batched by indexing a seeded permutation on the device.
+
+The whole dataset (70,000 images, ~220 MB as float32) is moved to the training device once and
+normalized there; each batch is ``x[perm[i:i+b]]``. No per-sample Python, no PIL, no worker
+processes: the same code runs on CPU and GPU. ``python -m mnist_lab.data [DATA_DIR]`` fetches
+the files and says where they came from.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from mnist_lab import mnist_files
+
+MEAN, STD = 0.1307, 0.3081
+TRAIN_SIZE = 60_000
+
+# Parsed and normalized tensors per (data_dir, device): a sweep running many jobs in one
+# process moves MNIST to the device once, not once per job.
+_DEVICE_CACHE: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+
+
+def device_tensors(data_dir: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """Normalized images (N, 1, 28, 28) float32 and int64 labels, resident on ``device``."""
+    key = (str(Path(data_dir).resolve()), str(device))
+    if key not in _DEVICE_CACHE:
+        arrays = mnist_files.load_arrays(data_dir)
+        tensors = {}
+        for split in ("train", "test"):
+            images = arrays[f"{split}_images"].to(device, non_blocking=True)
+            tensors[f"{split}_x"] = ((images.float() / 255 - MEAN) / STD).unsqueeze(1)
+            tensors[f"{split}_y"] = arrays[f"{split}_labels"].to(device).long()
+        _DEVICE_CACHE.clear()  # keep one copy: a new data_dir or device replaces the old one
+        _DEVICE_CACHE[key] = tensors
+    return _DEVICE_CACHE[key]
+
+
+def split_indices(val_size: int | float, split_seed: int, total: int = TRAIN_SIZE):
+    """Train and validation row indices into the official training set."""
+    n_val = round(val_size * total) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    if not 0 < n_val < total:
+        raise ValueError(
+            f"data.val_size={val_size} leaves no training or no validation images; "
+            f"use an int in 1..{total - 1} or a fraction between 0 and 1."
+        )
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(split_seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+class DeviceBatches:
+    """A re-iterable of (x, y) batches sliced from tensors that already live on the device.
+
+    With ``shuffle``, each epoch uses the permutation seeded by ``(seed, epoch())``, so a
+    resumed run sees the same batches as an uninterrupted one. Under DDP each rank takes every
+    ``world_size``-th row of that permutation (all ranks get the same number of batches).
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: Callable[[], int] = lambda: 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.rows = len(x) // world_size
+
+    def __len__(self) -> int:
+        full, ragged = divmod(self.rows, self.batch_size)
+        return full + (1 if ragged and not self.drop_last else 0)
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            order = torch.arange(len(self.x), device=self.x.device)
+        else:
+            generator = torch.Generator(device=self.x.device)
+            generator.manual_seed(self.seed * 100_003 + self.epoch())
+            order = torch.randperm(len(self.x), generator=generator, device=self.x.device)
+        return order[self.rank :: self.world_size][: self.rows]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, b = self.order(), self.batch_size
+        if not self.shuffle and self.world_size == 1:  # contiguous slices: views, no gather
+            for i in range(0, len(self) * b, b):
+                yield self.x[i : i + b], self.y[i : i + b]
+            return
+        for i in range(0, len(self) * b, b):
+            rows = order[i : i + b]
+            yield self.x[rows], self.y[rows]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST train/val/test with device-resident batches.
+
+    Args:
+        data_dir: where ``MNIST/raw`` (IDX files) and the parsed cache live.
+        batch_size: training batch size, any integer >= 1.
+        eval_batch_size: batch size for validation and test.
+        val_size: images held out from the 60,000 for validation (int, or fraction < 1).
+        split_seed: seed of the train/val split.
+        shuffle_seed: seed of the per-epoch training order (the run's ``seed`` by default).
+        drop_last: drop the ragged last training batch (the CUDA-graph step needs fixed shapes).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 64,
+        eval_batch_size: int = 10_000,
+        val_size: int | float = 10_000,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        drop_last: bool = False,
+    ):
+        super().__init__()
+        self.data_dir = data_dir
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.drop_last = drop_last
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def prepare_data(self) -> None:
+        mnist_files.load_arrays(self.data_dir)  # acquire, verify and cache once, on one process
+
+    def setup(self, stage: str | None = None) -> None:
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        data = device_tensors(self.data_dir, device)
+        train_rows, val_rows = split_indices(self.val_size, self.split_seed, len(data["train_x"]))
+        train_rows, val_rows = train_rows.to(device), val_rows.to(device)
+        self.tensors = {
+            "train_x": data["train_x"][train_rows],
+            "train_y": data["train_y"][train_rows],
+            "val_x": data["train_x"][val_rows],
+            "val_y": data["train_y"][val_rows],
+            "test_x": data["test_x"],
+            "test_y": data["test_y"],
+        }
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def train_dataloader(self) -> DeviceBatches:
+        rank, world_size = self._rank()
+        return DeviceBatches(
+            self.tensors["train_x"],
+            self.tensors["train_y"],
+            self.batch_size,
+            shuffle=True,
+            seed=self.shuffle_seed,
+            epoch=lambda: self.trainer.current_epoch if self.trainer else 0,
+            drop_last=self.drop_last,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def _eval_batches(self, split: str) -> DeviceBatches:
+        rank, world_size = self._rank()
+        x, y = self.tensors[f"{split}_x"], self.tensors[f"{split}_y"]
+        return DeviceBatches(x, y, self.eval_batch_size, rank=rank, world_size=world_size)
+
+    def val_dataloader(self) -> DeviceBatches:
+        return self._eval_batches("val")
+
+    def test_dataloader(self) -> DeviceBatches:
+        return self._eval_batches("test")
+
+
+def main(argv: list[str]) -> int:
+    data_dir = argv[0] if argv else "data"
+    try:
+        source = mnist_files.acquire(data_dir)
+    except mnist_files.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"MNIST ready in {mnist_files.raw_dir(data_dir)} (from {source}, checksums verified)")
+    mnist_files.load_arrays(data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,104 @@
+"""``metrics.json``: what a run did, rewritten (atomically) after every epoch and at the end.
+
+Status is "running" while training, then "ok", "diverged" (NaN/inf loss; ``diverged_at_step``
+says where), "failed" (``error`` holds the first line of the error) or "interrupted" (Ctrl-C
+or SIGTERM; resume with ``ckpt_path=last``). A sweep's report reads these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+
+from mnist_lab.classifier import Classifier
+
+METRICS_FILE = "metrics.json"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, allow_nan=False, default=str)
+    os.replace(tmp, path)
+
+
+def finite_or_none(value):
+    """JSON has no NaN: missing or non-finite numbers are written as null."""
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunRecord(L.Callback):
+    """Keeps ``<run_dir>/metrics.json`` current; ``finish`` writes the final status."""
+
+    def __init__(self, run_dir: str | os.PathLike, overrides: list[str], hparams: dict):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.overrides, self.hparams = overrides, hparams
+        self.train_started: float | None = None
+        self.train_time_s = 0.0
+        self.data: dict = {"status": "running", "overrides": overrides, "run_dir": str(run_dir)}
+
+    def _update(self, module: Classifier, status: str) -> None:
+        history = module.history
+        val_acc = [v for v in history["val_acc"] if math.isfinite(v)]
+        elapsed = time.perf_counter() - self.train_started if self.train_started else 0.0
+        self.data.update(
+            status=status,
+            epochs=len(history["val_acc"]),
+            train_time_s=self.train_time_s + elapsed,
+            best_val_acc=max(val_acc) if val_acc else None,
+            final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
+            device=str(module.device),
+            diverged_at_step=module.diverged_at,
+            **history,
+        )
+        write_json_atomic(self.path, finite_or_none(self.data))
+
+    def on_train_start(self, trainer: L.Trainer, module: Classifier) -> None:
+        self.train_started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: Classifier) -> None:
+        if module.history["val_acc"]:  # the previous epoch is complete (and checkpointed)
+            self._update(module, "running")
+
+    def on_train_end(self, trainer: L.Trainer, module: Classifier) -> None:
+        self.train_time_s += time.perf_counter() - self.train_started
+        self.train_started = None
+        self._update(module, "diverged" if module.diverged_at is not None else "running")
+
+    def on_exception(self, trainer: L.Trainer, module: Classifier, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self._update(module, "interrupted")
+        else:
+            self.data["error"] = first_line(exception)
+            self._update(module, "failed")
+
+    def finish(self, trainer: L.Trainer, module: Classifier, test: dict | None) -> dict:
+        """Write the final record (and the TensorBoard HParams entry); return it."""
+        if test:
+            self.data.update(test_acc=test.get("test/acc"), test_loss=test.get("test/loss"))
+        status = "diverged" if module.diverged_at is not None else "ok"
+        self._update(module, status)
+        if trainer.logger is not None:
+            metrics = {
+                "best/val_acc": self.data.get("best_val_acc") or 0.0,
+                "test/acc": self.data.get("test_acc") or 0.0,
+                "train_time_s": self.data["train_time_s"],
+            }
+            trainer.logger.log_hyperparams(self.hparams, metrics)
+            trainer.logger.finalize("success")
+        return self.data
+
+
+def first_line(exception: BaseException) -> str:
+    text = str(exception).strip().splitlines()
+    return f"{type(exception).__name__}: {text[0] if text else ''}".rstrip(": ")
