@@ -42,7 +42,10 @@ def device_tensors(data_dir: str, device: torch.device) -> dict[str, torch.Tenso
 
 def split_indices(val_size: int | float, split_seed: int, total: int = TRAIN_SIZE):
     """Train and validation row indices into the official training set."""
-    n_val = round(val_size * total) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    if isinstance(val_size, float) and 0 < val_size < 1:
+        n_val = round(val_size * total)
+    else:
+        n_val = int(val_size) if float(val_size).is_integer() else -1
     if not 0 < n_val < total:
         raise ValueError(
             f"data.val_size={val_size} leaves no training or no validation images; "

@@ -162,13 +162,18 @@ def from_torchvision(target: Path, timeout_s: float = 5.0) -> bool:
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits only the three globals a pickled numpy array needs; anything else is refused."""
+    """Admits only the globals a pickled numpy array needs; anything else is refused.
+
+    (``_codecs.encode`` turns a str into bytes: Python 3 writes array buffers that way under
+    protocol 2. It runs no code of the pickle's choosing.)
+    """
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
