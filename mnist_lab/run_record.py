@@ -79,8 +79,17 @@ class RunRecord(L.Callback):
         if isinstance(exception, KeyboardInterrupt):
             self._update(module, "interrupted")
         else:
-            self.data["error"] = first_line(exception)
+            self.fail(exception, module)
+
+    def fail(self, exception: BaseException, module: Classifier | None = None) -> None:
+        """Record status "failed" with the error's first line (before or during training)."""
+        self.data["error"] = first_line(exception)
+        if module is not None:
             self._update(module, "failed")
+        else:
+            self.data["status"] = "failed"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, finite_or_none(self.data))
 
     def finish(self, trainer: L.Trainer, module: Classifier, test: dict | None) -> dict:
         """Write the final record (and the TensorBoard HParams entry); return it."""

@@ -15,6 +15,8 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -71,7 +73,22 @@ def resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
-    """Fit, test and record one experiment; return its metrics.json content."""
+    """Fit, test and record one experiment; return its metrics.json content.
+
+    Any error is recorded in metrics.json (status "failed" and the error's first line) before
+    it propagates, so a sweep's report shows the job like any other.
+    """
+    record = RunRecord(run_dir, overrides, hparams_of(cfg, overrides))
+    try:
+        return fit_and_test(cfg, run_dir, record)
+    except Exception as error:
+        if isinstance(error, InstantiationException) and error.__cause__ is not None:
+            error = error.__cause__  # the constructor's own message, not Hydra's wrapper
+        record.fail(error)
+        raise error from None
+
+
+def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     module = Classifier(
@@ -82,7 +99,6 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         cuda_graph=cfg.trainer.cuda_graph,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    record = RunRecord(run_dir, overrides, hparams_of(cfg, overrides))
     trainer = build_trainer(cfg, run_dir, [record])
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.ckpt_path, run_dir))
     test = None
@@ -108,7 +124,14 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    metrics = run(cfg, run_dir, overrides)
+    try:
+        metrics = run(cfg, run_dir, overrides)
+    except Exception as error:
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # one bad job must not end the sweep
+            print(f"[failed] {first_line(error)}  run {run_dir}", file=sys.stderr)
+            return math.nan
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     print(summary_line(metrics))
     best = metrics.get("best_val_acc")
     return best if best is not None else math.nan
