@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.classifier import Classifier
 from mnist_lab.run_record import RunRecord, first_line
+from mnist_lab.tensorboard_images import TensorBoardImages
 
 NOT_TRAINER_ARGS = ("cuda_graph",)  # keys of conf/trainer read by the classifier instead
 
@@ -49,7 +50,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
         save_last=True, enable_version_counter=False,
     )  # fmt: skip
-    callbacks = [checkpoints, *callbacks]
+    callbacks = [checkpoints, TensorBoardImages(), *callbacks]
     if cfg.early_stopping.patience is not None:
         callbacks.append(EarlyStopping("val/acc", mode="max", patience=cfg.early_stopping.patience))
     if sys.stdout.isatty():
