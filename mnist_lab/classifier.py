@@ -5,8 +5,9 @@ The training step is written for speed (see docs/performance.md):
   function that can be captured as a CUDA graph (``cuda_graph.py``);
 - no host sync inside the step: each step's loss is stored into a device buffer, and the
   buffer is written to TensorBoard (one value per step, with its global step) at epoch end;
-- the loss is checked for NaN/inf every ``check_every`` steps, so a diverging run stops
-  within the epoch, at the cost of one host sync per ``check_every`` steps.
+- the loss is checked for NaN/inf (or a value above ``divergence_threshold``) every
+  ``check_every`` steps, so a diverging run stops within the epoch, at the cost of one host
+  sync per ``check_every`` steps.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Classifier(L.LightningModule):
         scheduler: ``scheduler(optimizer)`` -> lr scheduler, or None.
         cuda_graph: "auto" (capture on CUDA when possible), "on" (fail if not), or "off".
         check_every: steps between NaN/inf checks of the training loss.
+        divergence_threshold: a training loss above this also counts as diverged (Adam at
+            lr=1e6 drives the loss to ~1e13 without ever reaching inf).
         config: the run's resolved config, stored in checkpoints so ``evaluate`` can rebuild it.
     """
 
@@ -49,6 +52,7 @@ class Classifier(L.LightningModule):
         scheduler: Callable | None = None,
         cuda_graph: str = "auto",
         check_every: int = 50,
+        divergence_threshold: float = 1e4,
         config: dict | None = None,
     ):
         super().__init__()
@@ -57,6 +61,7 @@ class Classifier(L.LightningModule):
         self.net, self.loss = net, loss
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
         self.cuda_graph, self.check_every = cuda_graph, check_every
+        self.divergence_threshold = divergence_threshold
         self.graph_step: GraphStep | None = None
         self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
         self.val_acc, self.test_acc = (
@@ -66,7 +71,7 @@ class Classifier(L.LightningModule):
         self.history: dict[str, list[float]] = {
             k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
         }
-        self.diverged_at: int | None = None  # global step of the first NaN/inf loss
+        self.diverged_at: int | None = None  # global step of the first NaN/inf/too-large loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -155,9 +160,10 @@ class Classifier(L.LightningModule):
     def _check_finite(self, up_to: int) -> None:
         window = self.step_losses[self.checked_up_to : up_to]
         self.checked_up_to = up_to
-        if bool(torch.isfinite(window).all()):
+        bad = ~torch.isfinite(window) | (window > self.divergence_threshold)
+        if not bool(bad.any()):
             return
-        first_bad = int((~torch.isfinite(window)).nonzero()[0])
+        first_bad = int(bad.nonzero()[0])
         self.diverged_at = self.first_step + up_to - len(window) + first_bad + 1
         self.print(f"loss became {window[first_bad].item()} at step {self.diverged_at}: stopping.")
         self.trainer.should_stop = True

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.classifier import Classifier
 from mnist_lab.run_record import RunRecord, first_line
+from mnist_lab.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
 from mnist_lab.tensorboard_images import TensorBoardImages
 
 NOT_TRAINER_ARGS = ("cuda_graph",)  # keys of conf/trainer read by the classifier instead

@@ -1,0 +1,237 @@
+"""The sweep report: ``python -m mnist_lab.report <sweep dir>``.
+
+Reads every job's ``metrics.json`` (and its TensorBoard events, for the loss of every step) and
+writes into the sweep dir:
+
+- ``summary.csv`` and ``summary.md``: one row per job, best val acc first;
+- ``curves.png``: val accuracy per epoch and train loss per step, one line per job;
+- ``time.png``: train time per job;
+
+then prints the table. Every ``--multirun`` runs it at its end (``mnist_lab.sweep``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from matplotlib.figure import Figure  # the OO API: renders with Agg, no GUI backend, no pyplot
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_lab.run_record import METRICS_FILE
+
+COLUMNS = ("job", "overrides", "status", "best_val_acc", "test_acc", "final_train_loss",
+           "epochs", "train_time_s", "diverged_at_step", "error")  # fmt: skip
+MAX_POINTS = 2000  # a longer per-step loss line is drawn as the mean of consecutive steps
+STATUS_COLORS = {"ok": "tab:blue", "diverged": "tab:orange", "failed": "tab:red"}
+logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per events file read
+
+
+def find_jobs(sweep_dir: Path) -> list[Path]:
+    """Job folders: those with a metrics.json, or a .hydra folder (a job that died early)."""
+    patterns = (f"*/{METRICS_FILE}", "*/.hydra")
+    jobs = {path.parent for pattern in patterns for path in sweep_dir.glob(pattern)}
+    if not jobs and (sweep_dir / METRICS_FILE).exists():  # a single run's folder
+        jobs = {sweep_dir}
+    def job_number(path: Path) -> float:
+        number = path.name.split("_")[0]
+        return int(number) if number.isdigit() else math.inf
+
+    return sorted(jobs, key=lambda p: (job_number(p), p.name))
+
+
+def read_job(job_dir: Path) -> dict:
+    """One row of the table, plus the per-epoch ``val_acc`` and the job's ``overrides`` list."""
+    path = job_dir / METRICS_FILE
+    if path.exists():
+        metrics = json.loads(path.read_text())
+    else:
+        overrides_file = job_dir / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
+        metrics = {
+            "status": "failed",
+            "overrides": [str(o) for o in overrides],
+            "error": f"no {METRICS_FILE}: the job stopped before training started",
+        }
+    row = {key: metrics.get(key) for key in COLUMNS}
+    row["job"] = job_dir.name
+    row["job_dir"] = job_dir
+    row["overrides"] = " ".join(metrics.get("overrides", []))
+    row["override_list"] = list(metrics.get("overrides", []))
+    row["val_acc"] = [v for v in metrics.get("val_acc", []) if v is not None]
+    return row
+
+
+def step_losses(job_dir: Path) -> tuple[list[int], list[float]]:
+    """``train/loss`` at every step, from the job's TensorBoard events (finite values only)."""
+    events_dir = job_dir / "tensorboard"
+    if not events_dir.is_dir():
+        return [], []
+    events = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})  # 0: keep every step
+    events.Reload()
+    if "train/loss" not in events.Tags()["scalars"]:
+        return [], []
+    points = [(e.step, e.value) for e in events.Scalars("train/loss") if math.isfinite(e.value)]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def thin(steps: list[int], values: list[float]) -> tuple[list[float], list[float]]:
+    """At most MAX_POINTS points: the mean of each run of consecutive steps (readable, and fast)."""
+    k = max(1, math.ceil(len(values) / MAX_POINTS))
+    if k == 1:
+        return steps, values
+    chunks = range(0, len(values), k)
+    return ([sum(steps[i : i + k]) / len(steps[i : i + k]) for i in chunks],
+            [sum(values[i : i + k]) / len(values[i : i + k]) for i in chunks])  # fmt: skip
+
+
+def labels_of(rows: list[dict]) -> list[str]:
+    """Legend labels: the overrides that differ between jobs (all of them if none differ)."""
+    shared = set.intersection(*(set(r["override_list"]) for r in rows)) if len(rows) > 1 else set()
+    return [" ".join(o for o in r["override_list"] if o not in shared) or r["job"] for r in rows]
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path):
+    """Yield a temp path beside ``path``; when the block succeeds, rename it onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def fmt(value, key: str) -> str:
+    if value is None:
+        return ""
+    if key in ("best_val_acc", "test_acc"):
+        return f"{value:.4f}"
+    if key == "final_train_loss":
+        return f"{value:.4g}"
+    if key == "train_time_s":
+        return f"{value:.1f}"
+    return str(value)
+
+
+def write_tables(rows: list[dict], sweep_dir: Path) -> None:
+    with replaced_atomically(sweep_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = (fmt(row[key], key).replace("|", "\\|") for key in COLUMNS)
+        lines.append("| " + " | ".join(cells) + " |")
+    with replaced_atomically(sweep_dir / "summary.md") as tmp:
+        tmp.write_text(f"# Sweep {sweep_dir}\n\n" + "\n".join(lines) + "\n")
+
+
+def plot_curves(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    longest, shortest = 0, math.inf
+    for row, label in zip(rows, labels, strict=True):
+        if row["val_acc"]:
+            acc_ax.plot(range(1, len(row["val_acc"]) + 1), row["val_acc"], marker="o", label=label)
+        else:
+            acc_ax.plot([], [], label=label)  # keep the colours of both panels in step
+        steps, losses = step_losses(row["job_dir"])
+        if steps:
+            longest, shortest = max(longest, steps[-1]), min(shortest, steps[-1])
+            loss_ax.plot(*thin(steps, losses), linewidth=0.8, alpha=0.85, label=label)
+        else:
+            loss_ax.plot([], [])
+    acc_ax.set(xlabel="epoch", ylabel="val accuracy", title="validation accuracy per epoch")
+    loss_title = f"train loss per step (lines longer than {MAX_POINTS} steps: block means)"
+    loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=loss_title)
+    if longest > 20 * shortest:  # a batch-size sweep: batch 1 takes 256x the steps of batch 256
+        loss_ax.set_xscale("log")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center",
+               ncols=min(3, max(1, len(rows))), fontsize="small")  # fmt: skip
+    with replaced_atomically(sweep_dir / "curves.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def plot_times(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
+    fig = Figure(figsize=(9, 1.5 + 0.35 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    times = [row["train_time_s"] or 0.0 for row in rows]
+    colors = [STATUS_COLORS.get(row["status"], "tab:gray") for row in rows]
+    bars = ax.barh(range(len(rows)), times, color=colors)
+    bar_labels = [f"{t:.1f}s {row['status']}" for t, row in zip(times, rows, strict=True)]
+    ax.bar_label(bars, bar_labels, padding=3, fontsize="small")
+    ax.set_yticks(range(len(rows)), labels, fontsize="small")
+    ax.invert_yaxis()  # the table's order: best val acc at the top
+    ax.set(xlabel="train_time_s (training and validation epochs)", title="train time per job")
+    ax.margins(x=0.2)
+    with replaced_atomically(sweep_dir / "time.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def print_table(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
+    """The summary in the terminal; jobs named by the overrides that differ between them."""
+    table = Table(title=f"sweep {sweep_dir}")
+    table.add_column("job (overrides that differ)", overflow="fold")
+    shown = [key for key in COLUMNS[2:] if any(row[key] is not None for row in rows)]
+    for key in shown:
+        text = key in ("status", "error")
+        table.add_column(key, justify="left" if text else "right", overflow="fold")
+    for row, label in zip(rows, labels, strict=True):
+        style = {"diverged": "yellow", "failed": "red"}.get(row["status"])
+        table.add_row(label, *(fmt(row[key], key) for key in shown), style=style)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs: no 80-column cut
+
+
+def write_report(sweep_dir: str | os.PathLike, show: bool = True) -> list[dict]:
+    """Write summary.csv, summary.md, curves.png and time.png into ``sweep_dir``; return rows."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ValueError(
+            f"{sweep_dir} is not a folder; pass a sweep dir such as outputs/multirun/<date>/<time>."
+        )
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise ValueError(
+            f"{sweep_dir} holds no job folders (none with {METRICS_FILE}); pass the sweep dir a "
+            "--multirun wrote, e.g. outputs/multirun/<date>/<time>."
+        )
+    rows = [read_job(job) for job in jobs]
+    rows.sort(key=lambda r: -r["best_val_acc"] if r["best_val_acc"] is not None else math.inf)
+    labels = labels_of(rows)
+    write_tables(rows, sweep_dir)
+    plot_curves(rows, labels, sweep_dir)
+    plot_times(rows, labels, sweep_dir)
+    if show:
+        print_table(rows, labels, sweep_dir)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python -m mnist_lab.report <sweep dir>, e.g. outputs/multirun/<date>/<time>")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        write_report(argv[0])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote summary.csv, summary.md, curves.png and time.png into {argv[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
