@@ -115,12 +115,15 @@ class Classifier(L.LightningModule):
         self.per_step_scheduler = scheduler if isinstance(scheduler, PER_STEP_SCHEDULERS) else None
 
     def on_train_epoch_start(self) -> None:
+        # Dropout masks depend on (seed, epoch) only, so a resumed run draws the same ones.
+        torch.manual_seed(self.hparams.config.get("seed", 0) * 1_000_003 + self.current_epoch)
         n = self.trainer.num_training_batches
         self.step_losses = torch.zeros(n, device=self.device)
         self.train_correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.train_seen = 0
         self.checked_up_to = 0
         self.first_step = self.trainer.global_step  # optimizer steps done before this epoch
+        self.epoch_time: float | None = None
         self.epoch_started = time.perf_counter()
 
     def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,14 +171,24 @@ class Classifier(L.LightningModule):
         self.print(f"loss became {window[first_bad].item()} at step {self.diverged_at}: stopping.")
         self.trainer.should_stop = True
 
+    def _stop_epoch_clock(self) -> None:
+        """Time the training steps only: called when validation starts, or at epoch end."""
+        if self.epoch_time is None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.epoch_time = time.perf_counter() - self.epoch_started
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self._stop_epoch_clock()
+
     def on_train_epoch_end(self) -> None:
+        self._stop_epoch_clock()
+        epoch_time = self.epoch_time
         n_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
         if self.diverged_at is None:
             self._check_finite(n_done)
         losses = self.step_losses[:n_done]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        epoch_time = time.perf_counter() - self.epoch_started
         self._write_step_losses(losses.cpu())
         scheduler = self.lr_schedulers()
         lr = float(self.optimizers().optimizer.param_groups[0]["lr"])
@@ -209,6 +222,14 @@ class Classifier(L.LightningModule):
         first = self.first_step + 1
         for i, value in enumerate(losses.tolist()):
             writer.add_scalar("train/loss", value, first + i)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"], checkpoint["diverged_at"] = self.history, self.diverged_at
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming, not testing
+            self.history = checkpoint.get("history", self.history)
+            self.diverged_at = checkpoint.get("diverged_at")
 
     # ------------------------------------------------------------------ evaluation
 

@@ -32,19 +32,17 @@ CAPTURABLE = (
 
 def graph_unsupported_reason(module: Classifier) -> str | None:
     """None if the training step can be captured, else why not (a phrase for a log line)."""
-    if module.device.type != "cuda":
-        return "the model is not on a CUDA device"
     trainer = module._trainer
     if trainer is not None:
         if trainer.world_size > 1:
             return "training on several devices (gradients are all-reduced outside the graph)"
         if trainer.precision not in ("32-true", "32", 32):
             return f"trainer.precision={trainer.precision} (the graph step runs in float32)"
-        if trainer.deterministic:
-            return "trainer.deterministic=true (replays are not bit-reproducible across captures)"
     optimizer_class = getattr(module.make_optimizer, "func", module.make_optimizer)
     if optimizer_class not in CAPTURABLE:
         return f"{getattr(optimizer_class, '__name__', optimizer_class)} cannot run inside a CUDA graph"
+    if module.device.type != "cuda":
+        return "the model is not on a CUDA device"
     return None
 
 

@@ -27,6 +27,7 @@ from mnist_lab.run_record import RunRecord, first_line
 from mnist_lab.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
 from mnist_lab.tensorboard_images import TensorBoardImages
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 NOT_TRAINER_ARGS = ("cuda_graph",)  # keys of conf/trainer read by the classifier instead
 
 
@@ -50,6 +51,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
         save_last=True, enable_version_counter=False,
+        save_on_train_epoch_end=True,  # after the epoch's history row and scheduler step: resumable
     )  # fmt: skip
     callbacks = [checkpoints, TensorBoardImages(), *callbacks]
     if cfg.early_stopping.patience is not None:
@@ -121,7 +123,7 @@ def summary_line(metrics: dict) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
