@@ -1,0 +1,158 @@
+"""Evaluate a trained model on the MNIST test set.
+
+    python -m mnist_lab.evaluate ckpt_path=outputs/2024-05-01/12-00-00      # its best.ckpt
+    python -m mnist_lab.evaluate ckpt_path=path/to/last.ckpt device=cpu
+
+Prints the test loss and accuracy and a per-class accuracy table, and writes the confusion
+matrix as ``<checkpoint name>.confusion_matrix.png`` beside the checkpoint. The net and loss
+are rebuilt from the run config that ``Classifier`` stores in every checkpoint, so this works
+for every model a run can train.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from mnist_lab.data import DeviceBatches, device_tensors
+from mnist_lab.tensorboard_images import batched_logits, confusion_matrix_figure
+
+HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
+
+
+class CheckpointError(ValueError):
+    """The path given is not a checkpoint this package can rebuild a model from."""
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The .ckpt file for ``path``: the file itself, or a run dir's best (else last) checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path} is a directory with no checkpoints/best.ckpt in it; {HOW_TO_PASS}."
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; {HOW_TO_PASS}.")
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device
+) -> tuple[Path, dict, nn.Module, nn.Module]:
+    """(checkpoint file, run config, net in eval mode on ``device``, loss) from a checkpoint."""
+    file = checkpoint_file(path)
+    try:
+        checkpoint = torch.load(file, map_location=device, weights_only=True)
+    except Exception:  # not a torch file at all, or one that holds arbitrary Python objects
+        raise CheckpointError(f"{file} is not a PyTorch checkpoint; {HOW_TO_PASS}.") from None
+    config = (
+        checkpoint.get("hyper_parameters", {}).get("config")
+        if isinstance(checkpoint, dict)
+        else None
+    )
+    if not config or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{file} holds no mnist_lab run config, so the net cannot be rebuilt; {HOW_TO_PASS}."
+        )
+    net = instantiate(config["model"])
+    prefix = "net."
+    weights = {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
+    net.load_state_dict(weights)
+    return file, config, net.to(device).eval(), instantiate(config["loss"]).to(device)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(net: nn.Module, loss: nn.Module, batches, device: torch.device) -> dict:
+    """Test loss (mean over images), accuracy, per-class accuracy and the confusion matrix."""
+    confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False).to(device)
+    loss_sum, count = torch.zeros((), device=device), 0
+    for logits, _, y in batched_logits(net, batches, device):
+        confusion.update(logits, y)
+        loss_sum += loss(logits, y) * len(y)
+        count += len(y)
+    counts = confusion.compute().cpu()
+    return {
+        "test_loss": float(loss_sum) / count,
+        "test_acc": float(counts.trace() / counts.sum()),
+        "per_class_acc": (counts.diag() / counts.sum(dim=1)).tolist(),
+        "confusion": counts,
+    }
+
+
+def per_class_table(confusion: torch.Tensor) -> Table:
+    table = Table(
+        "digit",
+        "images",
+        "correct",
+        "accuracy",
+        "most often taken for",
+        title="test set, per class",
+    )
+    for digit, row in enumerate(confusion.tolist()):
+        others = [(n, other) for other, n in enumerate(row) if other != digit and n > 0]
+        worst = f"{max(others)[1]} ({max(others)[0]}×)" if others else "-"
+        total = sum(row)
+        accuracy = f"{row[digit] / total:.4f}" if total else "-"
+        table.add_row(str(digit), str(total), str(row[digit]), accuracy, worst)
+    return table
+
+
+def save_png_atomic(figure, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        figure.savefig(f, format="png")
+    os.replace(tmp, path)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        sys.exit(
+            f"error: no checkpoint given; {HOW_TO_PASS}: python -m mnist_lab.evaluate ckpt_path=..."
+        )
+    device = pick_device(cfg.device)
+    try:
+        file, config, net, loss = load_checkpoint(cfg.ckpt_path, device)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+    data = device_tensors(cfg.data_dir, device)
+    results = evaluate(
+        net, loss, DeviceBatches(data["test_x"], data["test_y"], cfg.batch_size), device
+    )
+
+    model = config["model"]["_target_"].rsplit(".", 1)[-1]
+    print(f"checkpoint {file}  ({model}, {config['loss']['_target_'].rsplit('.', 1)[-1]})")
+    print(
+        f"test/loss {results['test_loss']:.4f}  test/acc {results['test_acc']:.4f}  "
+        f"({int(results['confusion'].sum()):,} images)"
+    )
+    Console().print(per_class_table(results["confusion"]))
+    png = file.with_name(f"{file.stem}.confusion_matrix.png")
+    title = f"{model}, test acc {results['test_acc']:.4f}: true vs predicted digit"
+    save_png_atomic(confusion_matrix_figure(results["confusion"], title), png)
+    print(f"confusion matrix: {png}")
+
+
+if __name__ == "__main__":
+    main()
