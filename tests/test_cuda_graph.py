@@ -54,3 +54,81 @@ def test_graph_and_eager_steps_agree_over_three_seeds(tmp_path, overrides):
     for g, e in zip(graph, eager):
         assert g["train_loss"][-1] < g["train_loss"][0] and e["train_loss"][-1] < e["train_loss"][0]
         assert g["train_loss"][-1] == pytest.approx(e["train_loss"][-1], rel=0.35)
+
+
+class _ReplayByRerunning:
+    """Stands in for torch.cuda.CUDAGraph on CPU: 'replay' re-runs the captured step function."""
+
+    def replay(self):
+        self.step()
+
+
+@pytest.fixture
+def simulated_cuda_graph(monkeypatch):
+    """The graph path on CPU: capture records GraphStep's step, replay re-runs it on the same
+    static buffers. This checks what the GPU cannot show on CI: the static input buffers, the
+    restore of weights and optimizer state after the warm-up steps, the eagerly run ragged last
+    batch and the tensor lr of a scheduled run."""
+    import contextlib
+
+    from mnist_lab import classifier, cuda_graph
+
+    class NoStream:
+        def wait_stream(self, other):
+            pass
+
+    cuda = cuda_graph.torch.cuda
+    monkeypatch.setattr(cuda, "CUDAGraph", _ReplayByRerunning)
+    monkeypatch.setattr(cuda, "graph", lambda graph: contextlib.nullcontext())
+    monkeypatch.setattr(cuda, "Stream", NoStream)
+    monkeypatch.setattr(cuda, "current_stream", NoStream)
+    monkeypatch.setattr(cuda, "stream", lambda stream: contextlib.nullcontext())
+    real_capture = cuda_graph.GraphStep._capture
+
+    def capture(self):
+        real_capture(self)
+        optimizer = self.module.optimizers().optimizer
+
+        def step():
+            loss, correct = self._step(optimizer)
+            self.loss.copy_(loss)
+            self.correct.copy_(correct)
+
+        self.graph.step = step
+        self.captures = getattr(self, "captures", 0) + 1
+
+    monkeypatch.setattr(cuda_graph.GraphStep, "_capture", capture)
+    real_reason = cuda_graph.graph_unsupported_reason
+
+    def reason_ignoring_device(module):
+        reason = real_reason(module)
+        return None if reason == "the model is not on a CUDA device" else reason
+
+    monkeypatch.setattr(classifier, "graph_unsupported_reason", reason_ignoring_device)
+    monkeypatch.setattr(classifier.Classifier, "_wants_graph", lambda self: self.cuda_graph != "off")
+    # capturable=True optimizers refuse CPU tensors; their capturable code path is GPU-only
+    monkeypatch.setattr(classifier, "graph_optimizer_kwargs", lambda make_optimizer: {})
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
+    ["optimizer=adamw", "optimizer.weight_decay=0.01", "scheduler=onecycle", "model.batch_norm=true"],
+    ["optimizer=rmsprop", "optimizer.lr=0.001"],
+])  # fmt: skip
+def test_simulated_graph_step_matches_the_eager_step_on_cpu(tmp_path, synthetic_data_dir, simulated_cuda_graph, overrides):
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab import train
+
+    # batch 96 leaves a ragged last batch (2500 % 96 = 4), which runs eagerly on the graph path
+    common = [*QUICK, "data.batch_size=96", f"data.data_dir={synthetic_data_dir}", *overrides]
+    runs = {}
+    for mode in ("on", "off"):
+        with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[*common, f"trainer.cuda_graph={mode}"])
+        runs[mode] = train.run(cfg, tmp_path / mode, [])
+    graph, eager = runs["on"], runs["off"]
+    assert graph["status"] == eager["status"] == "ok"
+    assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+    assert graph["val_acc"] == pytest.approx(eager["val_acc"], abs=1e-6)
+    assert graph["lr"] == pytest.approx(eager["lr"], rel=1e-6)
