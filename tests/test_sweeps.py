@@ -1,0 +1,157 @@
+"""``--multirun`` as the README shows it, on synthetic data: job folders named by their
+overrides, the report at the end of the sweep (and on demand), TensorBoard HParams, a
+diverged and a failed job that do not end the sweep, and MNIST loaded once per process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from tests.conftest import QUICK, read_metrics, run_cli
+
+# `python -m mnist_lab.train ...`, with MNIST's parsing (mnist_files.load_arrays) and the
+# tensors the data module gets (data.device_tensors) counted, printed when the process exits.
+COUNTING_TRAIN = """
+import atexit, runpy, sys
+from mnist_lab import data, mnist_files
+
+parsed, storages = [], set()
+load_arrays, device_tensors = mnist_files.load_arrays, data.device_tensors
+
+def counted_load_arrays(*args, **kwargs):
+    parsed.append(args)
+    return load_arrays(*args, **kwargs)
+
+def counted_device_tensors(*args, **kwargs):
+    tensors = device_tensors(*args, **kwargs)
+    storages.add(tensors["train_x"].untyped_storage().data_ptr())
+    return tensors
+
+mnist_files.load_arrays, data.device_tensors = counted_load_arrays, counted_device_tensors
+atexit.register(lambda: print(f"parsed {len(parsed)} times; {len(storages)} device copies"))
+sys.argv[0] = "mnist_lab.train"
+runpy.run_module("mnist_lab.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def read_summary(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def closing_line(stdout: str) -> str:
+    return [line for line in stdout.splitlines() if line.startswith("sweep: ")][-1]
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000, path
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory, synthetic_data_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's grid, run from an empty folder: outputs/multirun/<date>/<time>/."""
+    cwd = tmp_path_factory.mktemp("lr_sweep")
+    result = subprocess.run(
+        [sys.executable, "-c", COUNTING_TRAIN, "--multirun", "optimizer.lr=0.001,0.01,0.1", *QUICK],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep_dir,) = (cwd / "outputs" / "multirun").glob("*/*")
+    return sweep_dir, result
+
+
+def test_lr_sweep_leaves_one_folder_per_job_and_the_report(lr_sweep):
+    sweep_dir, result = lr_sweep
+    jobs = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    assert len(jobs) == 3
+    for number, lr in enumerate(("0.001", "0.01", "0.1")):
+        (job,) = [name for name in jobs if name.startswith(f"{number}_")]
+        assert f"optimizer.lr={lr}" in job.split(",") and "/" not in job and " " not in job
+        metrics = read_metrics(sweep_dir / job)
+        assert metrics["status"] == "ok" and metrics["epochs"] == 2
+        assert f"optimizer.lr={lr}" in metrics["overrides"]
+
+    rows = read_summary(sweep_dir)
+    assert sorted(row["job"] for row in rows) == jobs
+    assert [row["status"] for row in rows] == ["ok"] * 3
+    best = [float(row["best_val_acc"]) for row in rows]
+    assert best == sorted(best, reverse=True) and best[0] > 0.9
+    for row in rows:
+        assert float(row["test_acc"]) > 0.5 and float(row["train_time_s"]) > 0
+        assert float(row["final_train_loss"]) >= 0 and row["epochs"] == "2"
+    assert "optimizer.lr=0.001" in (sweep_dir / "summary.md").read_text()
+    assert_png(sweep_dir / "curves.png")
+    assert_png(sweep_dir / "time.png")
+    assert closing_line(result.stdout).startswith("sweep: 3 jobs, 3 ok, 0 diverged, 0 failed")
+    assert "best_val_acc" in result.stdout  # the Rich table
+
+
+def test_lr_sweep_parses_mnist_and_moves_it_to_the_device_once(lr_sweep):
+    _, result = lr_sweep
+    assert "parsed 1 times; 1 device copies" in result.stdout, result.stdout[-2000:]
+
+
+def test_tensorboard_shows_every_job_named_by_its_overrides_with_hparams(lr_sweep):
+    sweep_dir, _ = lr_sweep
+    runs = EventMultiplexer()
+    runs.AddRunsFromDirectory(str(sweep_dir))  # what `tensorboard --logdir <sweep dir>` does
+    runs.Reload()
+    hparams_runs = runs.PluginRunToTagToContent(hparams_metadata.PLUGIN_NAME)
+    assert len(hparams_runs) == 3
+    swept_lrs = set()
+    for run, tags in hparams_runs.items():
+        assert "optimizer.lr=" in run.split("/")[0]  # the run's name is its job folder
+        start = hparams_metadata.parse_session_start_info_plugin_data(
+            tags[hparams_metadata.SESSION_START_INFO_TAG])  # fmt: skip
+        hparams = {key: v.string_value or v.number_value for key, v in start.hparams.items()}
+        assert {"model", "optimizer", "loss", "lr", "batch_size", "optimizer.lr"} <= set(hparams)
+        assert hparams["model"] == "MLP" and hparams["batch_size"] == 64
+        swept_lrs.add(hparams["optimizer.lr"])
+        experiment = hparams_metadata.parse_experiment_plugin_data(
+            tags[hparams_metadata.EXPERIMENT_TAG])  # fmt: skip
+        metric_tags = {info.name.tag for info in experiment.metric_infos}
+        assert {"best/val_acc", "test/acc", "train_time_s"} <= metric_tags
+        assert runs.Scalars(run, "best/val_acc")[0].value > 0.5
+    assert swept_lrs == {"0.001", "0.01", "0.1"}
+
+
+def test_report_on_demand_rewrites_the_report(lr_sweep, tmp_path):
+    sweep_dir = shutil.copytree(lr_sweep[0], tmp_path / "sweep")
+    for name in ("summary.csv", "summary.md", "curves.png", "time.png"):
+        (sweep_dir / name).unlink()
+    result = run_cli("mnist_lab.report", str(sweep_dir), cwd=tmp_path)
+    assert len(read_summary(sweep_dir)) == 3 and (sweep_dir / "summary.md").exists()
+    assert_png(sweep_dir / "curves.png")
+    assert_png(sweep_dir / "time.png")
+    assert "wrote summary.csv" in result.stdout and "best_val_acc" in result.stdout
+
+
+def test_report_on_a_folder_without_jobs_says_what_to_pass(tmp_path):
+    result = run_cli("mnist_lab.report", str(tmp_path), cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert "holds no job folders" in result.stderr and "outputs/multirun/" in result.stderr
+
+
+def test_diverged_and_failed_jobs_are_rows_and_the_sweep_goes_on(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("mnist_lab.train", "-m", "optimizer.lr=0.001,1e6,-1", *QUICK,
+                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                     data_dir=synthetic_data_dir)  # fmt: skip
+    rows = {lr: row for row in read_summary(sweep_dir)
+            for lr in row["overrides"].split() if lr.startswith("optimizer.lr=")}  # fmt: skip
+    assert rows["optimizer.lr=0.001"]["status"] == "ok"
+    diverged = rows["optimizer.lr=1000000.0"]  # Hydra parsed 1e6 as a float
+    assert diverged["status"] == "diverged" and int(diverged["diverged_at_step"]) >= 1
+    failed = rows["optimizer.lr=-1"]
+    assert failed["status"] == "failed" and failed["error"]
+    assert closing_line(result.stdout).startswith("sweep: 3 jobs, 1 ok, 1 diverged, 1 failed")
+    assert_png(sweep_dir / "curves.png")
