@@ -156,6 +156,9 @@ class TensorBoardImages(L.Callback):
         if writer is not None:
             writer.flush()
 
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception) -> None:
+        self.on_fit_end(trainer, module)  # an interrupted run keeps the grids of its validations
+
     def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         writer = self.writer(trainer)
         if writer is None:

@@ -72,3 +72,17 @@ def run_cli(module: str, *args: str, cwd: Path, data_dir: Path | None = None, ch
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+# A tiny run that fills every TensorBoard dashboard: 3 steps per epoch at a low learning rate
+# leave it making mistakes, so the misclassified-digits grid is written too.
+TENSORBOARD_RUN = [*QUICK, "trainer.limit_train_batches=3", "optimizer.lr=0.0001"]
+
+
+@pytest.fixture(scope="session")
+def tensorboard_run(tmp_path_factory, synthetic_data_dir) -> Path:
+    """A finished tiny run dir (metrics.json, tensorboard/), shared by the dashboard tests."""
+    run_dir = tmp_path_factory.mktemp("tensorboard_run") / "run"
+    run_cli("mnist_lab.train", *TENSORBOARD_RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent,
+            data_dir=synthetic_data_dir)  # fmt: skip
+    return run_dir
