@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= data
 PYTEST_ARGS ?=
 
-.PHONY: setup data train test lint bench tensorboard clean
+.PHONY: setup data browser train test lint bench tensorboard clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +20,17 @@ data: setup            ## fetch MNIST (local files, torchvision mirrors, or the 
 train: data            ## the default experiment
 	$(PY) -m mnist_lab.train
 
-test: data             ## the whole test suite (CPU)
+# Headless Chromium for tests/test_browser.py: Debian's packages, installed when we are root;
+# otherwise that test skips and says what to install.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q chromium chromium-driver || \
+	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; \
+	else echo "chromium or chromedriver missing: tests/test_browser.py will skip" \
+	  "(sudo apt-get install chromium chromium-driver)"; fi
+
+test: data browser     ## the whole test suite (CPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
