@@ -135,7 +135,10 @@ class MNISTDataModule(L.LightningDataModule):
         self.tensors: dict[str, torch.Tensor] = {}
 
     def prepare_data(self) -> None:
-        mnist_files.load_arrays(self.data_dir)  # acquire, verify and cache once, on one process
+        # Acquire, verify and cache once, on one process. Once the cache exists, setup() reads it
+        # (once per process: the jobs of an in-process sweep share _DEVICE_CACHE).
+        if not mnist_files.cache_path(self.data_dir).exists():
+            mnist_files.load_arrays(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")

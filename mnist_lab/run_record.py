@@ -21,11 +21,26 @@ from mnist_lab.classifier import Classifier
 METRICS_FILE = "metrics.json"
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict, exclusive: bool = False) -> bool:
+    """Write to a temporary name, then rename. ``exclusive``: only if ``path`` does not exist
+    yet (checked and written in one step); returns False if it did."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, allow_nan=False, default=str)
-    os.replace(tmp, path)
+    if not exclusive:
+        os.replace(tmp, path)
+        return True
+    try:
+        os.link(tmp, path)  # fails if path exists, even when two runs race for it
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by train.py's handler so that it is handled like Ctrl-C."""
 
 
 def finite_or_none(value):
@@ -47,6 +62,12 @@ class RunRecord(L.Callback):
         self.train_time_s = 0.0
         self.data: dict = {"status": "running", "overrides": overrides, "run_dir": str(run_dir)}
 
+    def claim(self, exclusive: bool) -> bool:
+        """Write the first record (status "running"); with ``exclusive``, only into a run dir
+        that holds no record yet. False if another run's record is there."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return write_json_atomic(self.path, self.data, exclusive=exclusive)
+
     def _update(self, module: Classifier, status: str) -> None:
         history = module.history
         val_acc = [v for v in history["val_acc"] if math.isfinite(v)]
@@ -63,8 +84,17 @@ class RunRecord(L.Callback):
         )
         write_json_atomic(self.path, finite_or_none(self.data))
 
+    def on_save_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
+        elapsed = time.perf_counter() - self.train_started if self.train_started else 0.0
+        checkpoint["train_time_s"] = self.train_time_s + elapsed
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit":  # resuming: add the training time before the interruption
+            self.train_time_s = checkpoint.get("train_time_s", 0.0)
+
     def on_train_start(self, trainer: L.Trainer, module: Classifier) -> None:
         self.train_started = time.perf_counter()
+        self.data.setdefault("train_started_at", time.time())  # unix time; benchmarks/startup.py
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: Classifier) -> None:
         if module.history["val_acc"]:  # the previous epoch is complete (and checkpointed)
@@ -75,11 +105,20 @@ class RunRecord(L.Callback):
         self.train_started = None
         self._update(module, "diverged" if module.diverged_at is not None else "running")
 
-    def on_exception(self, trainer: L.Trainer, module: Classifier, exception: BaseException) -> None:
+    def on_exception(self, trainer: L.Trainer, module: Classifier, exception: BaseException):
         if isinstance(exception, KeyboardInterrupt):
-            self._update(module, "interrupted")
+            self.interrupt(exception, module)
         else:
             self.fail(exception, module)
+
+    def interrupt(self, exception: KeyboardInterrupt, module: Classifier | None = None) -> None:
+        """Record status "interrupted" and the signal (SIGINT for Ctrl-C, or SIGTERM)."""
+        self.data["stopped_by"] = "SIGTERM" if isinstance(exception, Terminated) else "SIGINT"
+        if module is not None:
+            self._update(module, "interrupted")
+        else:
+            self.data["status"] = "interrupted"
+            write_json_atomic(self.path, finite_or_none(self.data))
 
     def fail(self, exception: BaseException, module: Classifier | None = None) -> None:
         """Record status "failed" with the error's first line (before or during training)."""

@@ -8,27 +8,55 @@ TensorBoard events into the run dir. ``--multirun`` runs a grid; see README.md.
 from __future__ import annotations
 
 import math
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.classifier import Classifier
-from mnist_lab.run_record import RunRecord, first_line
+from mnist_lab.config_checks import (
+    ConfigError,
+    check_checkpoint,
+    check_config,
+    claim_run_dir,
+    out_of_memory_message,
+)
+from mnist_lab.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.run_record import RunRecord, Terminated, first_line
 from mnist_lab.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
 from mnist_lab.tensorboard_images import TensorBoardImages
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 NOT_TRAINER_ARGS = ("cuda_graph",)  # keys of conf/trainer read by the classifier instead
+
+# Exit codes of a single run (docs/reliability.md). A --multirun exits 0 whatever its jobs did
+# (the report lists them), except when it is interrupted.
+EXIT_ERROR = 1  # bad input (one "error: ..." line) or a failed run
+EXIT_DIVERGED = 3  # NaN/inf loss: metrics.json says status "diverged" and the step
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells do
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary name, then rename: a kill -9 while saving leaves the
+    previous last.ckpt intact, so ``ckpt_path=last`` always finds a whole checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        tmp = Path(f"{path}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        tmp.replace(path)
 
 
 def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict:
@@ -36,7 +64,8 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict:
     hparams = {
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "loss": cfg.loss._target_.rsplit(".", 1)[-1] + (f":{cfg.loss.distance}" if "distance" in cfg.loss else ""),
+        "loss": cfg.loss._target_.rsplit(".", 1)[-1]
+        + (f":{cfg.loss.distance}" if "distance" in cfg.loss else ""),
         "lr": cfg.optimizer.lr,
         "batch_size": cfg.data.batch_size,
     }
@@ -60,6 +89,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         callbacks.append(RichProgressBar(refresh_rate=25))
     return L.Trainer(
         **trainer_args,
+        plugins=[AtomicCheckpointIO()],
         logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
         callbacks=callbacks,
         enable_progress_bar=sys.stdout.isatty(),
@@ -71,23 +101,38 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
 
 
 def resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """``last``: the run dir's last.ckpt, or None (start afresh) if no epoch finished before."""
     if ckpt_path == "last":
-        return str(run_dir / "checkpoints" / "last.ckpt")
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
     return ckpt_path
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
-    """Fit, test and record one experiment; return its metrics.json content.
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None):
+    """Check the settings, fit, test and record one experiment; return its metrics.json content.
 
     Any error is recorded in metrics.json (status "failed" and the error's first line) before
-    it propagates, so a sweep's report shows the job like any other.
+    it propagates, so a sweep's report shows the job like any other. Ctrl-C or SIGTERM is
+    recorded as status "interrupted" and the record returned.
     """
     record = RunRecord(run_dir, overrides, hparams_of(cfg, overrides))
+    claim_run_dir(cfg, run_dir, record, sweep_dir)  # raises, writing nothing, if not ours
     try:
+        check_config(cfg)
+        check_checkpoint(cfg, run_dir)
         return fit_and_test(cfg, run_dir, record)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Lightning records Ctrl-C/SIGTERM (RunRecord.on_exception), then calls sys.exit(1).
+        if record.data["status"] != "interrupted":
+            if not isinstance(stop, KeyboardInterrupt):
+                raise
+            record.interrupt(stop)
+        return record.data
     except Exception as error:
         if isinstance(error, InstantiationException) and error.__cause__ is not None:
             error = error.__cause__  # the constructor's own message, not Hydra's wrapper
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            error = ConfigError(out_of_memory_message(cfg))
         record.fail(error)
         raise error from None
 
@@ -104,11 +149,13 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     trainer = build_trainer(cfg, run_dir, [record])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.ckpt_path, run_dir))
+    resume = resume_path(cfg.ckpt_path, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     test = None
     if module.diverged_at is None:
         best = trainer.checkpoint_callback.best_model_path or None
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False,
+                            weights_only=True)[0]  # fmt: skip
     return record.finish(trainer, module, test)
 
 
@@ -123,24 +170,45 @@ def summary_line(metrics: dict) -> str:
     )
 
 
+def resume_command(overrides: list[str], run_dir: Path) -> str:
+    kept = [o for o in overrides if not o.startswith("ckpt_path=")]
+    return shlex.join(
+        ["python", "-m", "mnist_lab.train", *kept, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    )
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)  # SIGTERM is handled like Ctrl-C
     try:
-        metrics = run(cfg, run_dir, overrides)
+        metrics = run(cfg, run_dir, overrides, Path(hydra_cfg.sweep.dir) if multirun else None)
     except Exception as error:
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # one bad job must not end the sweep
+        if multirun:  # one bad job must not end the sweep
             print(f"[failed] {first_line(error)}  run {run_dir}", file=sys.stderr)
             return math.nan
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
     print(summary_line(metrics))
+    if metrics["status"] == "interrupted":  # a sweep stops too: the user asked to stop
+        if not multirun:
+            print(f"resume with: {resume_command(overrides, run_dir)}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED[metrics.get("stopped_by", "SIGINT")])
+    if metrics["status"] == "diverged" and not multirun:
+        sys.exit(EXIT_DIVERGED)
     best = metrics.get("best_val_acc")
     return best if best is not None else math.nan
 
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    main()
+    with hydra_errors_as_sentences():
+        main()

@@ -1,0 +1,78 @@
+"""Hydra's own errors about the command line, as one ``error:`` sentence instead of its report.
+
+An unknown option (``model=cnnn``), an unknown key (``optimizer.lrr=0.1``) or an override Hydra
+cannot parse is normal use; the sentence names what was typed, the nearest valid name and the
+valid choices. docs/reliability.md lists the cases and the tests that check them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
+from mnist_lab.run_record import first_line
+
+
+@contextmanager
+def hydra_errors_as_sentences() -> Iterator[None]:
+    """Print Hydra's composition errors as one ``error:`` line and exit 1, without a traceback.
+
+    Hydra prints its own multi-line report unless HYDRA_FULL_ERROR=1, in which case it raises;
+    we set it so that we can rephrase. A user who sets HYDRA_FULL_ERROR=1 gets Hydra's full
+    traceback, as Hydra documents.
+    """
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        yield
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except HydraException as error:
+        print(f"error: {hydra_error_sentence(error, sys.argv[1:])}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as error:  # anything else before a job starts: one line, traceback on request
+        print(f"error: {first_line(error)} (HYDRA_FULL_ERROR=1 shows where)", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def hydra_error_sentence(error: HydraException, argv: list[str]) -> str:
+    """One sentence for Hydra's errors about the command line; its first line otherwise."""
+    if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or ""):
+        group, option = error.missing_cfg_file.rsplit("/", 1)
+        options = list(error.options or [])
+        if not options:
+            return f"{group}={option} is not an option: conf/{group}/ holds no config files yet."
+        return (f"{group}={option} is not an option{_did_you_mean(option, options)}; "
+                f"choose one of: {', '.join(options)}.")  # fmt: skip
+    if isinstance(error, OverrideParseException):
+        reason = str(error.message).splitlines()[0]
+        return (f"cannot parse the override {error.override!r} ({reason}); quote lists "
+                "and strings for the shell, e.g. 'model.hidden=[256,128]'.")  # fmt: skip
+    cause = error.__cause__
+    full_key = getattr(cause, "full_key", None)
+    parent = getattr(cause, "parent_node", None)
+    if full_key and parent is not None and hasattr(parent, "keys"):
+        keys = [k for k in parent.keys() if not str(k).startswith("_") and k != "hydra"]
+        where = full_key.rpartition(".")[0]
+        typed = [a.partition("=")[2] for a in argv if a.lstrip("+~").startswith(f"{full_key}=")]
+        value = typed[0] if typed else "..."
+        hint = _did_you_mean(str(cause.key), keys)
+        if not where:
+            return (f"{full_key} is neither a config group nor a key{hint}; "
+                    f"they are: {', '.join(keys)}.")  # fmt: skip
+        return (f"{full_key} is not a key of {where}{hint}; its keys are: {', '.join(keys)}. "
+                f"To add a key on purpose, write +{full_key}={value}.")  # fmt: skip
+    return re.sub(r"\s+", " ", str(error)).strip()
