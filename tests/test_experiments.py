@@ -1,0 +1,101 @@
+"""Every study in conf/experiment/: its settings are the study's, every point of its grid
+composes and builds, and its first job trains (in this process, tiny limits, synthetic data)."""
+
+from __future__ import annotations
+
+import itertools
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+
+from mnist_lab.train import CONF_DIR, run
+
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+TINY = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "data.val_size=500",
+        "data.eval_batch_size=100"]  # fmt: skip
+
+# What the issue asks of each study: (model target, optimizer, epochs, grid size).
+STUDIES = {
+    "mlp_lr": ("MLP", "Adam", 10, 3), "mlp_batch": ("MLP", "Adam", 10, 4),
+    "mlp_depth": ("MLP", "Adam", 10, 3), "mlp_width": ("MLP", "Adam", 10, 3),
+    "mlp_loss": ("MLP", "Adam", 10, 3),
+    "softmax_batch": ("MLP", "SGD", 32, 5), "softmax_lr": ("MLP", "SGD", 128, 6),
+    "softmax_momentum": ("MLP", "SGD", 128, 5), "softmax_decay": ("MLP", "SGD", 128, 3),
+    "softmax_adam": ("MLP", "Adam", 128, 2),
+    "cnn_example": ("CNN", "Adadelta", 14, 1), "cnn_example_lr": ("CNN", "SGD", 14, 5),
+    "cnn_example_gamma": ("CNN", "Adadelta", 14, 4),
+    "cnn_example_regularization": ("CNN", "Adadelta", 14, 6),
+    "cnn_example_adam": ("CNN", "Adam", 14, 3),
+    "cnn_small_arch": ("CNN", "SGD", 1, 3), "cnn_small_lr": ("CNN", "SGD", 1, 2),
+    "cnn_small_batch": ("CNN", "SGD", 1, 2),
+    "mlp4_wide": ("MLP", "SGD", 30, 1),
+}  # fmt: skip
+
+
+def grid(name: str, extra: list[str] = ()) -> list[list[str]]:
+    """The overrides of every job ``python -m mnist_lab.train -m experiment=<name>`` runs."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}", *extra], return_hydra_config=True)
+    params = cfg.hydra.sweeper.get("params") or {}
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def composed(name: str, overrides: list[str]):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"experiment={name}", *overrides])
+
+
+def test_every_study_has_an_expectation():
+    assert sorted(STUDIES) == EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_study_settings_match_the_issue(name):
+    model, optimizer, epochs, jobs = STUDIES[name]
+    cfg = composed(name, [])
+    assert cfg.model._target_.endswith(f".{model}")
+    assert cfg.optimizer._target_.endswith(f".{optimizer}")
+    assert cfg.trainer.max_epochs == epochs and len(grid(name)) == jobs
+    if name.startswith("mlp_"):  # one hidden layer of 128, ReLU, Adam, 80/20 split, batch 64
+        assert cfg.data.val_size == 0.2 and cfg.model.activation == "relu"
+        assert cfg.model.hidden == [128] and cfg.data.batch_size == 64 and cfg.optimizer.lr == 0.001
+    if name.startswith("softmax_") and name != "softmax_adam":
+        assert cfg.model.hidden == [] and cfg.optimizer.momentum == 0.9
+    if name.startswith("cnn_example"):
+        assert cfg.scheduler._target_.endswith(".StepLR")
+
+
+def test_softmax_decay_schedules_are_constant_halving_and_exponential():
+    gammas = {}
+    for job in grid("softmax_decay"):
+        cfg = composed("softmax_decay", job)
+        gammas[job[0]] = (cfg.scheduler.step_size, cfg.scheduler.gamma)
+    assert gammas["decay=constant"] == (1, 1.0) and gammas["decay=step"] == (10, 0.5)
+    step_size, gamma = gammas["decay=exponential"]
+    assert step_size == 1 and abs(gamma**10 - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_job_of_the_study_builds_its_net_loss_and_optimizer(name):
+    for job in grid(name):
+        cfg = composed(name, job)
+        net = instantiate(cfg.model)
+        instantiate(cfg.loss)
+        optimizer = instantiate(cfg.optimizer)(net.parameters())
+        if cfg.get("scheduler"):
+            instantiate(cfg.scheduler)(optimizer)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_the_study_trains(name, tmp_path, monkeypatch, synthetic_data_dir):
+    monkeypatch.setenv("MNIST_LAB_DATA_DIR", str(synthetic_data_dir))
+    monkeypatch.setattr("mnist_lab.train.TensorBoardImages", L.Callback)  # tested elsewhere
+    job = grid(name, TINY)[0]
+    metrics = run(composed(name, [*job, *TINY]), tmp_path, job)
+    assert metrics["status"] == "ok" and metrics["epochs"] == 1, (job, metrics.get("error"))
