@@ -11,6 +11,7 @@ first 55,000 training images (val_size=5000), as in ../shared/anchors. Each figu
 median of ``--epochs`` epochs after one warm-up epoch.
 
     python -m benchmarks.epoch [--device cpu|cuda] [--batch 128] [--epochs 3] [--skip loader]
+    python -m benchmarks.epoch --model mlp --batch 1 --skip loader   # online learning
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ from mnist_lab import train
 from mnist_lab.data import MNISTDataModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-MODEL = ["model=mlp", "model.hidden=[64,128,64]", "model.batch_norm=true"]
+MODELS = {
+    "bench": ["model=mlp", "model.hidden=[64,128,64]", "model.batch_norm=true"],  # the anchors' MLP
+    "mlp": ["model=mlp"],  # conf/model/mlp.yaml, no batch norm: the one for batch_size=1
+}
+MODEL = MODELS["bench"]
 
 
 def config(*overrides: str):
@@ -176,6 +181,7 @@ RUNNERS = {"ours": ours, "eager": eager_loop, "graph": graph_loop, "loader": loa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", choices=list(MODELS), default="bench")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", default="data")
@@ -183,6 +189,8 @@ def main() -> None:
     parser.add_argument("--ours-extra", nargs="*", default=[], help="more overrides for (a)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    global MODEL
+    MODEL = MODELS[args.model]
     torch.set_float32_matmul_precision("high")
     results = {}
     for name, runner in RUNNERS.items():

@@ -23,7 +23,12 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lab.cuda_graph import GraphStep, graph_optimizer_kwargs, graph_unsupported_reason
+from mnist_lab.cuda_graph import (
+    GraphStep,
+    graph_optimizer_kwargs,
+    graph_unsupported_reason,
+    skip_capture_check,
+)
 
 # Schedulers that move the learning rate every optimizer step; the others move it per epoch.
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
@@ -82,6 +87,8 @@ class Classifier(L.LightningModule):
         use_graph = self._wants_graph()
         kwargs = graph_optimizer_kwargs(self.make_optimizer) if use_graph else {}
         optimizer = self.make_optimizer(self.parameters(), **kwargs)
+        if self.device.type == "cpu":
+            skip_capture_check(optimizer)
         if not self.make_scheduler:
             return optimizer
         if use_graph:  # a captured step reads lr from the device, so lr must be a tensor there
