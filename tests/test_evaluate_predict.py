@@ -95,7 +95,7 @@ def test_evaluate_explains_a_path_that_is_not_a_checkpoint(trained_run):
         pytest.skip("the checks do not depend on the model; run them once")
     for name, expected in [("metrics.json", "is not a PyTorch checkpoint"),
                            ("missing.ckpt", "does not exist"),
-                           ("tensorboard", "is a directory with no checkpoints/best.ckpt")]:  # fmt: skip
+                           ("tensorboard", "is a directory with no checkpoints/best.ckpt")]:
         with pytest.raises(CheckpointError, match=expected):
             load_checkpoint(trained_run / name, torch.device("cpu"))
     path = trained_run / "metrics.json"
@@ -149,9 +149,10 @@ def test_preprocessing_recovers_mnist_digits_drawn_at_other_sizes_and_polarity(r
 @pytest.mark.slow
 @pytest.mark.real_mnist
 def test_predict_reads_re_rendered_test_digits_with_a_trained_cnn(tmp_path, real_test_set):
+    # 200 steps of Adam on real MNIST: about 95% test accuracy (10 of 10 here, when written)
     run_dir = tmp_path / "run"
     run_cli("mnist_lab.train", *MODELS["cnn"], "trainer.max_epochs=1", "trainer.accelerator=cpu",
-            "+trainer.limit_train_batches=400", "data.val_size=1000", f"data.data_dir={REAL_DATA}",
+            "trainer.limit_train_batches=200", "data.val_size=1000", f"data.data_dir={REAL_DATA}",
             f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
     truth = write_digits(tmp_path / "digits", *real_test_set)
     result = run_cli("mnist_lab.predict", f"ckpt_path={run_dir}", "images=digits/*.png",
