@@ -221,7 +221,7 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path, record: RunRecord, sweep_dir: 
         )
     if sweep_dir is not None and not resuming:
         num = run_dir.name.split("_", 1)[0]
-        others = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and d != run_dir
+        others = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and d.name != run_dir.name
                         and (d.name == num or d.name.startswith(f"{num}_")))  # fmt: skip
         if others:
             raise ConfigError(

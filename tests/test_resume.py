@@ -139,3 +139,19 @@ def test_resume_command_drops_the_old_ckpt_path_and_quotes_lists():
     command = resume_command(["model.hidden=[64,32]", "ckpt_path=last"], Path("out/run 1"))
     assert command == ("python -m mnist_lab.train 'model.hidden=[64,32]' "
                        "'hydra.run.dir=out/run 1' ckpt_path=last")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_sweep_reruns_with_ckpt_path_last_into_its_own_job_folders(tmp_path, synthetic_data_dir):
+    sweep = ["-m", "optimizer.lr=0.01,0.1", "hydra.sweep.dir=sweep", "trainer.max_epochs=2",
+             "trainer.limit_train_batches=5", *RUN[:4]]  # fmt: skip
+    run_cli("mnist_lab.train", *sweep, cwd=tmp_path, data_dir=synthetic_data_dir)
+    jobs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    first = [read_metrics(job.parent) for job in jobs]
+    assert [m["status"] for m in first] == ["ok", "ok"]
+
+    again = run_cli("mnist_lab.train", *sweep, "ckpt_path=last", cwd=tmp_path,
+                    data_dir=synthetic_data_dir)  # fmt: skip
+    assert "sweep: 2 jobs, 2 ok" in again.stdout
+    assert sorted((tmp_path / "sweep").glob("*/metrics.json")) == jobs  # no new folders
+    assert [numbers(read_metrics(job.parent)) for job in jobs] == [numbers(m) for m in first]
