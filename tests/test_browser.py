@@ -74,12 +74,14 @@ return leaves.map(e => e.textContent.trim()).join(' | ');
 """
 
 
-def missing_browser_parts() -> list[str]:
-    missing = [name for name in (CHROMIUM, CHROMEDRIVER) if shutil.which(name) is None]
+def missing_browser_parts() -> dict[str, str]:
+    """{what is missing: how to install it}."""
+    apt = "sudo apt-get install chromium chromium-driver (`make test` does it when run as root)"
+    missing = {name: apt for name in (CHROMIUM, CHROMEDRIVER) if shutil.which(name) is None}
     try:
         import selenium  # noqa: F401
     except ImportError:
-        missing.append("the selenium package")
+        missing["the selenium package"] = ".venv/bin/pip install -e '.[dev]'"
     return missing
 
 
@@ -87,11 +89,8 @@ def missing_browser_parts() -> list[str]:
 def browser():
     missing = missing_browser_parts()
     if missing:
-        pytest.skip(
-            f"{' and '.join(missing)} not found: install Debian's chromium and chromium-driver "
-            "(`sudo apt-get install chromium chromium-driver`; `make test` does it as root) and "
-            "selenium (`.venv/bin/pip install -e '.[dev]'`)."
-        )
+        how = "; ".join(dict.fromkeys(missing.values()))
+        pytest.skip(f"{' and '.join(missing)} missing; install: {how}.")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -122,8 +121,8 @@ def tensorboard_url(run_dir, tmp_path_factory):
     """`tensorboard --logdir <run dir>` on 127.0.0.1 at a port it picks; its URL once it has
     loaded the run's scalars and images."""
     log = tmp_path_factory.mktemp("tensorboard_server") / "tensorboard.log"
-    command = [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(run_dir),
-               "--host", "127.0.0.1", "--port", "0"]  # fmt: skip
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir),
+               "--host", "127.0.0.1", "--port", "0"]  # `tensorboard ...`, with this Python
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
