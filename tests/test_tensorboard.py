@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from mnist_lab.tensorboard_images import first_mistakes
+from mnist_lab.tensorboard_images import TensorBoardImages, first_mistakes
 from tests.conftest import read_metrics
 
 STEPS_PER_EPOCH, EPOCHS, VAL_SIZE = 3, 2, 500  # tests/conftest.py: TENSORBOARD_RUN
@@ -160,3 +162,16 @@ def test_first_mistakes_are_the_wrong_predictions_in_dataset_order():
     assert wrong.tolist() == [True] * 4 + [False] * 2  # then correct rows, flagged as such
     x, _, _, wrong = first_mistakes(FixedLogits(predicted), batches, torch.device("cpu"), 8, 5)
     assert x[wrong][:, 0, 0, 0].tolist() == [1, 4]  # only the first 5 images are examined
+
+
+def test_an_interrupted_run_still_writes_the_misclassified_grids(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tensorboard", version="")
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, loggers=[logger])
+    images = TensorBoardImages()
+    x = torch.zeros(3, 1, 28, 28)
+    images.mistakes.append((5, (x, torch.tensor([1, 2, 3]), torch.tensor([7, 2, 9]),
+                                torch.tensor([True, False, True]))))  # fmt: skip
+    images.on_exception(trainer, None, KeyboardInterrupt())
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    (grid,) = events.Images("val/misclassified")
+    assert grid.step == 5 and grid.height == 2 * (SIDE + 2 * PAD)  # one row: the 2 mistakes
