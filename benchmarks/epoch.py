@@ -17,7 +17,9 @@ median of ``--epochs`` epochs after one warm-up epoch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -81,6 +83,19 @@ def train_tensors(data_dir: str, device: str):
     return dm.tensors["train_x"].to(device), dm.tensors["train_y"].to(device)
 
 
+@contextlib.contextmanager
+def as_plain_pytorch():
+    """Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes every
+    torch.cuda.is_available() (Adam calls it each step) an NVML query; a plain script has no
+    Lightning, so time the plain loops without it."""
+    saved = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
+
+
 def eager_loop(device: str, batch: int, epochs: int, data_dir: str) -> dict:
     x, y = train_tensors(data_dir, device)
     net = instantiate(config().model).to(device)
@@ -95,7 +110,8 @@ def eager_loop(device: str, batch: int, epochs: int, data_dir: str) -> dict:
             loss.backward()
             opt.step()
 
-    return {"epoch_s": timed_epochs(epoch, epochs, device)}
+    with as_plain_pytorch():
+        return {"epoch_s": timed_epochs(epoch, epochs, device)}
 
 
 def graph_loop(device: str, batch: int, epochs: int, data_dir: str) -> dict:
