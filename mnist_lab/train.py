@@ -71,7 +71,7 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict:
     }
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        hparams.setdefault(key, value)
+        hparams.setdefault(key, OmegaConf.select(cfg, key, default=value))  # typed: 0.1, not "0.1"
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
 
 
