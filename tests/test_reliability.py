@@ -199,14 +199,15 @@ def case_results(tmp_path_factory, synthetic_data_dir, mlp_run) -> dict[str, dic
         (tmp / name).mkdir()
         cases.append({"args": [a.format(**fill) for a in args], "cwd": str(tmp / name),
                       "env": {"MNIST_LAB_DATA_DIR": str(synthetic_data_dir), **OFFLINE},
-                      "stdout": str(tmp / name / "stdout"), "stderr": str(tmp / name / "stderr")})  # fmt: skip
+                      "stdout": str(tmp / name / "stdout"),
+                      "stderr": str(tmp / name / "stderr")})  # fmt: skip
     runner = subprocess.run([sys.executable, "-c", FORKING_RUNNER], input=json.dumps(cases),
                             capture_output=True, text=True, timeout=600, cwd=tmp)  # fmt: skip
     assert runner.returncode == 0, runner.stderr[-3000:]
     codes = [json.loads(line) for line in runner.stdout.splitlines()]
     return {name: {"code": code, "stdout": Path(case["stdout"]).read_text(),
                    "stderr": Path(case["stderr"]).read_text(), "fill": fill}
-            for name, case, code in zip(CASES, cases, codes)}  # fmt: skip
+            for name, case, code in zip(CASES, cases, codes, strict=True)}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -228,8 +229,8 @@ def test_bad_input_gets_one_sentence(case, case_results):
 def test_a_failed_check_is_recorded_but_another_runs_record_is_not_touched(case_results, mlp_run):
     metrics = json.loads((mlp_run / "metrics.json").read_text())
     assert metrics["status"] == "ok"  # run_dir_already_used did not overwrite it
-    runs = list((case_results["lr_zero"]["fill"]["tmp"] / "lr_zero").glob("outputs/*/*/metrics.json"))
-    failed = [json.loads(p.read_text()) for p in runs]
+    cwd = case_results["lr_zero"]["fill"]["tmp"] / "lr_zero"
+    failed = [json.loads(p.read_text()) for p in cwd.glob("outputs/*/*/metrics.json")]
     assert any(m["status"] == "failed" and "optimizer.lr=0" in m["error"] for m in failed)
 
 
@@ -279,7 +280,8 @@ def test_out_of_memory_names_the_batch_sizes(tmp_path, monkeypatch, synthetic_da
         "data.eval_batch_size=2500), then data.batch_size or the model's size, or use trainer=cpu."
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and metrics["error"].startswith("ConfigError: the GPU ran out")
+    assert metrics["status"] == "failed"
+    assert metrics["error"].startswith("ConfigError: the GPU ran out of memory")
 
 
 def test_unwritable_data_dir(tmp_path, synthetic_data_dir):
@@ -292,3 +294,29 @@ def test_unwritable_data_dir(tmp_path, synthetic_data_dir):
         f"error: cannot write to data_dir {locked}/mnist ({locked} is not writable); "
         "set data.data_dir to a writable folder."
     )
+
+
+def test_every_study_config_passes_the_checks(synthetic_data_dir):
+    """No false alarms: each job of each conf/experiment sweep is a valid setting."""
+    from itertools import product
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mnist_lab.config_checks import check_config
+    from mnist_lab.train import CONF_DIR
+
+    parser = OverridesParser.create()
+    checked = 0
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for experiment in sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")):
+            base = [f"experiment={experiment}", f"data.data_dir={synthetic_data_dir}"]
+            params = compose("train", base, return_hydra_config=True).hydra.sweeper.get("params")
+            grid = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+                    if o.is_sweep_override() else [f"{key}={value}"]
+                    for key, value in (params or {}).items()
+                    for o in parser.parse_overrides([f"{key}={value}"])]  # fmt: skip
+            for job in product(*grid):
+                check_config(compose("train", [*base, *job]))
+                checked += 1
+    assert checked >= 19
