@@ -122,11 +122,12 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | 
         check_checkpoint(cfg, run_dir)
         return fit_and_test(cfg, run_dir, record)
     except (KeyboardInterrupt, SystemExit) as stop:
-        # Lightning records Ctrl-C/SIGTERM (RunRecord.on_exception), then calls sys.exit(1).
-        if record.data["status"] != "interrupted":
-            if not isinstance(stop, KeyboardInterrupt):
-                raise
+        # Ctrl-C or SIGTERM (raise_terminated). Inside fit and test, Lightning records it
+        # (RunRecord.on_exception) and calls sys.exit(1); elsewhere it arrives here as is.
+        if isinstance(stop, KeyboardInterrupt):
             record.interrupt(stop)
+        elif record.data["status"] != "interrupted":
+            raise
         return record.data
     except Exception as error:
         if isinstance(error, InstantiationException) and error.__cause__ is not None:
@@ -199,8 +200,9 @@ def main(cfg: DictConfig) -> float:
         sys.exit(EXIT_ERROR)
     print(summary_line(metrics))
     if metrics["status"] == "interrupted":  # a sweep stops too: the user asked to stop
-        if not multirun:
-            print(f"resume with: {resume_command(overrides, run_dir)}", file=sys.stderr)
+        print("resume with: " + (resume_command(overrides, run_dir) if not multirun else
+              f"the same command, hydra.sweep.dir={hydra_cfg.sweep.dir} ckpt_path=last"),
+              file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_INTERRUPTED[metrics.get("stopped_by", "SIGINT")])
     if metrics["status"] == "diverged" and not multirun:
         sys.exit(EXIT_DIVERGED)
