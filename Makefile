@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,launchers]' 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -c "import mnist_lab.train, torchvision"  # fail here, not later, if the install broke
 	touch $@
 
