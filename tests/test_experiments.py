@@ -92,6 +92,7 @@ def test_every_job_of_the_study_builds_its_net_loss_and_optimizer(name):
             instantiate(cfg.scheduler)(optimizer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_the_study_trains(name, tmp_path, monkeypatch, synthetic_data_dir):
     monkeypatch.setenv("MNIST_LAB_DATA_DIR", str(synthetic_data_dir))

@@ -17,6 +17,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import QUICK, read_metrics, run_cli
 
+pytestmark = pytest.mark.slow  # real sweeps, several jobs each
+
 # `python -m mnist_lab.train ...`, with MNIST's parsing (mnist_files.load_arrays) and the
 # tensors the data module gets (data.device_tensors) counted, printed when the process exits.
 COUNTING_TRAIN = """
