@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import mnist_files
@@ -210,6 +211,8 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path, record: RunRecord, sweep_dir: 
     sweep, a folder with this job's number but other overrides means a second sweep is writing
     into the same sweep dir.
     """
+    if rank_zero_only.rank > 0:  # a process Lightning started for another device: rank 0 claimed
+        return
     ckpt_path = cfg.ckpt_path
     resuming = ckpt_path == "last" or (
         ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run_dir.resolve())

@@ -320,3 +320,20 @@ def test_every_study_config_passes_the_checks(synthetic_data_dir):
                 check_config(compose("train", [*base, *job]))
                 checked += 1
     assert checked >= 19
+
+
+def test_processes_for_other_devices_do_not_claim_the_run_dir(tmp_path, monkeypatch):
+    """With trainer.devices=N Lightning reruns the command for ranks 1..N-1 in rank 0's run
+    dir; they must not take it for someone else's run."""
+    from lightning.pytorch.utilities import rank_zero_only
+    from omegaconf import OmegaConf
+
+    from mnist_lab.config_checks import ConfigError, claim_run_dir
+    from mnist_lab.run_record import RunRecord
+
+    cfg = OmegaConf.create({"ckpt_path": None})
+    RunRecord(tmp_path, [], {}).claim(exclusive=True)  # rank 0
+    with pytest.raises(ConfigError, match="already holds a run"):
+        claim_run_dir(cfg, tmp_path, RunRecord(tmp_path, [], {}), None)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    claim_run_dir(cfg, tmp_path, RunRecord(tmp_path, [], {}), None)
