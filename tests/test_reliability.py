@@ -210,6 +210,7 @@ def case_results(tmp_path_factory, synthetic_data_dir, mlp_run) -> dict[str, dic
             for name, case, code in zip(CASES, cases, codes, strict=True)}  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_gets_one_sentence(case, case_results):
     if case == "trainer_gpu_without_gpu" and torch.cuda.is_available():
@@ -226,6 +227,7 @@ def test_bad_input_gets_one_sentence(case, case_results):
     assert "Traceback" not in result["stderr"] + result["stdout"]
 
 
+@pytest.mark.slow
 def test_a_failed_check_is_recorded_but_another_runs_record_is_not_touched(case_results, mlp_run):
     metrics = json.loads((mlp_run / "metrics.json").read_text())
     assert metrics["status"] == "ok"  # run_dir_already_used did not overwrite it
@@ -234,6 +236,7 @@ def test_a_failed_check_is_recorded_but_another_runs_record_is_not_touched(case_
     assert any(m["status"] == "failed" and "optimizer.lr=0" in m["error"] for m in failed)
 
 
+@pytest.mark.slow
 def test_forked_cases_match_a_plain_subprocess(tmp_path, synthetic_data_dir, case_results):
     result = run_cli("mnist_lab.train", "model=cnnn", cwd=tmp_path, data_dir=synthetic_data_dir,
                      check=False)  # fmt: skip
@@ -242,6 +245,7 @@ def test_forked_cases_match_a_plain_subprocess(tmp_path, synthetic_data_dir, cas
     assert result.stderr == case_results["unknown_option"]["stderr"]
 
 
+@pytest.mark.slow
 def test_two_sweeps_into_one_sweep_dir(tmp_path, synthetic_data_dir):
     """A second sweep into a used hydra.sweep.dir fails each job with a sentence, and leaves
     the first sweep's records as they were."""
@@ -296,6 +300,7 @@ def test_unwritable_data_dir(tmp_path, synthetic_data_dir):
     )
 
 
+@pytest.mark.slow
 def test_every_study_config_passes_the_checks(synthetic_data_dir):
     """No false alarms: each job of each conf/experiment sweep is a valid setting."""
     from itertools import product
