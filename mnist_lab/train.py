@@ -50,8 +50,12 @@ EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number,
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary name, then rename: a kill -9 while saving leaves the
-    previous last.ckpt intact, so ``ckpt_path=last`` always finds a whole checkpoint."""
+    """Save each checkpoint under a temporary name beside it, then rename: a kill -9 while
+    saving leaves the previous last.ckpt whole, so ``ckpt_path=last`` always finds one.
+
+    (Lightning writes into the system temp dir and moves the file into place, which is a copy,
+    not a rename, when that dir is on another filesystem.)
+    """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         tmp = Path(f"{path}.tmp")

@@ -155,3 +155,28 @@ def test_a_sweep_reruns_with_ckpt_path_last_into_its_own_job_folders(tmp_path, s
     assert "sweep: 2 jobs, 2 ok" in again.stdout
     assert sorted((tmp_path / "sweep").glob("*/metrics.json")) == jobs  # no new folders
     assert [numbers(read_metrics(job.parent)) for job in jobs] == [numbers(m) for m in first]
+
+
+def test_a_checkpoint_save_that_dies_halfway_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """Lightning writes a checkpoint in the system temp dir, then shutil.move()s it into place:
+    a copy, not a rename, when that dir is on another filesystem. A copy killed halfway must
+    not cost the previous last.ckpt."""
+    import shutil
+
+    import torch
+
+    from mnist_lab.train import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, last)
+
+    def copy_killed_halfway(src, dst):
+        data = open(src, "rb").read()
+        open(dst, "wb").write(data[: len(data) // 2])
+        raise KeyboardInterrupt  # stands for the kill
+
+    monkeypatch.setattr(shutil, "move", copy_killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, last)
+    assert torch.load(last, weights_only=True)["epoch"] == 1
