@@ -123,7 +123,7 @@ def test_tensorboard_shows_every_job_named_by_its_overrides_with_hparams(lr_swee
         metric_tags = {info.name.tag for info in experiment.metric_infos}
         assert {"best/val_acc", "test/acc", "train_time_s"} <= metric_tags
         assert runs.Scalars(run, "best/val_acc")[0].value > 0.5
-    assert swept_lrs == {"0.001", "0.01", "0.1"}
+    assert swept_lrs == {0.001, 0.01, 0.1}  # numbers, as the config has them
 
 
 def test_report_on_demand_rewrites_the_report(lr_sweep, tmp_path):
