@@ -97,12 +97,26 @@ class Classifier(L.LightningModule):
         if isinstance(self.make_scheduler, functools.partial) and issubclass(
             self.make_scheduler.func, PER_STEP_SCHEDULERS
         ):  # one-cycle needs the run's length in steps
-            scheduler = self.make_scheduler(
-                optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-            )
+            scheduler = self.make_scheduler(optimizer, total_steps=self._total_steps())
         else:
             scheduler = self.make_scheduler(optimizer)
         return [optimizer], [scheduler]
+
+    def _loader_group(self) -> tuple[int | None, int]:
+        """(batch size, batches per loader item): see ``data.SAMPLES_PER_CALL``."""
+        loader = self.trainer.train_dataloader
+        return getattr(loader, "batch_size", None), getattr(loader, "group", 1)
+
+    def _total_steps(self) -> int:
+        """Optimizer steps in the whole run (Lightning counts loader items: groups of batches)."""
+        trainer = self.trainer
+        steps = int(trainer.estimated_stepping_batches)
+        loader = trainer.train_dataloader
+        if getattr(loader, "group", 1) == 1 or trainer.max_epochs in (None, -1):
+            return steps
+        per_epoch = min(int(trainer.num_training_batches) * loader.group, loader.batches)
+        total = per_epoch * trainer.max_epochs
+        return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
 
     def _wants_graph(self) -> bool:
         if self.cuda_graph == "off" or self.device.type != "cuda":
@@ -120,12 +134,14 @@ class Classifier(L.LightningModule):
             self.print(f"CUDA graph off: {reason}; using the eager step.")
         scheduler = self.lr_schedulers()
         self.per_step_scheduler = scheduler if isinstance(scheduler, PER_STEP_SCHEDULERS) else None
+        self.loader_batch_size, self.group = self._loader_group()
 
     def on_train_epoch_start(self) -> None:
         # Dropout masks depend on (seed, epoch) only, so a resumed run draws the same ones.
         torch.manual_seed(self.hparams.config.get("seed", 0) * 1_000_003 + self.current_epoch)
-        n = self.trainer.num_training_batches
+        n = self.trainer.num_training_batches * self.group
         self.step_losses = torch.zeros(n, device=self.device)
+        self.steps_done = 0  # optimizer steps in this epoch
         self.train_correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.train_seen = 0
         self.checked_up_to = 0
@@ -145,20 +161,31 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
+        if self.group == 1 or len(x) <= self.loader_batch_size:
+            self._train_on(x, y)
+            return
+        for x_part, y_part in zip(x.split(self.loader_batch_size), y.split(self.loader_batch_size), strict=True):
+            self._train_on(x_part, y_part)
+            if self.diverged_at is not None:
+                return
+
+    def _train_on(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on one batch."""
         if self.use_graph and self.graph_step is None:
             self.graph_step = GraphStep(self, x, y)
         if self.graph_step is not None and len(x) == self.graph_step.batch_size:
             loss, correct = self.graph_step(x, y)
         else:
             loss, correct = self.eager_step(x, y)
-        self.step_losses[batch_idx] = loss
+        self.step_losses[self.steps_done] = loss
+        self.steps_done += 1
         self.train_correct += correct
         self.train_seen += len(y)
         self._count_optimizer_step()
         if self.per_step_scheduler is not None:
             self.per_step_scheduler.step()
-        if (batch_idx + 1) % self.check_every == 0:
-            self._check_finite(batch_idx + 1)
+        if self.steps_done % self.check_every == 0:
+            self._check_finite(self.steps_done)
 
     def _count_optimizer_step(self) -> None:
         # We step the raw optimizer (or replay a graph), so tell Lightning a step happened:
@@ -192,7 +219,7 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._stop_epoch_clock()
         epoch_time = self.epoch_time
-        n_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        n_done = self.steps_done
         if self.diverged_at is None:
             self._check_finite(n_done)
         losses = self.step_losses[:n_done]

@@ -19,6 +19,10 @@ from mnist_lab import mnist_files
 
 MEAN, STD = 0.1307, 0.3081
 TRAIN_SIZE = 60_000
+# Below this many images per batch, Lightning's loop (~0.2 ms a batch on CPU) would cost more
+# than a small step itself; the training loader then hands out groups of batches, and the
+# classifier runs one optimizer step per batch of the group (the same batches, in the same order).
+SAMPLES_PER_CALL = 32
 
 # Parsed and normalized tensors per (data_dir, device): a sweep running many jobs in one
 # process moves MNIST to the device once, not once per job.
@@ -61,6 +65,8 @@ class DeviceBatches:
     With ``shuffle``, each epoch uses the permutation seeded by ``(seed, epoch())``, so a
     resumed run sees the same batches as an uninterrupted one. Under DDP each rank takes every
     ``world_size``-th row of that permutation (all ranks get the same number of batches).
+    With ``group`` > 1 each item holds up to ``group`` consecutive batches, to be split by
+    ``batch_size`` (``Classifier.training_step`` does).
     """
 
     def __init__(
@@ -74,15 +80,22 @@ class DeviceBatches:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        group: int = 1,
     ):
         self.x, self.y = x, y
+        self.group = group
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.rows = len(x) // world_size
 
-    def __len__(self) -> int:
+    @property
+    def batches(self) -> int:
+        """Batches of ``batch_size`` per epoch (the last one ragged unless ``drop_last``)."""
         full, ragged = divmod(self.rows, self.batch_size)
         return full + (1 if ragged and not self.drop_last else 0)
+
+    def __len__(self) -> int:
+        return -(-self.batches // self.group)  # what the loop iterates: groups of batches
 
     def order(self) -> torch.Tensor:
         if not self.shuffle:
@@ -94,14 +107,16 @@ class DeviceBatches:
         return order[self.rank :: self.world_size][: self.rows]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, b = self.order(), self.batch_size
-        if not self.shuffle and self.world_size == 1:  # contiguous slices: views, no gather
-            for i in range(0, len(self) * b, b):
-                yield self.x[i : i + b], self.y[i : i + b]
-            return
-        for i in range(0, len(self) * b, b):
-            rows = order[i : i + b]
-            yield self.x[rows], self.y[rows]
+        order, used = self.order(), min(self.batches * self.batch_size, self.rows)
+        size = self.batch_size * self.group
+        contiguous = not self.shuffle and self.world_size == 1  # slices: views, no gather
+        for i in range(0, used, size):
+            end = min(i + size, used)
+            if contiguous:
+                yield self.x[i:end], self.y[i:end]
+            else:
+                rows = order[i:end]
+                yield self.x[rows], self.y[rows]
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -169,6 +184,7 @@ class MNISTDataModule(L.LightningDataModule):
             drop_last=self.drop_last,
             rank=rank,
             world_size=world_size,
+            group=max(1, SAMPLES_PER_CALL // self.batch_size),
         )
 
     def _eval_batches(self, split: str) -> DeviceBatches:

@@ -26,6 +26,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist_lab.data import DeviceBatches, device_tensors
+from mnist_lab.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.tensorboard_images import batched_logits, confusion_matrix_figure
 
 HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
@@ -155,4 +156,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with hydra_errors_as_sentences():
+        main()

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mnist_lab.data import MEAN, STD
 from mnist_lab.evaluate import HOW_TO_PASS, CheckpointError, load_checkpoint
+from mnist_lab.hydra_errors import hydra_errors_as_sentences
 
 FIELD, BOX = 28, 20  # MNIST: a 28x28 field, the digit fitted in a 20x20 box
 INK_THRESHOLD = 0.2  # fraction of the darkest-to-lightest range that counts as ink, for the crop
@@ -124,4 +125,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with hydra_errors_as_sentences():
+        main()

@@ -132,3 +132,22 @@ def test_simulated_graph_step_matches_the_eager_step_on_cpu(tmp_path, synthetic_
     assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
     assert graph["val_acc"] == pytest.approx(eager["val_acc"], abs=1e-6)
     assert graph["lr"] == pytest.approx(eager["lr"], rel=1e-6)
+
+
+def test_grouped_small_batches_train_exactly_like_one_batch_per_loop_step(tmp_path, synthetic_data_dir, monkeypatch):
+    """At batch 4 the loader hands Lightning groups of 8 batches (data.SAMPLES_PER_CALL); the
+    run must be the same, step for step, as with one batch per loop step."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab import data, train
+
+    overrides = [*QUICK, "trainer.max_epochs=1", "data.batch_size=4", "scheduler=onecycle",
+                 f"data.data_dir={synthetic_data_dir}"]  # fmt: skip
+    with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    grouped = train.run(cfg, tmp_path / "grouped", [])
+    monkeypatch.setattr(data, "SAMPLES_PER_CALL", 1)
+    single = train.run(cfg, tmp_path / "single", [])
+    assert grouped["status"] == single["status"] == "ok"
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "test_acc"):
+        assert grouped[key] == single[key], key

@@ -65,3 +65,13 @@ def test_data_module_normalizes_on_the_device(synthetic_data_dir):
     assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert len(dm.tensors["val_y"]) == 500 and len(dm.tensors["train_y"]) == 2500
     assert abs(dm.tensors["train_x"].min().item() - (0 - 0.1307) / 0.3081) < 1e-5
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_groups_of_small_batches_hold_the_same_batches_in_the_same_order(drop_last):
+    x, y = torch.arange(23.0).view(23, 1), torch.arange(23)
+    single = DeviceBatches(x, y, batch_size=2, shuffle=True, seed=5, drop_last=drop_last)
+    grouped = DeviceBatches(x, y, batch_size=2, shuffle=True, seed=5, drop_last=drop_last, group=4)
+    assert len(grouped) == -(-len(single) // 4)
+    split = [part for _, labels in grouped for part in labels.split(2)]
+    assert [p.tolist() for p in split] == [labels.tolist() for _, labels in single]
