@@ -216,7 +216,8 @@ def main() -> None:
         result = runner(args.device, args.batch, args.epochs, args.data, **kwargs)
         result["median_s"] = statistics.median(result["epoch_s"])
         results[name] = result
-        print(f"{name:7s} median {result['median_s']:.3f} s/epoch  ({', '.join(f'{t:.3f}' for t in result['epoch_s'])})", flush=True)
+        each = ", ".join(f"{t:.3f}" for t in result["epoch_s"])
+        print(f"{name:7s} median {result['median_s']:.3f} s/epoch  ({each})", flush=True)
     if "ours" in results:
         for name in ("eager", "graph", "loader"):
             if name in results:

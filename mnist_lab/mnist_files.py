@@ -25,9 +25,13 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from filelock import FileLock
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKSUMS = {  # name: (md5, sha256) of the uncompressed files
     "train-images-idx3-ubyte": (
@@ -280,7 +284,7 @@ def cache_path(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / "MNIST" / "processed" / "mnist_lab_uint8.pt"
 
 
-def load_arrays(data_dir: str | os.PathLike) -> dict[str, "torch.Tensor"]:
+def load_arrays(data_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The verified data as uint8 tensors: images (N, 28, 28) and labels (N,), train and test.
 
     The first call acquires and verifies the IDX files, then caches the parsed tensors beside

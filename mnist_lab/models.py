@@ -32,7 +32,7 @@ def dense_stack(
 ) -> list[nn.Module]:
     """Linear layers between consecutive ``widths``, each followed by [BN], activation, [dropout]."""
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(widths[:-1], widths[1:]):
+    for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
         layers.append(nn.Linear(n_in, n_out))
         if batch_norm:
             layers.append(nn.BatchNorm1d(n_out))
@@ -85,7 +85,7 @@ class CNN(nn.Sequential):
             )
         layers: list[nn.Module] = []
         n_in, side = 1, 28
-        for i, (n_out, k) in enumerate(zip(channels, kernel_sizes)):
+        for i, (n_out, k) in enumerate(zip(channels, kernel_sizes, strict=True)):
             layers += [nn.Conv2d(n_in, n_out, k), make_activation(activation)]
             n_in, side = n_out, side - k + 1
             if i in pool_after:

@@ -37,7 +37,7 @@ def synthetic_arrays(n_train: int = 3000, n_test: int = 600, seed: int = 0) -> d
 
 
 def write_idx_files(directory: Path, arrays: dict[str, np.ndarray]) -> None:
-    names = dict(zip(mnist_files.FILES, ("train_images", "train_labels", "test_images", "test_labels")))
+    names = dict(zip(mnist_files.FILES, ("train_images", "train_labels", "test_images", "test_labels"), strict=True))
     directory.mkdir(parents=True, exist_ok=True)
     for file_name, key in names.items():
         (directory / file_name).write_bytes(mnist_files.idx_bytes(arrays[key]))
@@ -66,7 +66,8 @@ def run_cli(module: str, *args: str, cwd: Path, data_dir: Path | None = None, ch
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                             capture_output=True, text=True, timeout=timeout)  # fmt: skip
     if check and result.returncode != 0:
-        raise AssertionError(f"{module} {' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        raise AssertionError(f"{module} {' '.join(args)} exited {result.returncode}:\n{output}")
     return result
 
 

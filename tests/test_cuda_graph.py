@@ -51,7 +51,7 @@ def test_graph_and_eager_steps_agree_over_three_seeds(tmp_path, overrides):
     gap = statistics.mean(m["test_acc"] for m in graph) - statistics.mean(m["test_acc"] for m in eager)
     print(f"{' '.join(overrides)}: graph - eager test acc = {100 * gap:+.2f} pp")
     assert abs(gap) <= 0.003
-    for g, e in zip(graph, eager):
+    for g, e in zip(graph, eager, strict=True):
         assert g["train_loss"][-1] < g["train_loss"][0] and e["train_loss"][-1] < e["train_loss"][0]
         assert g["train_loss"][-1] == pytest.approx(e["train_loss"][-1], rel=0.35)
 
@@ -115,7 +115,9 @@ def simulated_cuda_graph(monkeypatch):
     ["optimizer=adamw", "optimizer.weight_decay=0.01", "scheduler=onecycle", "model.batch_norm=true"],
     ["optimizer=rmsprop", "optimizer.lr=0.001"],
 ])  # fmt: skip
-def test_simulated_graph_step_matches_the_eager_step_on_cpu(tmp_path, synthetic_data_dir, simulated_cuda_graph, overrides):
+def test_simulated_graph_step_matches_the_eager_step_on_cpu(
+    tmp_path, synthetic_data_dir, simulated_cuda_graph, overrides
+):
     from hydra import compose, initialize_config_dir
 
     from mnist_lab import train

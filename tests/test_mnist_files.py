@@ -106,7 +106,8 @@ def test_pickled_float_mnist_becomes_the_same_idx_bytes():
     x = arrays["train_images"].reshape(-1, 784).astype(np.float32) / 256
     y = arrays["train_labels"].astype(np.int64)
     x_test = arrays["test_images"].reshape(-1, 784).astype(np.float32) / 256
-    pickled = pickle.dumps(((x[:30], y[:30]), (x[30:], y[30:]), (x_test, arrays["test_labels"].astype(np.int64))), protocol=2)
+    test_part = (x_test, arrays["test_labels"].astype(np.int64))
+    pickled = pickle.dumps(((x[:30], y[:30]), (x[30:], y[30:]), test_part), protocol=2)
     files = mnist_files.idx_files_from_pickle(pickled)
     assert files["train-images-idx3-ubyte"] == mnist_files.idx_bytes(arrays["train_images"])
     assert files["train-labels-idx1-ubyte"] == mnist_files.idx_bytes(arrays["train_labels"])
