@@ -99,3 +99,15 @@ def test_step_schedule_halves_every_ten_epochs():
         opt.step()
         sched.step()
     assert lrs[0] == lrs[9] == 0.4 and lrs[10] == 0.2 and lrs[20] == 0.1
+
+
+@pytest.mark.parametrize("optimizer, chosen, fused", [
+    ("adam", [], True), ("adamw", [], True), ("adam", ["+optimizer.fused=false"], False), ("sgd", [], None),
+])  # fmt: skip
+def test_cpu_runs_use_the_fused_adam_kernel_unless_the_config_chooses(optimizer, chosen, fused):
+    from mnist_lab.classifier import Classifier
+
+    cfg = config(f"optimizer={optimizer}", *chosen)
+    module = Classifier(instantiate(cfg.model), instantiate(cfg.loss), instantiate(cfg.optimizer))
+    built = module.configure_optimizers()
+    assert built.defaults.get("fused") == fused
