@@ -99,6 +99,9 @@ def test_sigterm_and_ctrl_c_record_interrupted_and_exit_cleanly(tmp_path, synthe
         [sys.executable, "-m", "mnist_lab.train", *args], cwd=tmp_path, text=True,
         env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # as from a terminal: a shell that starts pytest in the background (`make test &`)
+        # leaves SIGINT ignored, and an ignored signal stays ignored in every child
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
