@@ -30,7 +30,7 @@ browser:
 	else echo "chromium or chromedriver missing: tests/test_browser.py will skip" \
 	  "(sudo apt-get install chromium chromium-driver)"; fi
 
-test: data browser     ## the whole test suite (CPU)
+test: data browser lint  ## ruff, then the whole test suite (CPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
