@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -25,6 +24,7 @@ from rich.table import Table
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.data import DeviceBatches, device_tensors
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.tensorboard_images import batched_logits, confusion_matrix_figure
@@ -119,13 +119,6 @@ def per_class_table(confusion: torch.Tensor) -> Table:
     return table
 
 
-def save_png_atomic(figure, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        figure.savefig(f, format="png")
-    os.replace(tmp, path)
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
@@ -151,7 +144,8 @@ def main(cfg: DictConfig) -> None:
     Console().print(per_class_table(results["confusion"]))
     png = file.with_name(f"{file.stem}.confusion_matrix.png")
     title = f"{model}, test acc {results['test_acc']:.4f}: true vs predicted digit"
-    save_png_atomic(confusion_matrix_figure(results["confusion"], title), png)
+    with replaced_atomically(png) as tmp:
+        confusion_matrix_figure(results["confusion"], title).savefig(tmp, format="png")
     print(f"confusion matrix: {png}")
 
 

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from filelock import FileLock
 
+from mnist_lab.atomic_files import write_atomic
+
 if TYPE_CHECKING:
     import torch
 
@@ -95,19 +97,6 @@ def idx_bytes(array: np.ndarray) -> bytes:
         int(n).to_bytes(4, "big") for n in array.shape
     )
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- checksums

@@ -12,14 +12,12 @@ then prints the table. Every ``--multirun`` runs it at its end (``mnist_lab.swee
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the OO API: renders with Agg, no GUI backend, no pyplot
@@ -28,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.run_record import METRICS_FILE
 
 COLUMNS = ("job", "overrides", "status", "best_val_acc", "test_acc", "final_train_loss",
@@ -99,18 +98,6 @@ def labels_of(rows: list[dict]) -> list[str]:
     """Legend labels: the overrides that differ between jobs (all of them if none differ)."""
     shared = set.intersection(*(set(r["override_list"]) for r in rows)) if len(rows) > 1 else set()
     return [" ".join(o for o in r["override_list"] if o not in shared) or r["job"] for r in rows]
-
-
-@contextlib.contextmanager
-def replaced_atomically(path: Path):
-    """Yield a temp path beside ``path``; when the block succeeds, rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def fmt(value, key: str) -> str:

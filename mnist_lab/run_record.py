@@ -10,33 +10,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
 
+from mnist_lab.atomic_files import write_atomic
 from mnist_lab.classifier import Classifier
 
 METRICS_FILE = "metrics.json"
 
 
 def write_json_atomic(path: Path, data: dict, exclusive: bool = False) -> bool:
-    """Write to a temporary name, then rename. ``exclusive``: only if ``path`` does not exist
-    yet (checked and written in one step); returns False if it did."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, allow_nan=False, default=str)
-    if not exclusive:
-        os.replace(tmp, path)
-        return True
+    """Write through a temporary name. ``exclusive``: only if ``path`` does not exist yet
+    (checked and written in one step); returns False if it did."""
+    text = json.dumps(data, indent=2, allow_nan=False, default=str)
     try:
-        os.link(tmp, path)  # fails if path exists, even when two runs race for it
-        return True
+        write_atomic(path, text.encode(), exclusive=exclusive)
     except FileExistsError:
         return False
-    finally:
-        os.unlink(tmp)
+    return True
 
 
 class Terminated(KeyboardInterrupt):
