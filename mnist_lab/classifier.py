@@ -118,10 +118,10 @@ class Classifier(L.LightningModule):
         """Optimizer steps in the whole run (Lightning counts loader items: groups of batches)."""
         trainer = self.trainer
         steps = int(trainer.estimated_stepping_batches)
-        loader = trainer.train_dataloader
-        if getattr(loader, "group", 1) == 1 or trainer.max_epochs in (None, -1):
+        _, group = self._loader_group()
+        if group == 1 or trainer.max_epochs in (None, -1):
             return steps
-        per_epoch = min(int(trainer.num_training_batches) * loader.group, loader.batches)
+        per_epoch = min(int(trainer.num_training_batches) * group, trainer.train_dataloader.batches)
         total = per_epoch * trainer.max_epochs
         return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
 
