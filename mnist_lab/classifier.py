@@ -27,6 +27,7 @@ from mnist_lab.cuda_graph import (
     GraphStep,
     graph_optimizer_kwargs,
     graph_unsupported_reason,
+    lr_on_device,
     skip_capture_check,
 )
 
@@ -91,16 +92,13 @@ class Classifier(L.LightningModule):
         kwargs = graph_optimizer_kwargs(self.make_optimizer) if use_graph else {}
         chosen = getattr(self.make_optimizer, "keywords", {})
         optimizer_class = getattr(self.make_optimizer, "func", self.make_optimizer)
-        if self.device.type == "cpu" and optimizer_class in FUSED_ON_CPU and "fused" not in chosen:
+        if not use_graph and self.device.type == "cpu" and optimizer_class in FUSED_ON_CPU and "fused" not in chosen:
             kwargs["fused"] = True
         optimizer = self.make_optimizer(self.parameters(), **kwargs)
         if self.device.type == "cpu":
             skip_capture_check(optimizer)
         if not self.make_scheduler:
             return optimizer
-        if use_graph:  # a captured step reads lr from the device, so lr must be a tensor there
-            for group in optimizer.param_groups:
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         if isinstance(self.make_scheduler, functools.partial) and issubclass(
             self.make_scheduler.func, PER_STEP_SCHEDULERS
         ):  # one-cycle needs the run's length in steps
@@ -139,6 +137,8 @@ class Classifier(L.LightningModule):
         self.use_graph = self.cuda_graph != "off" and reason is None
         if self.device.type == "cuda" and self.cuda_graph != "off" and reason:
             self.print(f"CUDA graph off: {reason}; using the eager step.")
+        if self.use_graph:  # after a resumed checkpoint has brought its param groups
+            lr_on_device(self.optimizers().optimizer, self.device)
         scheduler = self.lr_schedulers()
         self.per_step_scheduler = scheduler if isinstance(scheduler, PER_STEP_SCHEDULERS) else None
         self.loader_batch_size, self.group = self._loader_group()
@@ -179,7 +179,7 @@ class Classifier(L.LightningModule):
     def _train_on(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step on one batch."""
         if self.use_graph and self.graph_step is None:
-            self.graph_step = GraphStep(self, x, y)
+            self._capture_step(x, y)
         if self.graph_step is not None and len(x) == self.graph_step.batch_size:
             loss, correct = self.graph_step(x, y)
         else:
@@ -193,6 +193,21 @@ class Classifier(L.LightningModule):
             self.per_step_scheduler.step()
         if self.steps_done % self.check_every == 0:
             self._check_finite(self.steps_done)
+
+    def _capture_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        try:
+            self.graph_step = GraphStep(self, x, y)
+        except RuntimeError as error:
+            if self.cuda_graph == "on":
+                raise RuntimeError(f"trainer.cuda_graph=on but capturing the training step failed ({error}); "
+                                   "use trainer.cuda_graph=auto to fall back to the eager step.") from error
+            self.use_graph = False
+            self.print(f"CUDA graph off: capturing the training step failed ({error}); using the eager step.")
+
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning frees the gradients before validation; a captured step keeps writing to
+        # them, so zero them in place instead.
+        self.zero_grad(set_to_none=self.graph_step is None)
 
     def _count_optimizer_step(self) -> None:
         # We step the raw optimizer (or replay a graph), so tell Lightning a step happened:

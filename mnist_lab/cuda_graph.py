@@ -20,7 +20,8 @@ import torch
 if TYPE_CHECKING:
     from mnist_lab.classifier import Classifier
 
-# Optimizers whose ``capturable=True`` keeps the step (and a tensor lr) on the device.
+# Optimizers whose step can run inside a graph: built with ``capturable=True`` (SGD: ``fused=True``),
+# they keep their state and a tensor lr on the device.
 CAPTURABLE = (
     torch.optim.Adam,
     torch.optim.AdamW,
@@ -41,15 +42,46 @@ def graph_unsupported_reason(module: Classifier) -> str | None:
     optimizer_class = getattr(module.make_optimizer, "func", module.make_optimizer)
     if optimizer_class not in CAPTURABLE:
         return f"{getattr(optimizer_class, '__name__', optimizer_class)} cannot run inside a CUDA graph"
+    if _cycles_momentum(module.make_scheduler):
+        return "the scheduler cycles momentum (cycle_momentum=true), which the captured step reads as a constant"
     if module.device.type != "cuda":
         return "the model is not on a CUDA device"
     return None
 
 
+def _cycles_momentum(make_scheduler) -> bool:
+    """One-cycle and cyclic schedulers can also move momentum/betas each step: plain Python
+    numbers that a captured step has frozen (only lr lives in a device tensor)."""
+    if make_scheduler is None:
+        return False
+    scheduler_class = getattr(make_scheduler, "func", make_scheduler)
+    try:
+        parameter = inspect.signature(scheduler_class).parameters.get("cycle_momentum")
+    except (TypeError, ValueError):
+        return False
+    if parameter is None:
+        return False
+    return bool(getattr(make_scheduler, "keywords", {}).get("cycle_momentum", parameter.default))
+
+
 def graph_optimizer_kwargs(make_optimizer) -> dict:
-    """Extra optimizer arguments a captured step needs: ``capturable=True`` where it exists."""
-    optimizer_class = getattr(make_optimizer, "func", make_optimizer)
-    return {"capturable": True} if "capturable" in inspect.signature(optimizer_class).parameters else {}
+    """Extra optimizer arguments a captured step needs: ``capturable=True`` where it exists.
+    SGD has no such flag, and its default (foreach) step turns a tensor lr into a Python number,
+    a host sync that capture forbids; its fused kernel reads lr on the device instead."""
+    parameters = inspect.signature(getattr(make_optimizer, "func", make_optimizer)).parameters
+    if "capturable" in parameters:
+        return {"capturable": True}
+    return {"fused": True} if "fused" in parameters else {}
+
+
+def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Keep each param group's lr in a device tensor: a captured step reads it there, and a
+    scheduler changes it in place (``fill_``). A Python float would be frozen at capture; a
+    resumed checkpoint can bring either."""
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        if not isinstance(lr, torch.Tensor) or lr.device != device:
+            group["lr"] = torch.tensor(float(lr), device=device)
 
 
 def skip_capture_check(optimizer: torch.optim.Optimizer) -> None:
@@ -62,7 +94,10 @@ def skip_capture_check(optimizer: torch.optim.Optimizer) -> None:
 
 
 class GraphStep:
-    """Captures ``module.eager_step`` on the first full batch and replays it for every later one."""
+    """Captures the training step on the first full batch and replays it for every later one.
+
+    Raises RuntimeError if the capture fails; weights and optimizer state are then as before.
+    """
 
     def __init__(self, module: Classifier, x: torch.Tensor, y: torch.Tensor):
         self.module = module
@@ -70,6 +105,9 @@ class GraphStep:
         self.x, self.y = x.clone(), y.clone()
         self.graph = torch.cuda.CUDAGraph()
         self._capture()
+        # The graph writes the gradients at these addresses. Holding them keeps that memory
+        # ours even when something sets ``p.grad = None`` (Lightning does before validation).
+        self.grads = [p.grad for p in module.parameters()]
 
     def _state_tensors(self) -> list[torch.Tensor]:
         optimizer = self.module.optimizers().optimizer
@@ -85,30 +123,34 @@ class GraphStep:
         # change weights and state, so save them first and put them back afterwards (in place:
         # the graph holds these tensors' addresses).
         saved = {id(t): t.detach().clone() for t in self._state_tensors()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self._step(optimizer)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(self.graph):
-            self.loss, self.correct = self._step(optimizer)
-        with torch.no_grad():
-            for tensor in self._state_tensors():
-                if id(tensor) in saved:
-                    tensor.copy_(saved[id(tensor)])
-                else:  # state the warm-up created: fresh state is all zeros (Adam, RMSprop, ...)
-                    tensor.zero_()
-            for p in module.parameters():
-                if p.grad is not None:
-                    p.grad.zero_()
+        stream = torch.cuda.current_stream()
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._step(optimizer)
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(self.graph):
+                self.loss, self.correct = self._step(optimizer)
+        finally:
+            torch.cuda.set_stream(stream)  # a failed capture can leave its own stream current
+            torch.cuda.synchronize()
+            with torch.no_grad():
+                for tensor in self._state_tensors():
+                    if id(tensor) in saved:
+                        tensor.copy_(saved[id(tensor)])
+                    else:  # state the warm-up created: fresh state is all zeros (Adam, RMSprop, ...)
+                        tensor.zero_()
 
     def _step(self, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        # Zeroed in place at the start, inside the graph: whatever ran before (the eager ragged
+        # batch) leaves nothing behind, and the graph keeps the same .grad tensors.
+        optimizer.zero_grad(set_to_none=False)
         logits = self.module.net(self.x)
         loss = self.module.loss(logits, self.y)
         loss.backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=False)  # the graph keeps the same .grad tensors
         return loss.detach(), (logits.detach().argmax(dim=1) == self.y).sum()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

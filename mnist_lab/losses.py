@@ -25,4 +25,7 @@ class OneHotLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         outputs = logits.softmax(dim=1) if self.target == "probs" else logits
-        return self.distance(outputs, F.one_hot(labels, outputs.shape[1]).to(outputs.dtype))
+        # scatter_, not F.one_hot: on CPU one_hot checks the labels' range with two host syncs a
+        # step, and a host sync cannot be captured in a CUDA graph.
+        one_hot = torch.zeros_like(outputs).scatter_(1, labels.unsqueeze(1), 1.0)
+        return self.distance(outputs, one_hot)

@@ -56,48 +56,17 @@ def test_graph_and_eager_steps_agree_over_three_seeds(tmp_path, overrides):
         assert g["train_loss"][-1] == pytest.approx(e["train_loss"][-1], rel=0.35)
 
 
-class _ReplayByRerunning:
-    """Stands in for torch.cuda.CUDAGraph on CPU: 'replay' re-runs the captured step function."""
-
-    def replay(self):
-        self.step()
-
-
 @pytest.fixture
-def simulated_cuda_graph(monkeypatch):
-    """The graph path on CPU: capture records GraphStep's step, replay re-runs it on the same
-    static buffers. This checks what the GPU cannot show on CI: the static input buffers, the
-    restore of weights and optimizer state after the warm-up steps, the eagerly run ragged last
-    batch and the tensor lr of a scheduled run."""
-    import contextlib
-
+def emulated_cuda_graph(monkeypatch):
+    """The graph path on CPU, captured and replayed by ``tests/cpu_cuda_graph.py``: frozen
+    Python values, host syncs during capture and freed tensors fail as on a GPU. This checks
+    what CI cannot run: static input buffers, the restore of weights and optimizer state after
+    the warm-up, the eagerly run ragged last batch, the tensor lr of a scheduled run, and the
+    gradients Lightning frees before validation."""
     from mnist_lab import classifier, cuda_graph
+    from tests import cpu_cuda_graph
 
-    class NoStream:
-        def wait_stream(self, other):
-            pass
-
-    cuda = cuda_graph.torch.cuda
-    monkeypatch.setattr(cuda, "CUDAGraph", _ReplayByRerunning)
-    monkeypatch.setattr(cuda, "graph", lambda graph: contextlib.nullcontext())
-    monkeypatch.setattr(cuda, "Stream", NoStream)
-    monkeypatch.setattr(cuda, "current_stream", NoStream)
-    monkeypatch.setattr(cuda, "stream", lambda stream: contextlib.nullcontext())
-    real_capture = cuda_graph.GraphStep._capture
-
-    def capture(self):
-        real_capture(self)
-        optimizer = self.module.optimizers().optimizer
-
-        def step():
-            loss, correct = self._step(optimizer)
-            self.loss.copy_(loss)
-            self.correct.copy_(correct)
-
-        self.graph.step = step
-        self.captures = getattr(self, "captures", 0) + 1
-
-    monkeypatch.setattr(cuda_graph.GraphStep, "_capture", capture)
+    cpu_cuda_graph.install(monkeypatch)
     real_reason = cuda_graph.graph_unsupported_reason
 
     def reason_ignoring_device(module):
@@ -106,34 +75,72 @@ def simulated_cuda_graph(monkeypatch):
 
     monkeypatch.setattr(classifier, "graph_unsupported_reason", reason_ignoring_device)
     monkeypatch.setattr(classifier.Classifier, "_wants_graph", lambda self: self.cuda_graph != "off")
-    # capturable=True optimizers refuse CPU tensors; their capturable code path is GPU-only
-    monkeypatch.setattr(classifier, "graph_optimizer_kwargs", lambda make_optimizer: {})
 
 
 @pytest.mark.parametrize("overrides", [
     ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
     ["optimizer=adamw", "optimizer.weight_decay=0.01", "scheduler=onecycle", "model.batch_norm=true"],
     ["optimizer=rmsprop", "optimizer.lr=0.001"],
+    ["optimizer=adam", "loss=mse", "scheduler=plateau", "scheduler.patience=0"],
+    ["optimizer=adadelta", "loss=l1", "scheduler=cosine"],
+    ["model=cnn", "model.channels=[4,8]", "model.fc=[16]", "model.dropout=0", "model.conv_dropout=0",
+     "optimizer=rmsprop", "optimizer.momentum=0.9", "optimizer.centered=true", "scheduler=exponential"],
 ])  # fmt: skip
-def test_simulated_graph_step_matches_the_eager_step_on_cpu(
-    tmp_path, synthetic_data_dir, simulated_cuda_graph, overrides
+def test_emulated_graph_step_matches_the_eager_step_on_cpu(
+    tmp_path, synthetic_data_dir, emulated_cuda_graph, overrides
 ):
+    graph, eager = train_with_cuda_graph(tmp_path, synthetic_data_dir, overrides, "on", "off")
+    assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+    assert graph["val_acc"] == pytest.approx(eager["val_acc"], abs=1e-6)
+    assert graph["lr"] == pytest.approx(eager["lr"], rel=1e-6)
+
+
+def train_with_cuda_graph(tmp_path, data_dir, overrides: list[str], *modes: str) -> list[dict]:
+    """metrics.json of one CPU run per trainer.cuda_graph mode, all else equal."""
     from hydra import compose, initialize_config_dir
 
     from mnist_lab import train
 
     # batch 96 leaves a ragged last batch (2500 % 96 = 4), which runs eagerly on the graph path
-    common = [*QUICK, "data.batch_size=96", f"data.data_dir={synthetic_data_dir}", *overrides]
-    runs = {}
-    for mode in ("on", "off"):
+    common = [*QUICK, "data.batch_size=96", f"data.data_dir={data_dir}", *overrides]
+    runs = []
+    for mode in modes:
         with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=[*common, f"trainer.cuda_graph={mode}"])
-        runs[mode] = train.run(cfg, tmp_path / mode, [])
-    graph, eager = runs["on"], runs["off"]
-    assert graph["status"] == eager["status"] == "ok"
-    assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
-    assert graph["val_acc"] == pytest.approx(eager["val_acc"], abs=1e-6)
-    assert graph["lr"] == pytest.approx(eager["lr"], rel=1e-6)
+        runs.append(train.run(cfg, tmp_path / mode, []))
+        assert runs[-1]["status"] == "ok"
+    return runs
+
+
+def test_a_failed_capture_falls_back_to_the_eager_step_from_the_same_start(
+    tmp_path, synthetic_data_dir, emulated_cuda_graph, monkeypatch, capsys
+):
+    """SGD's foreach step reads a tensor lr with a host sync, which capture refuses: with
+    trainer.cuda_graph=auto the run says so and goes on eagerly, from the weights it had."""
+    from mnist_lab import classifier
+
+    monkeypatch.setattr(classifier, "graph_optimizer_kwargs", lambda make_optimizer: {})
+    overrides = ["optimizer=sgd", "optimizer.momentum=0.9", "scheduler=step"]
+    fallback, eager = train_with_cuda_graph(tmp_path, synthetic_data_dir, overrides, "auto", "off")
+    assert "CUDA graph off: capturing the training step failed (operation not permitted when stream is capturing" \
+        in capsys.readouterr().out
+    assert fallback["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-6)
+
+
+def test_a_scheduler_that_cycles_momentum_keeps_the_eager_step():
+    import functools
+
+    from mnist_lab.classifier import Classifier
+    from mnist_lab.cuda_graph import graph_unsupported_reason
+    from mnist_lab.models import MLP
+
+    def reason(**scheduler_args):
+        scheduler = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, **scheduler_args)
+        return graph_unsupported_reason(Classifier(MLP(), torch.nn.CrossEntropyLoss(), torch.optim.SGD, scheduler))
+
+    expected = "the scheduler cycles momentum (cycle_momentum=true), which the captured step reads as a constant"
+    assert reason() == reason(cycle_momentum=True) == expected  # one-cycle's default is true
+    assert reason(cycle_momentum=False) == "the model is not on a CUDA device"
 
 
 def test_grouped_small_batches_train_exactly_like_one_batch_per_loop_step(tmp_path, synthetic_data_dir, monkeypatch):
