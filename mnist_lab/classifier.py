@@ -27,7 +27,7 @@ from mnist_lab.cuda_graph import (
     GraphStep,
     graph_optimizer_kwargs,
     graph_unsupported_reason,
-    lr_on_device,
+    ready_for_capture,
     skip_capture_check,
 )
 
@@ -81,6 +81,7 @@ class Classifier(L.LightningModule):
             k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
         }
         self.diverged_at: int | None = None  # global step of the first NaN/inf/too-large loss
+        self.epoch_time: float | None = 0.0  # None while an epoch's clock runs (not in a sanity check)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -135,10 +136,11 @@ class Classifier(L.LightningModule):
         if self.cuda_graph == "on" and reason:
             raise ValueError(f"trainer.cuda_graph=on but {reason}; use trainer.cuda_graph=auto.")
         self.use_graph = self.cuda_graph != "off" and reason is None
+        self.graph_step = None  # a second fit rebuilt the optimizer: a graph from before would replay on freed memory
         if self.device.type == "cuda" and self.cuda_graph != "off" and reason:
             self.print(f"CUDA graph off: {reason}; using the eager step.")
-        if self.use_graph:  # after a resumed checkpoint has brought its param groups
-            lr_on_device(self.optimizers().optimizer, self.device)
+        if self.use_graph:  # here, after a resumed checkpoint has brought its param groups
+            ready_for_capture(self.optimizers().optimizer, self.device)
         scheduler = self.lr_schedulers()
         self.per_step_scheduler = scheduler if isinstance(scheduler, PER_STEP_SCHEDULERS) else None
         self.loader_batch_size, self.group = self._loader_group()
@@ -198,11 +200,12 @@ class Classifier(L.LightningModule):
         try:
             self.graph_step = GraphStep(self, x, y)
         except RuntimeError as error:
+            cause = error.__context__ or error  # capture_end's own error hides the first one
             if self.cuda_graph == "on":
-                raise RuntimeError(f"trainer.cuda_graph=on but capturing the training step failed ({error}); "
+                raise RuntimeError(f"trainer.cuda_graph=on but capturing the training step failed ({cause}); "
                                    "use trainer.cuda_graph=auto to fall back to the eager step.") from error
             self.use_graph = False
-            self.print(f"CUDA graph off: capturing the training step failed ({error}); using the eager step.")
+            self.print(f"CUDA graph off: capturing the training step failed ({cause}); using the eager step.")
 
     def on_validation_model_zero_grad(self) -> None:
         # Lightning frees the gradients before validation; a captured step keeps writing to

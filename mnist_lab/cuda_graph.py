@@ -71,17 +71,29 @@ def graph_optimizer_kwargs(make_optimizer) -> dict:
     parameters = inspect.signature(getattr(make_optimizer, "func", make_optimizer)).parameters
     if "capturable" in parameters:
         return {"capturable": True}
-    return {"fused": True} if "fused" in parameters else {}
+    return {"fused": True, "foreach": False} if "fused" in parameters else {}
 
 
-def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Keep each param group's lr in a device tensor: a captured step reads it there, and a
-    scheduler changes it in place (``fill_``). A Python float would be frozen at capture; a
-    resumed checkpoint can bring either."""
+def ready_for_capture(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Put the optimizer in the shape a captured step needs, after a resumed checkpoint has
+    replaced its param groups and state (a run saved eagerly brings ``capturable=False``, a
+    float lr, and step counters on the CPU):
+
+    - each group's flags (``capturable``, ``fused``, ``foreach``) as the optimizer was built;
+    - each group's lr in a device tensor: the graph reads it there and schedulers change it in
+      place (``fill_``), where a Python float would be frozen at capture;
+    - every state tensor, step counters included, on the device.
+    """
+    flags = {key: optimizer.defaults[key] for key in ("capturable", "fused", "foreach") if key in optimizer.defaults}
     for group in optimizer.param_groups:
+        group.update(flags)
         lr = group["lr"]
         if not isinstance(lr, torch.Tensor) or lr.device != device:
             group["lr"] = torch.tensor(float(lr), device=device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.device != device:
+                state[key] = value.to(device)
 
 
 def skip_capture_check(optimizer: torch.optim.Optimizer) -> None:
@@ -91,6 +103,19 @@ def skip_capture_check(optimizer: torch.optim.Optimizer) -> None:
     without a GPU: half of a batch-1 MLP step. Nothing is ever captured on the CPU."""
     if hasattr(optimizer, "_accelerator_graph_capture_health_check"):
         optimizer._accelerator_graph_capture_health_check = lambda: None
+
+
+def _release_failed_capture(pool) -> None:
+    """When a capture fails, ``CUDAGraph.capture_end`` raises before it tells the caching
+    allocator that the capture is over, and the allocator would keep routing to (and never
+    free) the graph's memory pool for the rest of the process. End and release that pool, with
+    the calls ``torch.cuda.use_mem_pool`` makes; either may already have happened."""
+    device = torch.cuda.current_device()
+    for release in (torch._C._cuda_endAllocateToPool, torch._C._cuda_releasePool):
+        try:
+            release(device, pool)
+        except Exception:  # noqa: BLE001 - best effort: the run goes on eagerly either way
+            pass
 
 
 class GraphStep:
@@ -120,10 +145,11 @@ class GraphStep:
         module = self.module
         optimizer = module.optimizers().optimizer
         # Warm-up steps build the optimizer state and cuDNN plans the capture needs. They
-        # change weights and state, so save them first and put them back afterwards (in place:
-        # the graph holds these tensors' addresses).
+        # change weights and state and draw random numbers (dropout), so save all that first
+        # and put it back afterwards (in place: the graph holds these tensors' addresses).
         saved = {id(t): t.detach().clone() for t in self._state_tensors()}
-        stream = torch.cuda.current_stream()
+        rng, stream, pool = torch.cuda.get_rng_state(), torch.cuda.current_stream(), torch.cuda.graph_pool_handle()
+        capturing = False
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -131,11 +157,17 @@ class GraphStep:
                 for _ in range(3):
                     self._step(optimizer)
             torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(self.graph):
+            capturing = True
+            with torch.cuda.graph(self.graph, pool=pool):
                 self.loss, self.correct = self._step(optimizer)
+        except Exception:
+            if capturing:
+                _release_failed_capture(pool)
+            raise
         finally:
             torch.cuda.set_stream(stream)  # a failed capture can leave its own stream current
             torch.cuda.synchronize()
+            torch.cuda.set_rng_state(rng)
             with torch.no_grad():
                 for tensor in self._state_tensors():
                     if id(tensor) in saved:

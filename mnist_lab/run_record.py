@@ -71,7 +71,7 @@ class RunRecord(L.Callback):
             train_time_s=self.train_time_s + elapsed,
             best_val_acc=max(val_acc) if val_acc else None,
             final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
-            device=str(module.device),
+            device=self.data.get("device", str(module.device)),  # after test, Lightning has moved it to the CPU
             diverged_at_step=module.diverged_at,
             **history,
         )
@@ -88,6 +88,7 @@ class RunRecord(L.Callback):
     def on_train_start(self, trainer: L.Trainer, module: Classifier) -> None:
         self.train_started = time.perf_counter()
         self.data.setdefault("train_started_at", time.time())  # unix time; benchmarks/startup.py
+        self.data["device"] = str(module.device)
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: Classifier) -> None:
         if module.history["val_acc"]:  # the previous epoch is complete (and checkpointed)

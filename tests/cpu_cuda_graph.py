@@ -99,7 +99,7 @@ class EmulatedCUDAGraph:
 
 
 @contextlib.contextmanager
-def capture(graph: EmulatedCUDAGraph):
+def capture(graph: EmulatedCUDAGraph, pool=None):
     with _Recorder(graph):
         yield
 
@@ -121,6 +121,10 @@ def install(monkeypatch) -> None:
     monkeypatch.setattr(cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(cuda, "set_stream", lambda stream: None)
     monkeypatch.setattr(cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(cuda, "get_rng_state", torch.get_rng_state)  # dropout draws on the CPU here
+    monkeypatch.setattr(cuda, "set_rng_state", torch.set_rng_state)
     optimizer_module = importlib.import_module("torch.optim.optimizer")
     monkeypatch.setattr(optimizer_module, "_get_foreach_kernels_supported_devices", lambda: ["cpu"])
     for name in ("adam", "adamw", "adadelta", "rmsprop"):

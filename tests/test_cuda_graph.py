@@ -81,7 +81,7 @@ def emulated_cuda_graph(monkeypatch):
     ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
     ["optimizer=adamw", "optimizer.weight_decay=0.01", "scheduler=onecycle", "model.batch_norm=true"],
     ["optimizer=rmsprop", "optimizer.lr=0.001"],
-    ["optimizer=adam", "loss=mse", "scheduler=plateau", "scheduler.patience=0"],
+    ["optimizer=adam", "loss=mse", "scheduler=plateau", "scheduler.patience=0", "model.dropout=0.3"],
     ["optimizer=adadelta", "loss=l1", "scheduler=cosine"],
     ["model=cnn", "model.channels=[4,8]", "model.fc=[16]", "model.dropout=0", "model.conv_dropout=0",
      "optimizer=rmsprop", "optimizer.momentum=0.9", "optimizer.centered=true", "scheduler=exponential"],
@@ -160,3 +160,38 @@ def test_grouped_small_batches_train_exactly_like_one_batch_per_loop_step(tmp_pa
     assert grouped["status"] == single["status"] == "ok"
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "test_acc"):
         assert grouped[key] == single[key], key
+
+
+def test_a_resumed_run_keeps_its_scheduled_lr_on_the_graph_path(tmp_path, synthetic_data_dir, emulated_cuda_graph):
+    """A checkpoint from an eager (CPU) run brings lr as a Python float and SGD's flags as built
+    eagerly (no fused kernel): resumed on the graph path, lr must go back into a device tensor
+    (or the graph would freeze it) and SGD to its fused step (or capture meets a host sync)."""
+    schedule = ["optimizer=sgd", "optimizer.lr=0.05", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.3"]
+    (first,) = train_with_cuda_graph(tmp_path / "first", synthetic_data_dir, [*schedule, "trainer.max_epochs=1"], "off")
+    last = tmp_path / "first" / "off" / "checkpoints" / "last.ckpt"
+    resume = [*schedule, "trainer.max_epochs=3", f"ckpt_path={last}"]
+    graph, eager = train_with_cuda_graph(tmp_path, synthetic_data_dir, resume, "on", "off")
+    assert len(graph["lr"]) == 3 and graph["lr"][2] < graph["lr"][1] < first["lr"][0]
+    assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+    assert graph["lr"] == pytest.approx(eager["lr"], rel=1e-6)
+
+
+def test_a_second_fit_of_the_same_module_captures_a_new_graph(tmp_path, synthetic_data_dir, emulated_cuda_graph):
+    """Each fit builds a new optimizer: a graph kept from the first fit would replay on its
+    freed state (Lightning's Tuner, or a notebook calling fit again)."""
+    import lightning as L
+
+    from mnist_lab.classifier import Classifier
+    from mnist_lab.data import MNISTDataModule
+    from mnist_lab.models import MLP
+
+    module = Classifier(MLP(), torch.nn.CrossEntropyLoss(), torch.optim.Adam, cuda_graph="on")
+    data = MNISTDataModule(str(synthetic_data_dir), batch_size=96, val_size=500)
+    graphs = []
+    for _ in range(2):
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        trainer.fit(module, datamodule=data)
+        graphs.append(module.graph_step)
+    assert graphs[0] is not None and graphs[1] is not None and graphs[1] is not graphs[0]
+    assert module.history["train_loss"][1] < module.history["train_loss"][0]
