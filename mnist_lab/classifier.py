@@ -125,20 +125,16 @@ class Classifier(L.LightningModule):
         return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
 
     def _wants_graph(self) -> bool:
-        if self.cuda_graph == "off" or self.device.type != "cuda":
-            return False
-        return graph_unsupported_reason(self) is None
+        return self.cuda_graph != "off" and graph_unsupported_reason(self) is None
 
     # ------------------------------------------------------------------ training
 
     def on_train_start(self) -> None:
         reason = graph_unsupported_reason(self)
-        if self.cuda_graph == "on" and reason:
-            raise ValueError(f"trainer.cuda_graph=on but {reason}; use trainer.cuda_graph=auto.")
         self.use_graph = self.cuda_graph != "off" and reason is None
         self.graph_step = None  # a second fit rebuilt the optimizer: a graph from before would replay on freed memory
-        if self.device.type == "cuda" and self.cuda_graph != "off" and reason:
-            self.print(f"CUDA graph off: {reason}; using the eager step.")
+        if reason and (self.cuda_graph == "on" or (self.cuda_graph == "auto" and self.device.type == "cuda")):
+            self._graph_off(reason)
         if self.use_graph:  # here, after a resumed checkpoint has brought its param groups
             ready_for_capture(self.optimizers().optimizer, self.device)
         scheduler = self.lr_schedulers()
@@ -155,7 +151,7 @@ class Classifier(L.LightningModule):
         self.train_seen = 0
         self.checked_up_to = 0
         self.first_step = self.trainer.global_step  # optimizer steps done before this epoch
-        self.epoch_time: float | None = None
+        self.epoch_time = None
         self.epoch_started = time.perf_counter()
 
     def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,11 +197,14 @@ class Classifier(L.LightningModule):
             self.graph_step = GraphStep(self, x, y)
         except RuntimeError as error:
             cause = error.__context__ or error  # capture_end's own error hides the first one
-            if self.cuda_graph == "on":
-                raise RuntimeError(f"trainer.cuda_graph=on but capturing the training step failed ({cause}); "
-                                   "use trainer.cuda_graph=auto to fall back to the eager step.") from error
-            self.use_graph = False
-            self.print(f"CUDA graph off: capturing the training step failed ({cause}); using the eager step.")
+            self._graph_off(f"capturing the training step failed ({cause})")
+
+    def _graph_off(self, reason: str) -> None:
+        """Step eagerly and say why; with trainer.cuda_graph=on, stop instead."""
+        if self.cuda_graph == "on":
+            raise ValueError(f"trainer.cuda_graph=on but {reason}; use trainer.cuda_graph=auto.")
+        self.use_graph = False
+        self.print(f"CUDA graph off: {reason}; using the eager step.")
 
     def on_validation_model_zero_grad(self) -> None:
         # Lightning frees the gradients before validation; a captured step keeps writing to

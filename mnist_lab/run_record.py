@@ -58,7 +58,6 @@ class RunRecord(L.Callback):
     def claim(self, exclusive: bool) -> bool:
         """Write the first record (status "running"); with ``exclusive``, only into a run dir
         that holds no record yet. False if another run's record is there."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         return write_json_atomic(self.path, self.data, exclusive=exclusive)
 
     def _update(self, module: Classifier, status: str) -> None:
@@ -99,7 +98,7 @@ class RunRecord(L.Callback):
         self.train_started = None
         self._update(module, "diverged" if module.diverged_at is not None else "running")
 
-    def on_exception(self, trainer: L.Trainer, module: Classifier, exception: BaseException):
+    def on_exception(self, trainer: L.Trainer, module: Classifier, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
             self.interrupt(exception, module)
         else:

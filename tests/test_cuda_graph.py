@@ -74,7 +74,6 @@ def emulated_cuda_graph(monkeypatch):
         return None if reason == "the model is not on a CUDA device" else reason
 
     monkeypatch.setattr(classifier, "graph_unsupported_reason", reason_ignoring_device)
-    monkeypatch.setattr(classifier.Classifier, "_wants_graph", lambda self: self.cuda_graph != "off")
 
 
 @pytest.mark.parametrize("overrides", [
