@@ -3,6 +3,7 @@ helper that runs the real CLI in a subprocess, as a user would."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -51,6 +52,24 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
     write_idx_files(mnist_files.raw_dir(data_dir), arrays)
     mnist_files.save_cache(data_dir, arrays)
     return data_dir
+
+
+def checksums_of(directory: Path) -> dict[str, tuple[str, str]]:
+    """(md5, sha256) of each IDX file in ``directory``, in the form of mnist_files.CHECKSUMS."""
+    return {name: (hashlib.md5((directory / name).read_bytes()).hexdigest(),
+                   hashlib.sha256((directory / name).read_bytes()).hexdigest())
+            for name in mnist_files.FILES}  # fmt: skip
+
+
+def compose_train(*overrides: str, hydra: bool = False):
+    """conf/train.yaml with ``overrides``, as ``python -m mnist_lab.train`` composes it
+    (``hydra``: with the hydra node, for the sweeper's and launcher's settings)."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab.train import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
 # Overrides that make a CLI run small and quick on the synthetic data.

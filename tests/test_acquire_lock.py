@@ -3,13 +3,11 @@ lets one fetch while the others wait, then they find the verified files; MNIST i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
 
-from mnist_lab import mnist_files
-from tests.conftest import synthetic_arrays, write_idx_files
+from tests.conftest import checksums_of, synthetic_arrays, write_idx_files
 
 # One job: acquire into DATA_DIR from a slow "download" (a copy of SOURCE_DIR, file by file),
 # logging each fetch; then parse the four files.
@@ -40,9 +38,7 @@ print(json.dumps([mnist_files.read_idx(raw / name).shape for name in mnist_files
 def test_concurrent_jobs_fetch_once_and_read_whole_files(tmp_path):
     source_dir = tmp_path / "source"
     write_idx_files(source_dir, synthetic_arrays(n_train=500, n_test=100))
-    checksums = {name: (hashlib.md5((source_dir / name).read_bytes()).hexdigest(),
-                        hashlib.sha256((source_dir / name).read_bytes()).hexdigest())
-                 for name in mnist_files.FILES}  # fmt: skip
+    checksums = checksums_of(source_dir)
     data_dir, fetch_log = tmp_path / "data", tmp_path / "fetches.log"
     args = [str(data_dir), str(source_dir), str(fetch_log), json.dumps(checksums)]
     jobs = [subprocess.Popen([sys.executable, "-c", JOB, *args], stdout=subprocess.PIPE,

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mnist_lab.losses import OneHotLoss
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from mnist_lab.train import CONF_DIR as CONF
+from tests.conftest import compose_train
 
 
 def config(*overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_train(*overrides)
 
 
 def options(group: str) -> list[str]:

@@ -8,7 +8,7 @@ import statistics
 import pytest
 import torch
 
-from tests.conftest import QUICK, read_metrics, run_cli
+from tests.conftest import QUICK, compose_train, read_metrics, run_cli
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
@@ -96,17 +96,13 @@ def test_emulated_graph_step_matches_the_eager_step_on_cpu(
 
 def train_with_cuda_graph(tmp_path, data_dir, overrides: list[str], *modes: str) -> list[dict]:
     """metrics.json of one CPU run per trainer.cuda_graph mode, all else equal."""
-    from hydra import compose, initialize_config_dir
-
     from mnist_lab import train
 
     # batch 96 leaves a ragged last batch (2500 % 96 = 4), which runs eagerly on the graph path
     common = [*QUICK, "data.batch_size=96", f"data.data_dir={data_dir}", *overrides]
     runs = []
     for mode in modes:
-        with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=[*common, f"trainer.cuda_graph={mode}"])
-        runs.append(train.run(cfg, tmp_path / mode, []))
+        runs.append(train.run(compose_train(*common, f"trainer.cuda_graph={mode}"), tmp_path / mode, []))
         assert runs[-1]["status"] == "ok"
     return runs
 
@@ -145,14 +141,11 @@ def test_a_scheduler_that_cycles_momentum_keeps_the_eager_step():
 def test_grouped_small_batches_train_exactly_like_one_batch_per_loop_step(tmp_path, synthetic_data_dir, monkeypatch):
     """At batch 4 the loader hands Lightning groups of 8 batches (data.SAMPLES_PER_CALL); the
     run must be the same, step for step, as with one batch per loop step."""
-    from hydra import compose, initialize_config_dir
-
     from mnist_lab import data, train
 
     overrides = [*QUICK, "trainer.max_epochs=1", "data.batch_size=4", "scheduler=onecycle",
                  f"data.data_dir={synthetic_data_dir}"]  # fmt: skip
-    with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train(*overrides)
     grouped = train.run(cfg, tmp_path / "grouped", [])
     monkeypatch.setattr(data, "SAMPLES_PER_CALL", 1)
     single = train.run(cfg, tmp_path / "single", [])

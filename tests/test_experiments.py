@@ -7,11 +7,11 @@ import itertools
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
 from mnist_lab.train import CONF_DIR, run
+from tests.conftest import compose_train
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 TINY = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
@@ -38,8 +38,7 @@ STUDIES = {
 
 def grid(name: str, extra: list[str] = ()) -> list[list[str]]:
     """The overrides of every job ``python -m mnist_lab.train -m experiment=<name>`` runs."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}", *extra], return_hydra_config=True)
+    cfg = compose_train(f"experiment={name}", *extra, hydra=True)
     params = cfg.hydra.sweeper.get("params") or {}
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
@@ -47,8 +46,7 @@ def grid(name: str, extra: list[str] = ()) -> list[list[str]]:
 
 
 def composed(name: str, overrides: list[str]):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={name}", *overrides])
+    return compose_train(f"experiment={name}", *overrides)
 
 
 def test_every_study_has_an_expectation():

@@ -8,7 +8,7 @@ import inspect
 import pytest
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.conftest import QUICK
+from tests.conftest import QUICK, compose_train
 from tests.cpu_cuda_graph import HOST_SYNCS
 
 
@@ -30,8 +30,6 @@ class HostSyncCounter(TorchDispatchMode):
     ["optimizer=adamw", "model=cnn", "model.channels=[4,8]", "model.fc=[16]", "data.batch_size=8"],
 ])  # fmt: skip
 def test_training_steps_make_no_host_sync_between_loss_checks(tmp_path, synthetic_data_dir, monkeypatch, overrides):
-    from hydra import compose, initialize_config_dir
-
     from mnist_lab import classifier, train
 
     counter, steps = HostSyncCounter(), []
@@ -43,9 +41,8 @@ def test_training_steps_make_no_host_sync_between_loss_checks(tmp_path, syntheti
         steps.append(self.steps_done)
 
     monkeypatch.setattr(classifier.Classifier, "training_step", counted_training_step)
-    with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*QUICK, f"data.data_dir={synthetic_data_dir}", "trainer.max_epochs=1",
-                                          "data.batch_size=32", *overrides])  # fmt: skip
+    cfg = compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", "trainer.max_epochs=1", "data.batch_size=32",
+                        *overrides)  # fmt: skip
     assert train.run(cfg, tmp_path, [])["status"] == "ok"
     assert steps[-1] >= 75
     check_every = inspect.signature(classifier.Classifier).parameters["check_every"].default

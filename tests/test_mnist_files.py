@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import pickle
 
 import numpy as np
 import pytest
 
 from mnist_lab import mnist_files
-from tests.conftest import synthetic_arrays, write_idx_files
-
-
-def checksums_of(directory):
-    return {name: (hashlib.md5((directory / name).read_bytes()).hexdigest(),
-                   hashlib.sha256((directory / name).read_bytes()).hexdigest())
-            for name in mnist_files.FILES}  # fmt: skip
+from tests.conftest import checksums_of, synthetic_arrays, write_idx_files
 
 
 def test_idx_round_trip_plain_and_gzipped(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mnist_lab import mnist_files
-from tests.conftest import QUICK, run_cli, synthetic_arrays, write_idx_files
+from tests.conftest import QUICK, compose_train, run_cli, synthetic_arrays, write_idx_files
 
 FORKING_RUNNER = r"""
 import json, os, runpy, sys, traceback
@@ -266,16 +266,13 @@ def test_two_sweeps_into_one_sweep_dir(tmp_path, synthetic_data_dir):
 
 def test_out_of_memory_names_the_batch_sizes(tmp_path, monkeypatch, synthetic_data_dir):
     """A CUDA OOM (faked on CPU) becomes a sentence naming the batch sizes, in metrics.json too."""
-    from hydra import compose, initialize_config_dir
-
     from mnist_lab import train
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(train, "fit_and_test", out_of_memory)
-    with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
-        cfg = compose("train", [f"data.data_dir={synthetic_data_dir}", "data.batch_size=512"])
+    cfg = compose_train(f"data.data_dir={synthetic_data_dir}", "data.batch_size=512")
     with pytest.raises(train.ConfigError) as error:
         train.run(cfg, tmp_path / "run", [])
     assert str(error.value) == (
@@ -303,28 +300,16 @@ def test_unwritable_data_dir(tmp_path, synthetic_data_dir):
 @pytest.mark.slow
 def test_every_study_config_passes_the_checks(synthetic_data_dir):
     """No false alarms: each job of each conf/experiment sweep is a valid setting."""
-    from itertools import product
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from mnist_lab.config_checks import check_config
-    from mnist_lab.train import CONF_DIR
+    from tests.test_experiments import STUDIES, grid
 
-    parser = OverridesParser.create()
     checked = 0
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        for experiment in sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")):
-            base = [f"experiment={experiment}", f"data.data_dir={synthetic_data_dir}"]
-            params = compose("train", base, return_hydra_config=True).hydra.sweeper.get("params")
-            grid = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-                    if o.is_sweep_override() else [f"{key}={value}"]
-                    for key, value in (params or {}).items()
-                    for o in parser.parse_overrides([f"{key}={value}"])]  # fmt: skip
-            for job in product(*grid):
-                check_config(compose("train", [*base, *job]))
-                checked += 1
-    assert checked >= 19
+    for experiment in STUDIES:
+        base = [f"experiment={experiment}", f"data.data_dir={synthetic_data_dir}"]
+        for job in grid(experiment):
+            check_config(compose_train(*base, *job))
+            checked += 1
+    assert checked == sum(jobs for *_, jobs in STUDIES.values())
 
 
 def test_processes_for_other_devices_do_not_claim_the_run_dir(tmp_path, monkeypatch):
