@@ -1,7 +1,9 @@
 """Seconds per training epoch, four ways, in one process: same model, batch and data.
 
   (a) ours      mnist_lab's trainer through Lightning, as `python -m mnist_lab.train` runs it
-  (b) eager     a plain PyTorch loop over device-resident tensors
+  (b) eager     a plain PyTorch loop over device-resident tensors, Adam as torch builds it
+      eager_fused (CPU only) the same loop with Adam's fused kernel, as ours uses on CPU: the
+                gap between (a) and this is what Lightning and our bookkeeping cost
   (c) graph     (CUDA only) the same step captured once as a CUDA graph and replayed
   (d) loader    the usual path: torchvision MNIST + ToTensor/Normalize through a DataLoader
                 (0 workers) into a LightningModule that logs the loss every step
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -32,9 +35,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mnist_lab import train
-from mnist_lab.data import MNISTDataModule
+from mnist_lab.data import MEAN, STD, MNISTDataModule
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = {
     "bench": ["model=mlp", "model.hidden=[64,128,64]", "model.batch_norm=true"],  # the anchors' MLP
     "mlp": ["model=mlp"],  # conf/model/mlp.yaml, no batch norm: the one for batch_size=1
@@ -43,7 +45,7 @@ MODEL = MODELS["bench"]
 
 
 def config(*overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[*MODEL, *overrides])
 
 
@@ -96,10 +98,10 @@ def as_plain_pytorch():
             os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
 
-def eager_loop(device: str, batch: int, epochs: int, data_dir: str) -> dict:
+def eager_loop(device: str, batch: int, epochs: int, data_dir: str, fused: bool | None = None) -> dict:
     x, y = train_tensors(data_dir, device)
     net = instantiate(config().model).to(device)
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=fused)
 
     def epoch():
         perm = torch.randperm(len(x), device=device)
@@ -180,7 +182,7 @@ def loader_path(device: str, batch: int, epochs: int, data_dir: str) -> dict:
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
     dataset = Subset(datasets.MNIST(data_dir, train=True, transform=transform), range(55_000))
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
     timer = _EpochTimer(device)
@@ -191,7 +193,8 @@ def loader_path(device: str, batch: int, epochs: int, data_dir: str) -> dict:
     return {"epoch_s": timer.times[1:]}
 
 
-RUNNERS = {"ours": ours, "eager": eager_loop, "graph": graph_loop, "loader": loader_path}
+RUNNERS = {"ours": ours, "eager": eager_loop, "eager_fused": functools.partial(eager_loop, fused=True),
+           "graph": graph_loop, "loader": loader_path}
 
 
 def main() -> None:
@@ -202,7 +205,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", default="data")
     parser.add_argument("--skip", nargs="*", default=[], choices=list(RUNNERS))
-    parser.add_argument("--ours-extra", nargs="*", default=[], help="more overrides for (a)")
+    parser.add_argument("--ours-extra", nargs="*", default=[],
+                        help="more overrides for (a) only, e.g. trainer.cuda_graph=off; the model comes from --model")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     global MODEL
@@ -210,16 +214,18 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")
     results = {}
     for name, runner in RUNNERS.items():
-        if name in args.skip or (name == "graph" and args.device != "cuda"):
+        if name in args.skip or (name == "graph" and args.device != "cuda") or (
+            name == "eager_fused" and args.device != "cpu"  # on CUDA ours uses the graph, compared with (c)
+        ):
             continue
         kwargs = {"extra": args.ours_extra} if name == "ours" else {}
         result = runner(args.device, args.batch, args.epochs, args.data, **kwargs)
         result["median_s"] = statistics.median(result["epoch_s"])
         results[name] = result
         each = ", ".join(f"{t:.3f}" for t in result["epoch_s"])
-        print(f"{name:7s} median {result['median_s']:.3f} s/epoch  ({each})", flush=True)
+        print(f"{name:11s} median {result['median_s']:.3f} s/epoch  ({each})", flush=True)
     if "ours" in results:
-        for name in ("eager", "graph", "loader"):
+        for name in ("eager", "eager_fused", "graph", "loader"):
             if name in results:
                 print(f"ours / {name}: {results['ours']['median_s'] / results[name]['median_s']:.2f}x")
     if args.json:
