@@ -30,6 +30,9 @@ from mnist_lab.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.tensorboard_images import batched_logits, confusion_matrix_figure
 
 HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
+# What a checkpoint's run config may name as ``_target_``: instantiating anything else would run
+# code chosen by whoever wrote the file, although weights_only=True kept its unpickling safe.
+BUILDABLE = ("mnist_lab.models.", "mnist_lab.losses.", "torch.nn.")
 
 
 class CheckpointError(ValueError):
@@ -57,7 +60,7 @@ def load_checkpoint(
     """(checkpoint file, run config, net in eval mode on ``device``, loss) from a checkpoint."""
     file = checkpoint_file(path)
     try:
-        checkpoint = torch.load(file, map_location=device, weights_only=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception:  # not a torch file at all, or one that holds arbitrary Python objects
         raise CheckpointError(f"{file} is not a PyTorch checkpoint; {HOW_TO_PASS}.") from None
     config = (
@@ -69,6 +72,11 @@ def load_checkpoint(
         raise CheckpointError(
             f"{file} holds no mnist_lab run config, so the net cannot be rebuilt; {HOW_TO_PASS}."
         )
+    for part in ("model", "loss"):
+        target = _foreign_target(config.get(part))
+        if target:
+            raise CheckpointError(f"{file} asks to build {target} as its {part}, which is not a model or loss of "
+                                  f"mnist_lab or torch.nn, and is not run; {HOW_TO_PASS}.")  # fmt: skip
     net = instantiate(config["model"])
     prefix = "net."
     weights = {
@@ -78,14 +86,33 @@ def load_checkpoint(
     return file, config, net.to(device).eval(), instantiate(config["loss"]).to(device)
 
 
+def _foreign_target(node) -> str | None:
+    """The first ``_target_`` in a config tree that is not in BUILDABLE (or not a string)."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if "_target_" in node and not (isinstance(target, str) and target.startswith(BUILDABLE)):
+            return repr(target)
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    return next((found for child in children if (found := _foreign_target(child))), None)
+
+
 def pick_device(name: str) -> torch.device:
+    """``auto`` (the GPU if there is one), ``cpu`` or ``cuda``, checked: a ValueError says what to use."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not str(name).startswith("cuda:"):
+        raise ValueError(f"device={name} is not a device here; use device=auto, cpu or cuda.")
+    if name != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but this machine has no CUDA GPU; use device=cpu or device=auto.")
     return torch.device(name)
 
 
 def evaluate(net: nn.Module, loss: nn.Module, batches, device: torch.device) -> dict:
-    """Test loss (mean over images), accuracy, per-class accuracy and the confusion matrix."""
+    """Test loss (mean over images), accuracy and the confusion matrix."""
     confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False).to(device)
     loss_sum, count = torch.zeros((), device=device), 0
     for logits, _, y in batched_logits(net, batches, device):
@@ -96,7 +123,6 @@ def evaluate(net: nn.Module, loss: nn.Module, batches, device: torch.device) -> 
     return {
         "test_loss": float(loss_sum) / count,
         "test_acc": float(counts.trace() / counts.sum()),
-        "per_class_acc": (counts.diag() / counts.sum(dim=1)).tolist(),
         "confusion": counts,
     }
 
@@ -125,10 +151,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(
             f"error: no checkpoint given; {HOW_TO_PASS}: python -m mnist_lab.evaluate ckpt_path=..."
         )
-    device = pick_device(cfg.device)
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        sys.exit(f"error: batch_size={cfg.batch_size} is not a whole number of images ≥ 1; use e.g. batch_size=10000.")
     try:
+        device = pick_device(cfg.device)
         file, config, net, loss = load_checkpoint(cfg.ckpt_path, device)
-    except CheckpointError as error:
+    except ValueError as error:  # CheckpointError is one
         sys.exit(f"error: {error}")
     data = device_tensors(cfg.data_dir, device)
     results = evaluate(

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from mnist_lab.data import MEAN, STD
-from mnist_lab.evaluate import HOW_TO_PASS, CheckpointError, load_checkpoint
+from mnist_lab.evaluate import HOW_TO_PASS, load_checkpoint, pick_device
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
 
 FIELD, BOX = 28, 20  # MNIST: a 28x28 field, the digit fitted in a 20x20 box
@@ -108,16 +108,18 @@ def main(cfg: DictConfig) -> None:
                 f"error: {key}= is missing; usage: python -m mnist_lab.predict "
                 f"ckpt_path=<run dir or .ckpt> images='digits/*.png' ({HOW_TO_PASS})."
             )
-    device = torch.device(cfg.device)
+    if not isinstance(cfg.top, int) or not 1 <= cfg.top <= 10:
+        sys.exit(f"error: top={cfg.top} is not how many digits to list; use a whole number from 1 to 10.")
     try:
+        device = pick_device(cfg.device)
         paths = image_paths(str(cfg.images))
         x = load_images(paths).to(device)
         _, _, net, _ = load_checkpoint(cfg.ckpt_path, device)
-    except (CheckpointError, ImageError) as error:
+    except ValueError as error:  # CheckpointError, ImageError and pick_device's are ValueErrors
         sys.exit(f"error: {error}")
     with torch.inference_mode():
         probs = net(x).softmax(dim=1).cpu()
-    top_p, top_digit = probs.topk(min(cfg.top, 10), dim=1)
+    top_p, top_digit = probs.topk(cfg.top, dim=1)
     width = max(len(str(p)) for p in paths)
     for path, digits, ps in zip(paths, top_digit.tolist(), top_p.tolist(), strict=True):
         ranked = "  ".join(f"{d}: {p:6.1%}" for d, p in zip(digits, ps, strict=True))

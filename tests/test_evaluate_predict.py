@@ -161,3 +161,40 @@ def test_predict_reads_re_rendered_test_digits_with_a_trained_cnn(tmp_path, real
     assert sorted(found) == sorted(truth), result.stdout
     right = sum(found[path][0][0] == label for path, label in truth.items())
     assert right >= 9, result.stdout
+
+
+def test_a_checkpoint_naming_other_code_to_build_is_refused(trained_run, tmp_path, synthetic_data_dir):
+    """weights_only keeps unpickling safe; the run config's _target_ must not run code either."""
+    if "mlp" in str(trained_run):
+        pytest.skip("the checks do not depend on the model; run them once")
+    checkpoint = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
+    marker = tmp_path / "ran"
+    checkpoint["hyper_parameters"]["config"]["model"] = {"_target_": "os.mkdir", "path": str(marker)}
+    forged = tmp_path / "forged.ckpt"
+    torch.save(checkpoint, forged)
+    with pytest.raises(CheckpointError, match="asks to build 'os.mkdir' as its model"):
+        load_checkpoint(forged, torch.device("cpu"))
+    result = run_cli("mnist_lab.evaluate", f"ckpt_path={forged}", cwd=tmp_path, data_dir=synthetic_data_dir,
+                     check=False)  # fmt: skip
+    assert result.returncode == 1 and not marker.exists()
+    assert result.stderr.strip().splitlines() == [
+        f"error: {forged} asks to build 'os.mkdir' as its model, which is not a model or loss of "
+        "mnist_lab or torch.nn, and is not run; pass a run dir (outputs/<date>/<time>) or a .ckpt file written "
+        "by mnist_lab.train."
+    ]
+
+
+@pytest.mark.parametrize("command, override, message", [
+    ("evaluate", "batch_size=0", "error: batch_size=0 is not a whole number of images ≥ 1; use e.g. batch_size=10000."),
+    ("evaluate", "device=tpu", "error: device=tpu is not a device here; use device=auto, cpu or cuda."),
+    ("predict", "top=0", "error: top=0 is not how many digits to list; use a whole number from 1 to 10."),
+    ("predict", "device=gpu", "error: device=gpu is not a device here; use device=auto, cpu or cuda."),
+])  # fmt: skip
+def test_evaluate_and_predict_settings_get_one_sentence(trained_run, tmp_path, command, override, message):
+    if "mlp" in str(trained_run):
+        pytest.skip("the checks do not depend on the model; run them once")
+    Image.new("L", (50, 50), 0).save(tmp_path / "digit.png")
+    images = ["images=digit.png"] if command == "predict" else []
+    result = run_cli(f"mnist_lab.{command}", f"ckpt_path={trained_run}", *images, override,
+                     cwd=tmp_path, check=False)  # fmt: skip
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [message]
