@@ -16,12 +16,11 @@ import pickle
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import mnist_files
-from mnist_lab.data import TRAIN_SIZE, split_indices
+from mnist_lab.data import TRAIN_SIZE, validation_count
 from mnist_lab.models import ACTIVATIONS
 from mnist_lab.run_record import RunRecord
 
@@ -96,7 +95,7 @@ def check_data(data: dict) -> None:
              "or a fraction like 0.1.")  # fmt: skip
     _require(_is_whole(split_seed), f"data.split_seed={split_seed!r} must be a whole number.")
     try:
-        n_train = len(split_indices(val_size, split_seed)[0])
+        n_train = TRAIN_SIZE - validation_count(val_size)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _require(data["batch_size"] <= n_train,
@@ -128,6 +127,10 @@ def check_trainer(trainer: dict) -> None:
     epochs = trainer["max_epochs"]
     _require(_is_whole(epochs) and epochs >= 1,
              f"trainer.max_epochs={epochs!r} must be a whole number of at least 1.")  # fmt: skip
+    cuda_graph = trainer.get("cuda_graph", "auto")
+    _require(cuda_graph in ("auto", "on", "off"),
+             f"trainer.cuda_graph={cuda_graph!r} is not a choice; use auto (capture on a GPU when "
+             "it can), on (fail if it cannot) or off.")  # fmt: skip
     if str(trainer["accelerator"]) in ("gpu", "cuda"):
         _require(torch.cuda.is_available(),
                  f"trainer.accelerator={trainer['accelerator']} (trainer=gpu) needs a CUDA GPU, "
@@ -249,19 +252,29 @@ def _status_of(metrics_path: Path) -> str:
         return "unknown"
 
 
-def check_checkpoint(cfg: DictConfig, run_dir: Path) -> None:
-    """``ckpt_path`` must be a checkpoint this template wrote, for the model this run builds."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.ckpt_path is None or (cfg.ckpt_path == "last" and not last.exists()):
-        return  # ckpt_path=last before the run's first checkpoint: it starts from the beginning
-    path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from. ``last``: the run dir's last.ckpt, or None (start afresh)
+    if no epoch finished before."""
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return last if last.exists() else None
+    return None if ckpt_path is None else Path(ckpt_path)
+
+
+def check_checkpoint(cfg: DictConfig, path: Path | None) -> None:
+    """``path`` (``resume_path``'s) must be a checkpoint this template wrote, for the model this
+    run builds: the same model settings as the run that wrote it."""
+    if path is None:
+        return
+    _require(not path.is_dir(),
+             f"ckpt_path={cfg.ckpt_path} is a folder; give its checkpoints/last.ckpt, or "
+             f"ckpt_path=last with hydra.run.dir={cfg.ckpt_path}.")  # fmt: skip
     _require(path.is_file(),
              f"ckpt_path={cfg.ckpt_path} does not exist; give a .ckpt file from a run's "
              "checkpoints/ folder, or ckpt_path=last with hydra.run.dir=<that run's dir>.")
     try:  # weights_only: a checkpoint is data, never code (see docs/reliability.md)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved = checkpoint["hyper_parameters"]["config"]["model"]
-        state = checkpoint["state_dict"]
     except pickle.UnpicklingError as error:  # weights_only refused a class, or not a pickle
         reason = ("it holds Python objects besides tensors and plain data, and is not loaded"
                   if "Unsupported global" in str(error)
@@ -275,17 +288,17 @@ def check_checkpoint(cfg: DictConfig, run_dir: Path) -> None:
     _require(reason is None,
              f"ckpt_path={path} is not a checkpoint written by mnist_lab.train ({reason}); "
              "give a .ckpt file from a run's checkpoints/ folder.")  # fmt: skip
-    shapes = {f"net.{k}": tuple(v.shape) for k, v in instantiate(cfg.model).state_dict().items()}
-    saved_shapes = {k: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
-    if shapes != saved_shapes:
+    difference = model_difference(saved, cfg.model)
+    if difference:
         raise ConfigError(
-            f"ckpt_path={path} holds another model ({model_difference(saved, cfg.model)}); resume "
+            f"ckpt_path={path} holds another model ({difference}); resume "
             "with the model settings of the run that wrote it (its .hydra/overrides.yaml)."
         )
 
 
 def model_difference(saved: dict, model: DictConfig) -> str:
-    """``MLP there, CNN here``, or the first settings that differ, e.g. ``model.hidden=...``."""
+    """``MLP there, CNN here``, or the first settings that differ, e.g. ``model.hidden=...``;
+    empty if none do."""
     wanted = OmegaConf.to_container(model, resolve=True)
     saved_class, wanted_class = (m.get("_target_", "?").rsplit(".", 1)[-1] for m in (saved, wanted))
     if saved_class != wanted_class:

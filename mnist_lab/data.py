@@ -44,8 +44,8 @@ def device_tensors(data_dir: str, device: torch.device) -> dict[str, torch.Tenso
     return _DEVICE_CACHE[key]
 
 
-def split_indices(val_size: int | float, split_seed: int, total: int = TRAIN_SIZE):
-    """Train and validation row indices into the official training set."""
+def validation_count(val_size: int | float, total: int = TRAIN_SIZE) -> int:
+    """Images ``data.val_size`` holds out for validation (a count, or a fraction of ``total``)."""
     if isinstance(val_size, float) and 0 < val_size < 1:
         n_val = round(val_size * total)
     else:
@@ -55,6 +55,12 @@ def split_indices(val_size: int | float, split_seed: int, total: int = TRAIN_SIZ
             f"data.val_size={val_size} leaves no training or no validation images; "
             f"use an int in 1..{total - 1} or a fraction between 0 and 1."
         )
+    return n_val
+
+
+def split_indices(val_size: int | float, split_seed: int, total: int = TRAIN_SIZE):
+    """Train and validation row indices into the official training set."""
+    n_val = validation_count(val_size, total)
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(split_seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 

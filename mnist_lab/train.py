@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.classifier import Classifier
 from mnist_lab.config_checks import (
     ConfigError,
@@ -33,6 +34,7 @@ from mnist_lab.config_checks import (
     check_config,
     claim_run_dir,
     out_of_memory_message,
+    resume_path,
 )
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.run_record import RunRecord, Terminated, first_line
@@ -58,9 +60,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        tmp = Path(f"{path}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        tmp.replace(path)
+        # not named *.ckpt while half-written: nothing that looks for checkpoints picks it up
+        with replaced_atomically(Path(path), suffix=".tmp") as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict:
@@ -104,14 +106,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     )
 
 
-def resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """``last``: the run dir's last.ckpt, or None (start afresh) if no epoch finished before."""
-    if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    return ckpt_path
-
-
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None):
     """Check the settings, fit, test and record one experiment; return its metrics.json content.
 
@@ -123,8 +117,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | 
     claim_run_dir(cfg, run_dir, record, sweep_dir)  # raises, writing nothing, if not ours
     try:
         check_config(cfg)
-        check_checkpoint(cfg, run_dir)
-        return fit_and_test(cfg, run_dir, record)
+        resume = resume_path(cfg.ckpt_path, run_dir)
+        check_checkpoint(cfg, resume)
+        return fit_and_test(cfg, run_dir, record, resume)
     except (KeyboardInterrupt, SystemExit) as stop:
         # Ctrl-C or SIGTERM (raise_terminated). Inside fit and test, Lightning records it
         # (RunRecord.on_exception) and calls sys.exit(1); elsewhere it arrives here as is.
@@ -142,7 +137,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | 
         raise error from None
 
 
-def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
+def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord, resume: Path | None = None) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     module = Classifier(
@@ -154,7 +149,6 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     trainer = build_trainer(cfg, run_dir, [record])
-    resume = resume_path(cfg.ckpt_path, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     test = None
     if module.diverged_at is None:

@@ -149,6 +149,15 @@ CASES = {
     "checkpoint_of_other_widths": (["model.hidden=[64]", "ckpt_path={mlp_ckpt}"],
         "error: ckpt_path={mlp_ckpt} holds another model (model.hidden=[128] there, [64] here); "
         "resume with the model settings of the run that wrote it (its .hydra/overrides.yaml)."),
+    "cuda_graph_unknown": (["trainer.cuda_graph=maybe"],
+        "error: trainer.cuda_graph='maybe' is not a choice; use auto (capture on a GPU when it can), "
+        "on (fail if it cannot) or off."),
+    "checkpoint_of_other_activation": (["model.activation=tanh", "ckpt_path={mlp_ckpt}"],
+        "error: ckpt_path={mlp_ckpt} holds another model (model.activation='relu' there, 'tanh' "
+        "here); resume with the model settings of the run that wrote it (its .hydra/overrides.yaml)."),
+    "checkpoint_is_a_run_dir": (["ckpt_path={mlp_run}"],
+        "error: ckpt_path={mlp_run} is a folder; give its checkpoints/last.ckpt, or ckpt_path=last "
+        "with hydra.run.dir={mlp_run}."),
     "resume_without_run_dir": (["ckpt_path=last"],
         "error: ckpt_path=last resumes the run in hydra.run.dir, but "
         "{tmp}/resume_without_run_dir/outputs/<date>/<time> holds no run; add "
