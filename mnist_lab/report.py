@@ -52,16 +52,14 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
 def read_job(job_dir: Path) -> dict:
     """One row of the table, plus the per-epoch ``val_acc`` and the job's ``overrides`` list."""
     path = job_dir / METRICS_FILE
-    if path.exists():
+    try:
         metrics = json.loads(path.read_text())
-    else:
+    except (OSError, ValueError) as error:  # no record, or one damaged outside mnist_lab
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
-        metrics = {
-            "status": "failed",
-            "overrides": [str(o) for o in overrides],
-            "error": f"no {METRICS_FILE}: the job stopped before training started",
-        }
+        problem = (f"no {METRICS_FILE}: the job stopped before training started" if not path.exists()
+                   else f"{path} is not valid JSON ({error}); delete it or rerun the job")  # fmt: skip
+        metrics = {"status": "failed", "overrides": [str(o) for o in overrides], "error": problem}
     row = {key: metrics.get(key) for key in COLUMNS}
     row["job"] = job_dir.name
     row["job_dir"] = job_dir

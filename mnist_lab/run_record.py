@@ -38,6 +38,8 @@ class Terminated(KeyboardInterrupt):
 
 def finite_or_none(value):
     """JSON has no NaN: missing or non-finite numbers are written as null."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(v) for key, v in value.items()}
     if isinstance(value, list):
         return [finite_or_none(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
@@ -107,20 +109,19 @@ class RunRecord(L.Callback):
     def interrupt(self, exception: KeyboardInterrupt, module: Classifier | None = None) -> None:
         """Record status "interrupted" and the signal (SIGINT for Ctrl-C, or SIGTERM)."""
         self.data["stopped_by"] = "SIGTERM" if isinstance(exception, Terminated) else "SIGINT"
-        if module is not None:
-            self._update(module, "interrupted")
-        else:
-            self.data["status"] = "interrupted"
-            write_json_atomic(self.path, finite_or_none(self.data))
+        self._set_status("interrupted", module)
 
     def fail(self, exception: BaseException, module: Classifier | None = None) -> None:
         """Record status "failed" with the error's first line (before or during training)."""
         self.data["error"] = first_line(exception)
+        self._set_status("failed", module)
+
+    def _set_status(self, status: str, module: Classifier | None) -> None:
+        """With the module's history when there is one (the run got as far as Lightning)."""
         if module is not None:
-            self._update(module, "failed")
+            self._update(module, status)
         else:
-            self.data["status"] = "failed"
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.data["status"] = status
             write_json_atomic(self.path, finite_or_none(self.data))
 
     def finish(self, trainer: L.Trainer, module: Classifier, test: dict | None) -> dict:

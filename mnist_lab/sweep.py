@@ -15,8 +15,6 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import report
-
 MAX_NAME = 200  # folder names stay well under the usual 255-byte limit
 
 
@@ -45,6 +43,8 @@ class SweepReport(Callback):
     """At the end of a multirun: write the sweep report and say how many jobs did not finish."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from mnist_lab import report  # here, not at the top: keeps its imports out of every run's start-up
+
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = report.write_report(sweep_dir)
         counts = Counter(row["status"] for row in rows)

@@ -124,9 +124,13 @@ def test_sigterm_and_ctrl_c_record_interrupted_and_exit_cleanly(tmp_path, synthe
 
 
 @pytest.mark.slow
-def test_a_diverged_run_exits_3_with_the_step(tmp_path, synthetic_data_dir):
+@pytest.mark.parametrize("diverging", [
+    ["optimizer.lr=1e6"],  # Adam: the loss grows past divergence_threshold, stays finite
+    ["optimizer=sgd", "optimizer.lr=1e38"],  # the loss becomes NaN, which JSON cannot hold
+])  # fmt: skip
+def test_a_diverged_run_exits_3_with_the_step(tmp_path, synthetic_data_dir, diverging):
     run_dir = tmp_path / "run"
-    result = run_cli("mnist_lab.train", *RUN, "optimizer.lr=1e6", "model.dropout=0.0",
+    result = run_cli("mnist_lab.train", *RUN, *diverging, "model.dropout=0.0",
                      f"hydra.run.dir={run_dir}", cwd=tmp_path, data_dir=synthetic_data_dir,
                      check=False)  # fmt: skip
     assert result.returncode == 3, result.stderr[-3000:]

@@ -137,6 +137,31 @@ def test_report_on_demand_rewrites_the_report(lr_sweep, tmp_path):
     assert "wrote summary.csv" in result.stdout and "best_val_acc" in result.stdout
 
 
+def test_a_damaged_metrics_file_is_a_failed_row_that_says_so(lr_sweep, tmp_path):
+    sweep_dir = shutil.copytree(lr_sweep[0], tmp_path / "sweep")
+    damaged = sorted(sweep_dir.glob("*/metrics.json"))[0]
+    damaged.write_text('{\n"status": "ok",')  # cut off by hand, or by a full disk outside mnist_lab
+    run_cli("mnist_lab.report", str(sweep_dir), cwd=tmp_path)
+    rows = {row["job"]: row for row in read_summary(sweep_dir)}
+    assert len(rows) == 3
+    row = rows[damaged.parent.name]
+    assert row["status"] == "failed" and row["error"].startswith(f"{damaged} is not valid JSON")
+    assert row["error"].endswith("delete it or rerun the job")
+    assert sum(r["status"] == "ok" for r in rows.values()) == 2
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    from mnist_lab.atomic_files import write_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "summary.md", b"table")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "summary.md").stat().st_mode & 0o777 == 0o644  # readable by others, as open() makes it
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]  # no temp file left
+
+
 def test_report_on_a_folder_without_jobs_says_what_to_pass(tmp_path):
     result = run_cli("mnist_lab.report", str(tmp_path), cwd=tmp_path, check=False)
     assert result.returncode == 1
