@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,9 @@ def one_run(data_dir: str, overrides: list[str]) -> tuple[float, float]:
         env = {**os.environ, "MNIST_LAB_DATA_DIR": str(Path(data_dir).resolve())}
         command = [sys.executable, "-m", "mnist_lab.train", *SHORT, *overrides, f"hydra.run.dir={run_dir}"]
         started = time.time()
-        subprocess.run(command, env=env, check=True, capture_output=True)
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"the timed run failed ({shlex.join(command)}):\n{result.stderr[-2000:]}")
         wall = time.time() - started
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     return metrics["train_started_at"] - started, wall

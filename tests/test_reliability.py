@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mnist_lab import mnist_files
-from tests.conftest import QUICK, compose_train, run_cli, synthetic_arrays, write_idx_files
+from tests.conftest import QUICK, compose_train, read_metrics, run_cli, synthetic_arrays, write_idx_files
 
 FORKING_RUNNER = r"""
 import json, os, runpy, sys, traceback
@@ -238,7 +238,7 @@ def test_bad_input_gets_one_sentence(case, case_results):
 
 @pytest.mark.slow
 def test_a_failed_check_is_recorded_but_another_runs_record_is_not_touched(case_results, mlp_run):
-    metrics = json.loads((mlp_run / "metrics.json").read_text())
+    metrics = read_metrics(mlp_run)
     assert metrics["status"] == "ok"  # run_dir_already_used did not overwrite it
     cwd = case_results["lr_zero"]["fill"]["tmp"] / "lr_zero"
     failed = [json.loads(p.read_text()) for p in cwd.glob("outputs/*/*/metrics.json")]
@@ -269,7 +269,7 @@ def test_two_sweeps_into_one_sweep_dir(tmp_path, synthetic_data_dir):
     assert (f"[failed] ConfigError: another sweep is writing into {sweep}: it holds job "
             f"0_optimizer.lr=0.1 besides this sweep's {job}; give each sweep its own "
             "hydra.sweep.dir.") in result.stderr  # fmt: skip
-    assert json.loads((first / "metrics.json").read_text())["status"] == "ok"
+    assert read_metrics(first)["status"] == "ok"
     assert not (sweep / job / "metrics.json").exists()
 
 
@@ -289,7 +289,7 @@ def test_out_of_memory_names_the_batch_sizes(tmp_path, monkeypatch, synthetic_da
         "(validation and test batches); lower data.eval_batch_size first (e.g. "
         "data.eval_batch_size=2500), then data.batch_size or the model's size, or use trainer=cpu."
     )
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = read_metrics(tmp_path / "run")
     assert metrics["status"] == "failed"
     assert metrics["error"].startswith("ConfigError: the GPU ran out of memory")
 
