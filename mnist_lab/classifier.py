@@ -1,20 +1,21 @@
 """The LightningModule: one classifier that takes its net, loss, optimizer and scheduler from config.
 
-The training step is written for speed (see docs/performance.md):
-- manual optimization, so the whole step (forward, loss, backward, optimizer step) is one
-  function that can be captured as a CUDA graph (``cuda_graph.py``);
-- no host sync inside the step: each step's loss is stored into a device buffer, and the
-  buffer is written to TensorBoard (one value per step, with its global step) at epoch end;
-- the loss is checked for NaN/inf (or a value above ``divergence_threshold``) every
-  ``check_every`` steps, so a diverging run stops within the epoch, at the cost of one host
-  sync per ``check_every`` steps.
+It holds the Lightning hooks and the metrics; the mechanics live in their own units:
+- the training step, ``step(x, y) -> (loss, correct)``: ``step.EagerStep``, or
+  ``cuda_graph.GraphStep`` (the whole step replayed as one CUDA graph), picked by ``make_step``;
+- the epoch's bookkeeping (per-step losses on the device, divergence check every
+  ``check_every`` steps, the epoch clock): ``epoch_log.EpochLog``;
+- batches grouped per loader item when they are small: ``data.GroupedBatches``.
+
+Optimization is manual, so the step is one function that can be captured, and no step makes a
+host sync: each step's loss is written to TensorBoard (one value per step, with its global
+step) at epoch end. See docs/performance.md.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Callable
 
 import lightning as L
@@ -23,19 +24,14 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lab.cuda_graph import (
-    GraphStep,
-    graph_optimizer_kwargs,
-    graph_unsupported_reason,
-    ready_for_capture,
-    skip_capture_check,
-)
+from mnist_lab.cuda_graph import GraphStep, graph_off, graph_optimizer_kwargs, graph_unsupported_reason
+from mnist_lab.data import grouping, optimizer_steps, ungroup
+from mnist_lab.epoch_log import EpochLog
+from mnist_lab.step import EagerStep, Step, eager_optimizer_kwargs, skip_capture_check
 
 # Schedulers that move the learning rate every optimizer step; the others move it per epoch.
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
-# On CPU their fused kernel updates each tensor in one pass instead of six: a batch-1 MLP step
-# takes 157 us instead of 251 us on the 2-core machine of docs/performance.md.
-FUSED_ON_CPU = (torch.optim.Adam, torch.optim.AdamW)
+NUM_CLASSES = 10
 
 
 class Classifier(L.LightningModule):
@@ -48,8 +44,7 @@ class Classifier(L.LightningModule):
         scheduler: ``scheduler(optimizer)`` -> lr scheduler, or None.
         cuda_graph: "auto" (capture on CUDA when possible), "on" (fail if not), or "off".
         check_every: steps between NaN/inf checks of the training loss.
-        divergence_threshold: a training loss above this also counts as diverged (Adam at
-            lr=1e6 drives the loss to ~1e13 without ever reaching inf).
+        divergence_threshold: a training loss above this also counts as diverged.
         config: the run's resolved config, stored in checkpoints so ``evaluate`` can rebuild it.
     """
 
@@ -71,145 +66,91 @@ class Classifier(L.LightningModule):
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
         self.cuda_graph, self.check_every = cuda_graph, check_every
         self.divergence_threshold = divergence_threshold
-        self.graph_step: GraphStep | None = None
+        self.step: Step | None = None  # made with the optimizer, in configure_optimizers
+        self.epoch_log: EpochLog | None = None  # the training epoch under way, or the last one
         self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
         self.val_acc, self.test_acc = (
-            MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
+            MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
             for _ in range(2)
         )
         self.history: dict[str, list[float]] = {
             k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
         }
         self.diverged_at: int | None = None  # global step of the first NaN/inf/too-large loss
-        self.epoch_time: float | None = 0.0  # None while an epoch's clock runs (not in a sanity check)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    # ------------------------------------------------------------------ optimizers
+    # ------------------------------------------------------------------ optimizers and the step
 
     def configure_optimizers(self):
-        use_graph = self._wants_graph()
-        kwargs = graph_optimizer_kwargs(self.make_optimizer) if use_graph else {}
-        chosen = getattr(self.make_optimizer, "keywords", {})
-        optimizer_class = getattr(self.make_optimizer, "func", self.make_optimizer)
-        if not use_graph and self.device.type == "cpu" and optimizer_class in FUSED_ON_CPU and "fused" not in chosen:
-            kwargs["fused"] = True
+        graph = self._graph_possible()
+        kwargs = graph_optimizer_kwargs(self.make_optimizer) if graph else eager_optimizer_kwargs(
+            self.make_optimizer, self.device
+        )
         optimizer = self.make_optimizer(self.parameters(), **kwargs)
         if self.device.type == "cpu":
             skip_capture_check(optimizer)
+        # Made with each fit's optimizer: a graph from an earlier fit would replay on freed memory.
+        self.step = self.make_step(optimizer, graph)
         if not self.make_scheduler:
             return optimizer
         if isinstance(self.make_scheduler, functools.partial) and issubclass(
             self.make_scheduler.func, PER_STEP_SCHEDULERS
         ):  # one-cycle needs the run's length in steps
-            scheduler = self.make_scheduler(optimizer, total_steps=self._total_steps())
+            scheduler = self.make_scheduler(optimizer, total_steps=optimizer_steps(self.trainer))
         else:
             scheduler = self.make_scheduler(optimizer)
         return [optimizer], [scheduler]
 
-    def _loader_group(self) -> tuple[int | None, int]:
-        """(batch size, batches per loader item): see ``data.SAMPLES_PER_CALL``."""
-        loader = self.trainer.train_dataloader
-        return getattr(loader, "batch_size", None), getattr(loader, "group", 1)
+    def make_step(self, optimizer: torch.optim.Optimizer, graph: bool) -> Step:
+        """The training step: a CUDA graph if ``graph``, else eager with Lightning's backward
+        (so that a strategy's gradient sync and a precision plugin take part)."""
+        if graph:
+            fallback = functools.partial(graph_off, self.cuda_graph, say=self.print)
+            return GraphStep(self.net, self.loss, optimizer, self.device, fallback)
+        return EagerStep(self.net, self.loss, optimizer, backward=self.manual_backward)
 
-    def _total_steps(self) -> int:
-        """Optimizer steps in the whole run (Lightning counts loader items: groups of batches)."""
+    def _graph_possible(self) -> bool:
+        """Whether to capture the step; says why not where a graph was asked for or expected."""
         trainer = self.trainer
-        steps = int(trainer.estimated_stepping_batches)
-        _, group = self._loader_group()
-        if group == 1 or trainer.max_epochs in (None, -1):
-            return steps
-        per_epoch = min(int(trainer.num_training_batches) * group, trainer.train_dataloader.batches)
-        total = per_epoch * trainer.max_epochs
-        return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
-
-    def _wants_graph(self) -> bool:
-        return self.cuda_graph != "off" and graph_unsupported_reason(self) is None
+        reason = graph_unsupported_reason(
+            self.make_optimizer, self.make_scheduler, self.device, trainer.world_size, trainer.precision
+        )
+        if reason and self.cuda_graph != "off" and (self.cuda_graph == "on" or self.device.type == "cuda"):
+            graph_off(self.cuda_graph, reason, say=self.print)
+        return reason is None and self.cuda_graph != "off"
 
     # ------------------------------------------------------------------ training
 
     def on_train_start(self) -> None:
-        reason = graph_unsupported_reason(self)
-        self.use_graph = self.cuda_graph != "off" and reason is None
-        self.graph_step = None  # a second fit rebuilt the optimizer: a graph from before would replay on freed memory
-        if reason and (self.cuda_graph == "on" or (self.cuda_graph == "auto" and self.device.type == "cuda")):
-            self._graph_off(reason)
-        if self.use_graph:  # here, after a resumed checkpoint has brought its param groups
-            ready_for_capture(self.optimizers().optimizer, self.device)
         scheduler = self.lr_schedulers()
         self.per_step_scheduler = scheduler if isinstance(scheduler, PER_STEP_SCHEDULERS) else None
-        self.loader_batch_size, self.group = self._loader_group()
+        self.grouping = grouping(self.trainer.train_dataloader)
+        self.epoch_log = None
 
     def on_train_epoch_start(self) -> None:
         # Dropout masks depend on (seed, epoch) only, so a resumed run draws the same ones.
         torch.manual_seed(self.hparams.config.get("seed", 0) * 1_000_003 + self.current_epoch)
-        n = self.trainer.num_training_batches * self.group
-        self.step_losses = torch.zeros(n, device=self.device)
-        self.steps_done = 0  # optimizer steps in this epoch
-        self.train_correct = torch.zeros((), dtype=torch.long, device=self.device)
-        self.train_seen = 0
-        self.checked_up_to = 0
-        self.first_step = self.trainer.global_step  # optimizer steps done before this epoch
-        self.epoch_time = None
-        self.epoch_started = time.perf_counter()
-
-    def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss, backward, optimizer step. Returns (loss, number correct), on device."""
-        optimizer = self.optimizers().optimizer
-        logits = self.net(x)
-        loss = self.loss(logits, y)
-        optimizer.zero_grad(set_to_none=self.graph_step is None)  # a graph holds the .grad tensors
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
+        self.epoch_log = EpochLog(
+            self.trainer.num_training_batches * self.grouping[1],
+            self.device,
+            first_step=self.trainer.global_step,
+            check_every=self.check_every,
+            divergence_threshold=self.divergence_threshold,
+        )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        if self.group == 1 or len(x) <= self.loader_batch_size:
-            self._train_on(x, y)
-            return
-        for x_part, y_part in zip(x.split(self.loader_batch_size), y.split(self.loader_batch_size), strict=True):
-            self._train_on(x_part, y_part)
-            if self.diverged_at is not None:
+        for x_part, y_part in ungroup(x, y, *self.grouping):
+            loss, correct = self.step(x_part, y_part)
+            diverged_at = self.epoch_log.record(loss, correct, len(y_part))
+            self._count_optimizer_step()
+            if self.per_step_scheduler is not None:
+                self.per_step_scheduler.step()
+            if diverged_at is not None:
+                self._stop(diverged_at)
                 return
-
-    def _train_on(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One optimizer step on one batch."""
-        if self.use_graph and self.graph_step is None:
-            self._capture_step(x, y)
-        if self.graph_step is not None and len(x) == self.graph_step.batch_size:
-            loss, correct = self.graph_step(x, y)
-        else:
-            loss, correct = self.eager_step(x, y)
-        self.step_losses[self.steps_done] = loss
-        self.steps_done += 1
-        self.train_correct += correct
-        self.train_seen += len(y)
-        self._count_optimizer_step()
-        if self.per_step_scheduler is not None:
-            self.per_step_scheduler.step()
-        if self.steps_done % self.check_every == 0:
-            self._check_finite(self.steps_done)
-
-    def _capture_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        try:
-            self.graph_step = GraphStep(self, x, y)
-        except RuntimeError as error:
-            cause = error.__context__ or error  # capture_end's own error hides the first one
-            self._graph_off(f"capturing the training step failed ({cause})")
-
-    def _graph_off(self, reason: str) -> None:
-        """Step eagerly and say why; with trainer.cuda_graph=on, stop instead."""
-        if self.cuda_graph == "on":
-            raise ValueError(f"trainer.cuda_graph=on but {reason}; use trainer.cuda_graph=auto.")
-        self.use_graph = False
-        self.print(f"CUDA graph off: {reason}; using the eager step.")
-
-    def on_validation_model_zero_grad(self) -> None:
-        # Lightning frees the gradients before validation; a captured step keeps writing to
-        # them, so zero them in place instead.
-        self.zero_grad(set_to_none=self.graph_step is None)
 
     def _count_optimizer_step(self) -> None:
         # We step the raw optimizer (or replay a graph), so tell Lightning a step happened:
@@ -218,42 +159,33 @@ class Classifier(L.LightningModule):
         progress.increment_ready()
         progress.increment_completed()
 
-    def _check_finite(self, up_to: int) -> None:
-        window = self.step_losses[self.checked_up_to : up_to]
-        self.checked_up_to = up_to
-        bad = ~torch.isfinite(window) | (window > self.divergence_threshold)
-        if not bool(bad.any()):
-            return
-        first_bad = int(bad.nonzero()[0])
-        self.diverged_at = self.first_step + up_to - len(window) + first_bad + 1
-        self.print(f"loss became {window[first_bad].item()} at step {self.diverged_at}: stopping.")
+    def _stop(self, diverged_at: int) -> None:
+        self.diverged_at = diverged_at
+        self.print(f"loss became {self.epoch_log.loss_at(diverged_at)} at step {diverged_at}: stopping.")
         self.trainer.should_stop = True
 
-    def _stop_epoch_clock(self) -> None:
-        """Time the training steps only: called when validation starts, or at epoch end."""
-        if self.epoch_time is None:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            self.epoch_time = time.perf_counter() - self.epoch_started
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning frees the gradients before validation; a captured step keeps writing to
+        # them, so zero them in place instead.
+        self.zero_grad(set_to_none=not (self.step and self.step.keeps_grads))
 
     def on_validation_start(self) -> None:
-        if self.trainer.state.fn == "fit":
-            self._stop_epoch_clock()
+        if self.trainer.state.fn == "fit" and self.epoch_log is not None:
+            self.epoch_log.stop_clock()  # the epoch's time is the training steps' only
 
     def on_train_epoch_end(self) -> None:
-        self._stop_epoch_clock()
-        epoch_time = self.epoch_time
-        n_done = self.steps_done
-        if self.diverged_at is None:
-            self._check_finite(n_done)
-        losses = self.step_losses[:n_done]
+        epoch = self.epoch_log
+        epoch_time = epoch.stop_clock()
+        if self.diverged_at is None and (diverged_at := epoch.check()) is not None:
+            self._stop(diverged_at)
+        losses = epoch.losses
         self._write_step_losses(losses.cpu())
         scheduler = self.lr_schedulers()
         lr = float(self.optimizers().optimizer.param_groups[0]["lr"])
         metrics = self.trainer.callback_metrics
         row = {
-            "train_loss": float(losses.mean()) if n_done else math.nan,
-            "train_acc": float(self.train_correct) / max(self.train_seen, 1),
+            "train_loss": float(losses.mean()) if epoch.steps else math.nan,
+            "train_acc": float(epoch.correct) / max(epoch.seen, 1),
             "val_loss": float(metrics.get("val/loss", math.nan)),
             "val_acc": float(metrics.get("val/acc", math.nan)),
             "lr": lr,
@@ -277,7 +209,7 @@ class Classifier(L.LightningModule):
         writer = getattr(self.logger, "experiment", None) if self.logger else None
         if writer is None or not hasattr(writer, "add_scalar"):
             return
-        first = self.first_step + 1
+        first = self.epoch_log.first_step + 1
         for i, value in enumerate(losses.tolist()):
             writer.add_scalar("train/loss", value, first + i)
 

@@ -1,24 +1,24 @@
 """The whole training step (forward, loss, backward, optimizer step) captured once as a CUDA graph.
 
-On the GPU an eager step costs ~2 ms of host time whatever the batch size: kernel launches,
-not arithmetic, are the cost. Replaying a captured graph launches the step's hundreds of
-kernels in one call. Batches are copied into static input buffers; the loss and the number
-of correct predictions come out in static output buffers.
+On the GPU a small eager step costs host time, not arithmetic: kernel launches, whatever the
+batch size (docs/performance.md). Replaying a captured graph launches the step's hundreds of
+kernels in one call. ``GraphStep`` is a ``step.Step``: capture, replay, the self-check that
+compares a replay with an eager step, and the fall-back to the eager step.
 
 Capture needs fixed shapes, so the ragged last batch of an epoch (if any) runs eagerly on the
-same parameters and optimizer state. Cases the graph cannot handle fall back to the eager
-step; ``graph_unsupported_reason`` names them.
+same parameters and optimizer state. Cases the graph cannot handle take the eager step from
+the start; ``graph_unsupported_reason`` names them.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from mnist_lab.classifier import Classifier
+from mnist_lab.step import EagerStep
 
 # Optimizers whose step can run inside a graph: built with ``capturable=True`` (SGD: ``fused=True``),
 # they keep their state and a tensor lr on the device.
@@ -31,22 +31,33 @@ CAPTURABLE = (
 )
 
 
-def graph_unsupported_reason(module: Classifier) -> str | None:
+def graph_unsupported_reason(
+    make_optimizer: Callable,
+    make_scheduler: Callable | None,
+    device: torch.device,
+    world_size: int = 1,
+    precision: str | int = "32-true",
+) -> str | None:
     """None if the training step can be captured, else why not (a phrase for a log line)."""
-    trainer = module._trainer
-    if trainer is not None:
-        if trainer.world_size > 1:
-            return "training on several devices (gradients are all-reduced outside the graph)"
-        if trainer.precision not in ("32-true", "32", 32):
-            return f"trainer.precision={trainer.precision} (the graph step runs in float32)"
-    optimizer_class = getattr(module.make_optimizer, "func", module.make_optimizer)
+    if world_size > 1:
+        return "training on several devices (gradients are all-reduced outside the graph)"
+    if precision not in ("32-true", "32", 32):
+        return f"trainer.precision={precision} (the graph step runs in float32)"
+    optimizer_class = getattr(make_optimizer, "func", make_optimizer)
     if optimizer_class not in CAPTURABLE:
         return f"{getattr(optimizer_class, '__name__', optimizer_class)} cannot run inside a CUDA graph"
-    if _cycles_momentum(module.make_scheduler):
+    if _cycles_momentum(make_scheduler):
         return "the scheduler cycles momentum (cycle_momentum=true), which the captured step reads as a constant"
-    if module.device.type != "cuda":
+    if device.type != "cuda":
         return "the model is not on a CUDA device"
     return None
+
+
+def graph_off(cuda_graph: str, reason: str, say: Callable[[str], None] = print) -> None:
+    """Say why the step runs eagerly; with ``cuda_graph`` "on", stop the run instead."""
+    if cuda_graph == "on":
+        raise ValueError(f"trainer.cuda_graph=on but {reason}; use trainer.cuda_graph=auto.")
+    say(f"CUDA graph off: {reason}; using the eager step.")
 
 
 def _cycles_momentum(make_scheduler) -> bool:
@@ -96,15 +107,6 @@ def ready_for_capture(optimizer: torch.optim.Optimizer, device: torch.device) ->
                 state[key] = value.to(device)
 
 
-def skip_capture_check(optimizer: torch.optim.Optimizer) -> None:
-    """On CPU, drop the check Adam, AdamW and Adadelta make at every step for an ongoing graph
-    capture: it calls ``torch.cuda.is_available()``, which under Lightning (it sets
-    PYTORCH_NVML_BASED_CUDA_CHECK=1) is an NVML query, ~60 us a step on a CUDA build of torch
-    without a GPU: half of a batch-1 MLP step. Nothing is ever captured on the CPU."""
-    if hasattr(optimizer, "_accelerator_graph_capture_health_check"):
-        optimizer._accelerator_graph_capture_health_check = lambda: None
-
-
 def _release_failed_capture(pool) -> None:
     """When a capture fails, ``CUDAGraph.capture_end`` raises before it tells the caching
     allocator that the capture is over, and the allocator would keep routing to (and never
@@ -118,48 +120,110 @@ def _release_failed_capture(pool) -> None:
             pass
 
 
-class GraphStep:
-    """Captures the training step on the first full batch and replays it for every later one.
 
-    Raises RuntimeError if the capture fails; weights and optimizer state are then as before.
+# The self-check's tolerance: one replay against one eager step from the same state and batch.
+# Both run the same kernels, so they agree to float32 rounding (cuDNN may sum in another order);
+# a graph that froze a value or lost an update is off by far more.
+CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-6
+
+
+class GraphStep:
+    """The training step, captured as a CUDA graph on its first batch and replayed after.
+
+    Batches of the captured size are copied into static input buffers and the graph is
+    replayed; the loss and the number correct come out in static output buffers. Any other
+    size (the ragged last batch of an epoch) takes the eager step, on the same parameters and
+    optimizer state. Right after the capture the graph is checked: one replay and one eager
+    step from the same saved state must agree (``CHECK_RTOL``, ``CHECK_ATOL``) on the loss and
+    every parameter. If the capture fails or the check does not pass, weights, optimizer state
+    and RNG are put back as they were, ``fallback(reason)`` is called (it may raise to stop the
+    run), and every later batch takes the eager step.
+
+    The graph runs in float32 on one device with a plain ``loss.backward()``;
+    ``graph_unsupported_reason`` names the set-ups that need more. The optimizer must have
+    been built with ``graph_optimizer_kwargs``.
     """
 
-    def __init__(self, module: Classifier, x: torch.Tensor, y: torch.Tensor):
-        self.module = module
-        self.batch_size = len(x)
-        self.x, self.y = x.clone(), y.clone()
-        self.graph = torch.cuda.CUDAGraph()
-        self._capture()
-        # The graph writes the gradients at these addresses. Holding them keeps that memory
-        # ours even when something sets ``p.grad = None`` (Lightning does before validation).
-        self.grads = [p.grad for p in module.parameters()]
+    keeps_grads = True  # the graph writes the .grad tensors it was captured with
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        fallback: Callable[[str], None],
+    ):
+        self.net, self.loss, self.optimizer, self.device = net, loss, optimizer, device
+        self.fallback = fallback
+        self.eager = EagerStep(net, loss, optimizer, keeps_grads=True)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.off_reason: str | None = None  # why this step no longer tries the graph
+        self.batch_size = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.graph is None and self.off_reason is None:
+            self._capture_and_check(x, y)
+        if self.graph is not None and len(x) == self.batch_size:
+            self.x.copy_(x)
+            self.y.copy_(y)
+            self.graph.replay()
+            return self.loss_out, self.correct_out
+        return self.eager(x, y)
+
+    def _capture_and_check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        # Here, not in __init__: a resumed checkpoint has brought its param groups by now.
+        ready_for_capture(self.optimizer, self.device)
+        try:
+            self._capture(x, y)
+            reason = self._disagreement()
+        except RuntimeError as error:
+            cause = error.__context__ or error  # capture_end's own error hides the first one
+            reason = f"capturing the training step failed ({cause})"
+        if reason is not None:
+            self.graph, self.off_reason = None, reason
+            self.fallback(reason)
 
     def _state_tensors(self) -> list[torch.Tensor]:
-        optimizer = self.module.optimizers().optimizer
-        tensors = [*self.module.parameters(), *self.module.buffers()]
-        for state in optimizer.state.values():
+        tensors = [*self.net.parameters(), *self.net.buffers()]
+        for state in self.optimizer.state.values():
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
         return tensors
 
-    def _capture(self) -> None:
-        module = self.module
-        optimizer = module.optimizers().optimizer
+    def _save(self) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """Weights, buffers, optimizer state and the RNG, to put back with ``_restore``."""
+        return {id(t): t.detach().clone() for t in self._state_tensors()}, torch.cuda.get_rng_state()
+
+    def _restore(self, saved: tuple[dict[int, torch.Tensor], torch.Tensor]) -> None:
+        """In place: the graph holds these tensors' addresses."""
+        tensors, rng = saved
+        torch.cuda.set_rng_state(rng)
+        with torch.no_grad():
+            for tensor in self._state_tensors():
+                if id(tensor) in tensors:
+                    tensor.copy_(tensors[id(tensor)])
+                else:  # state the warm-up created: fresh state is all zeros (Adam, RMSprop, ...)
+                    tensor.zero_()
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.batch_size = len(x)
+        self.x, self.y = x.clone(), y.clone()
+        self.graph = torch.cuda.CUDAGraph()
         # Warm-up steps build the optimizer state and cuDNN plans the capture needs. They
-        # change weights and state and draw random numbers (dropout), so save all that first
-        # and put it back afterwards (in place: the graph holds these tensors' addresses).
-        saved = {id(t): t.detach().clone() for t in self._state_tensors()}
-        rng, stream, pool = torch.cuda.get_rng_state(), torch.cuda.current_stream(), torch.cuda.graph_pool_handle()
+        # change weights and state and draw random numbers (dropout): put all that back after.
+        saved = self._save()
+        stream, pool = torch.cuda.current_stream(), torch.cuda.graph_pool_handle()
         capturing = False
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(3):
-                    self._step(optimizer)
+                    self._graph_body()
             torch.cuda.current_stream().wait_stream(side)
             capturing = True
             with torch.cuda.graph(self.graph, pool=pool):
-                self.loss, self.correct = self._step(optimizer)
+                self.loss_out, self.correct_out = self._graph_body()
         except Exception:
             if capturing:
                 _release_failed_capture(pool)
@@ -167,26 +231,37 @@ class GraphStep:
         finally:
             torch.cuda.set_stream(stream)  # a failed capture can leave its own stream current
             torch.cuda.synchronize()
-            torch.cuda.set_rng_state(rng)
-            with torch.no_grad():
-                for tensor in self._state_tensors():
-                    if id(tensor) in saved:
-                        tensor.copy_(saved[id(tensor)])
-                    else:  # state the warm-up created: fresh state is all zeros (Adam, RMSprop, ...)
-                        tensor.zero_()
+            self._restore(saved)
+        # The graph writes the gradients at these addresses. Holding them keeps that memory
+        # ours even when something sets ``p.grad = None`` (Lightning does before validation).
+        self.grads = [p.grad for p in self.net.parameters()]
 
-    def _step(self, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+    def _graph_body(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Zeroed in place at the start, inside the graph: whatever ran before (the eager ragged
         # batch) leaves nothing behind, and the graph keeps the same .grad tensors.
-        optimizer.zero_grad(set_to_none=False)
-        logits = self.module.net(self.x)
-        loss = self.module.loss(logits, self.y)
+        self.optimizer.zero_grad(set_to_none=False)
+        logits = self.net(self.x)
+        loss = self.loss(logits, self.y)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         return loss.detach(), (logits.detach().argmax(dim=1) == self.y).sum()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.x.copy_(x)
-        self.y.copy_(y)
+    def _disagreement(self) -> str | None:
+        """Replay once, then take one eager step from the same saved state and batch; put the
+        state back. None if they agree, else what differs (a phrase for a log line)."""
+        saved = self._save()
         self.graph.replay()
-        return self.loss, self.correct
+        graph_loss = float(self.loss_out)
+        graph_params = [p.detach().clone() for p in self.net.parameters()]
+        self._restore(saved)
+        eager_loss = float(self.eager(self.x, self.y)[0])
+        eager_params = [p.detach().clone() for p in self.net.parameters()]
+        self._restore(saved)
+        pairs = [(torch.tensor(graph_loss), torch.tensor(eager_loss)), *zip(graph_params, eager_params, strict=True)]
+        if all(torch.allclose(g, e, rtol=CHECK_RTOL, atol=CHECK_ATOL, equal_nan=True) for g, e in pairs):
+            return None
+        worst = max(float((g - e).abs().max()) for g, e in pairs[1:])
+        return (
+            f"the captured step disagrees with the eager step (loss {graph_loss:.6g} against {eager_loss:.6g}, "
+            f"parameters differ by up to {worst:.3g}; tolerance rtol={CHECK_RTOL}, atol={CHECK_ATOL})"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import lightning as L
 import torch
@@ -23,6 +24,39 @@ TRAIN_SIZE = 60_000
 # than a small step itself; the training loader then hands out groups of batches, and the
 # classifier runs one optimizer step per batch of the group (the same batches, in the same order).
 SAMPLES_PER_CALL = 32
+
+
+class GroupedBatches(Protocol):
+    """What the classifier reads from a training loader (``DeviceBatches`` is one): each item
+    holds up to ``group`` consecutive batches of ``batch_size`` images, concatenated, and gets
+    one optimizer step per batch. A loader without ``group`` (a DataLoader) hands one batch
+    per item."""
+
+    batch_size: int
+    group: int
+
+
+def grouping(loader) -> tuple[int | None, int]:
+    """(batch size, batches per item) of a training loader (see ``GroupedBatches``)."""
+    return getattr(loader, "batch_size", None), getattr(loader, "group", 1)
+
+
+def optimizer_steps(trainer: L.Trainer) -> int:
+    """Optimizer steps in the whole run (Lightning counts loader items: groups of batches)."""
+    steps = int(trainer.estimated_stepping_batches)
+    loader = trainer.train_dataloader
+    _, group = grouping(loader)
+    if group == 1 or trainer.max_epochs in (None, -1):
+        return steps
+    total = min(int(trainer.num_training_batches) * group, loader.batches) * trainer.max_epochs
+    return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
+
+
+def ungroup(x: torch.Tensor, y: torch.Tensor, batch_size: int | None, group: int):
+    """The batches of one loader item, in order (see ``GroupedBatches``)."""
+    if group == 1 or batch_size is None or len(x) <= batch_size:
+        return [(x, y)]
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
 # Parsed and normalized tensors per (data_dir, device): a sweep running many jobs in one
 # process moves MNIST to the device once, not once per job.
@@ -72,7 +106,7 @@ class DeviceBatches:
     resumed run sees the same batches as an uninterrupted one. Under DDP each rank takes every
     ``world_size``-th row of that permutation (all ranks get the same number of batches).
     With ``group`` > 1 each item holds up to ``group`` consecutive batches, to be split by
-    ``batch_size`` (``Classifier.training_step`` does).
+    ``batch_size`` (``GroupedBatches``).
     """
 
     def __init__(

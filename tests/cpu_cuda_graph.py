@@ -98,6 +98,18 @@ class EmulatedCUDAGraph:
                         old.copy_(new)  # results land where the captured ops put them
 
 
+class HalfReplayedGraph(EmulatedCUDAGraph):
+    """A graph broken on purpose: replay runs only the first half of the captured ops (the
+    forward pass and part of the backward), so the weights are never updated."""
+
+    def replay(self) -> None:
+        ops, self.ops = self.ops, self.ops[: len(self.ops) // 2]
+        try:
+            super().replay()
+        finally:
+            self.ops = ops
+
+
 @contextlib.contextmanager
 def capture(graph: EmulatedCUDAGraph, pool=None):
     with _Recorder(graph):

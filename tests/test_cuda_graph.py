@@ -14,12 +14,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_cpu_run_takes_the_eager_step_and_cuda_graph_on_is_refused(tmp_path, synthetic_data_dir):
-    from mnist_lab.classifier import Classifier
     from mnist_lab.cuda_graph import graph_unsupported_reason
-    from mnist_lab.models import MLP
 
-    module = Classifier(MLP(), torch.nn.CrossEntropyLoss(), torch.optim.Adam)
-    assert graph_unsupported_reason(module) == "the model is not on a CUDA device"
+    assert graph_unsupported_reason(torch.optim.Adam, None, torch.device("cpu")) == "the model is not on a CUDA device"
     result = run_cli("mnist_lab.train", *QUICK, "trainer.cuda_graph=on", f"hydra.run.dir={tmp_path / 'r'}",
                      cwd=tmp_path, data_dir=synthetic_data_dir, check=False)  # fmt: skip
     assert result.returncode != 0
@@ -69,8 +66,8 @@ def emulated_cuda_graph(monkeypatch):
     cpu_cuda_graph.install(monkeypatch)
     real_reason = cuda_graph.graph_unsupported_reason
 
-    def reason_ignoring_device(module):
-        reason = real_reason(module)
+    def reason_ignoring_device(*args, **kwargs):
+        reason = real_reason(*args, **kwargs)
         return None if reason == "the model is not on a CUDA device" else reason
 
     monkeypatch.setattr(classifier, "graph_unsupported_reason", reason_ignoring_device)
@@ -86,9 +83,10 @@ def emulated_cuda_graph(monkeypatch):
      "optimizer=rmsprop", "optimizer.momentum=0.9", "optimizer.centered=true", "scheduler=exponential"],
 ])  # fmt: skip
 def test_emulated_graph_step_matches_the_eager_step_on_cpu(
-    tmp_path, synthetic_data_dir, emulated_cuda_graph, overrides
+    tmp_path, synthetic_data_dir, emulated_cuda_graph, overrides, capsys
 ):
     graph, eager = train_with_cuda_graph(tmp_path, synthetic_data_dir, overrides, "on", "off")
+    assert "CUDA graph off" not in capsys.readouterr().out  # the graph passed its self-check
     assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
     assert graph["val_acc"] == pytest.approx(eager["val_acc"], abs=1e-6)
     assert graph["lr"] == pytest.approx(eager["lr"], rel=1e-6)
@@ -122,16 +120,28 @@ def test_a_failed_capture_falls_back_to_the_eager_step_from_the_same_start(
     assert fallback["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-6)
 
 
+def test_a_graph_that_fails_its_self_check_gives_way_to_the_eager_step(
+    tmp_path, synthetic_data_dir, emulated_cuda_graph, monkeypatch, capsys
+):
+    """A graph broken on purpose (it replays half the step): the run says why and goes on
+    eagerly from the weights it had, as if the graph had never been captured."""
+    from tests.cpu_cuda_graph import HalfReplayedGraph
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", HalfReplayedGraph)
+    overrides = ["optimizer=sgd", "optimizer.momentum=0.9", "trainer.max_epochs=1"]
+    fallback, eager = train_with_cuda_graph(tmp_path, synthetic_data_dir, overrides, "auto", "off")
+    assert "CUDA graph off: the captured step disagrees with the eager step (loss " in capsys.readouterr().out
+    assert fallback["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+
+
 def test_a_scheduler_that_cycles_momentum_keeps_the_eager_step():
     import functools
 
-    from mnist_lab.classifier import Classifier
     from mnist_lab.cuda_graph import graph_unsupported_reason
-    from mnist_lab.models import MLP
 
     def reason(**scheduler_args):
         scheduler = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, **scheduler_args)
-        return graph_unsupported_reason(Classifier(MLP(), torch.nn.CrossEntropyLoss(), torch.optim.SGD, scheduler))
+        return graph_unsupported_reason(torch.optim.SGD, scheduler, torch.device("cpu"))
 
     expected = "the scheduler cycles momentum (cycle_momentum=true), which the captured step reads as a constant"
     assert reason() == reason(cycle_momentum=True) == expected  # one-cycle's default is true
@@ -184,6 +194,6 @@ def test_a_second_fit_of_the_same_module_captures_a_new_graph(tmp_path, syntheti
         trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
         trainer.fit(module, datamodule=data)
-        graphs.append(module.graph_step)
+        graphs.append(module.step.graph)
     assert graphs[0] is not None and graphs[1] is not None and graphs[1] is not graphs[0]
     assert module.history["train_loss"][1] < module.history["train_loss"][0]

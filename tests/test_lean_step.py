@@ -38,7 +38,7 @@ def test_training_steps_make_no_host_sync_between_loss_checks(tmp_path, syntheti
     def counted_training_step(self, batch, batch_idx):
         with counter:
             real_training_step(self, batch, batch_idx)
-        steps.append(self.steps_done)
+        steps.append(self.epoch_log.steps)
 
     monkeypatch.setattr(classifier.Classifier, "training_step", counted_training_step)
     cfg = compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", "trainer.max_epochs=1", "data.batch_size=32",

@@ -1,0 +1,96 @@
+"""What one training epoch's steps did, kept on the device until the epoch ends.
+
+- each step's loss goes into a device buffer (no host sync per step); the buffer is read once,
+  at epoch end, for the per-step curve and the epoch's mean;
+- the number of correct predictions is summed on the device;
+- the losses are checked for NaN/inf, or a value above ``divergence_threshold``, every
+  ``check_every`` steps: one host sync per check, so a diverging run stops within the epoch;
+- a clock times the training steps (stopped when validation starts, or at epoch end).
+
+A step whose loss is a vector (one per net, when several nets train at once) is stored as a
+row; the check then flags a step if any entry is bad.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class EpochLog:
+    """One epoch's losses, correct count, divergence checks and clock (see above).
+
+    Args:
+        steps: the most optimizer steps this epoch can take (the size of the loss buffer).
+        device: where the losses and counts stay.
+        first_step: optimizer steps done before this epoch, so that the divergence check
+            reports a run-wide step number (1-based).
+        check_every: steps between divergence checks.
+        divergence_threshold: a loss above it also counts as diverged (Adam at lr=1e6 drives
+            the loss to ~1e13 without ever reaching inf).
+    """
+
+    def __init__(
+        self,
+        steps: int,
+        device: torch.device,
+        first_step: int = 0,
+        check_every: int = 50,
+        divergence_threshold: float = 1e4,
+    ):
+        self.capacity, self.device, self.first_step = steps, device, first_step
+        self.check_every, self.divergence_threshold = check_every, divergence_threshold
+        self.buffer: torch.Tensor | None = None  # made at the first step, shaped like its loss
+        self.steps = 0
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+        self.checked = 0  # steps already checked
+        self.time_s: float | None = None  # None while the clock runs
+        self.started = time.perf_counter()
+
+    def record(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> int | None:
+        """Store one step; every ``check_every`` steps, check. Returns the step at which the
+        loss went bad if this check found one, else None."""
+        if self.buffer is None:
+            self.buffer = torch.zeros((self.capacity, *loss.shape), device=self.device)
+        self.buffer[self.steps] = loss
+        self.steps += 1
+        self.correct += correct
+        self.seen += images
+        if self.steps % self.check_every == 0:
+            return self.check()
+        return None
+
+    @property
+    def losses(self) -> torch.Tensor:
+        """The losses of the steps taken so far (on the device)."""
+        if self.buffer is None:
+            return torch.zeros(0, device=self.device)
+        return self.buffer[: self.steps]
+
+    def check(self) -> int | None:
+        """Check the steps since the last check: the run-wide step (1-based) of the first
+        NaN, inf or too-large loss, else None."""
+        window = self.losses[self.checked :]
+        start, self.checked = self.checked, self.steps
+        bad = ~torch.isfinite(window) | (window > self.divergence_threshold)
+        if bad.dim() > 1:  # a row of losses per step
+            bad = bad.flatten(1).any(dim=1)
+        if not bool(bad.any()):
+            return None
+        return self.first_step + start + int(bad.nonzero()[0]) + 1
+
+    def loss_at(self, step: int) -> float:
+        """The loss (its worst entry) at run-wide ``step``, as ``check`` numbers them."""
+        values = self.losses[step - self.first_step - 1].reshape(-1)
+        bad = ~torch.isfinite(values) | (values > self.divergence_threshold)
+        return float(values[bad][0] if bool(bad.any()) else values.max())
+
+    def stop_clock(self) -> float:
+        """Stop the clock (once; later calls return the same time) and return the seconds."""
+        if self.time_s is None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.time_s = time.perf_counter() - self.started
+        return self.time_s
