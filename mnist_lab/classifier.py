@@ -113,10 +113,9 @@ class Classifier(L.LightningModule):
 
     def _graph_possible(self) -> bool:
         """Whether to capture the step; says why not where a graph was asked for or expected."""
-        trainer = self.trainer
-        reason = graph_unsupported_reason(
-            self.make_optimizer, self.make_scheduler, self.device, trainer.world_size, trainer.precision
-        )
+        trainer = self._trainer  # None when called outside a fit
+        world_size, precision = (trainer.world_size, trainer.precision) if trainer else (1, "32-true")
+        reason = graph_unsupported_reason(self.make_optimizer, self.make_scheduler, self.device, world_size, precision)
         if reason and self.cuda_graph != "off" and (self.cuda_graph == "on" or self.device.type == "cuda"):
             graph_off(self.cuda_graph, reason, say=self.print)
         return reason is None and self.cuda_graph != "off"
