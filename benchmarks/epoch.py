@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--data", default="data")
     parser.add_argument("--skip", nargs="*", default=[], choices=list(RUNNERS))
     parser.add_argument("--ours-extra", nargs="*", default=[],
-                        help="more overrides for (a) only, e.g. trainer.cuda_graph=off; the model comes from --model")
+                        help="more overrides for (a) only, e.g. step.cuda_graph=off; the model comes from --model")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     global MODEL

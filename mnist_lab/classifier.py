@@ -24,6 +24,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lab import NUM_CLASSES
 from mnist_lab.cuda_graph import GraphStep, graph_off, graph_optimizer_kwargs, graph_unsupported_reason
 from mnist_lab.data import grouping, optimizer_steps, ungroup
 from mnist_lab.epoch_log import EpochLog
@@ -31,7 +32,6 @@ from mnist_lab.step import EagerStep, Step, eager_optimizer_kwargs, skip_capture
 
 # Schedulers that move the learning rate every optimizer step; the others move it per epoch.
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
-NUM_CLASSES = 10
 
 
 class Classifier(L.LightningModule):

@@ -52,13 +52,16 @@ def check_config(cfg: DictConfig) -> None:
     check_optimizer(c["optimizer"])
     check_data(c["data"])
     check_trainer(c["trainer"])
+    check_step(c["step"])
     check_model(c["model"])
     check_loss(c["loss"])
     check_scheduler(c.get("scheduler"), c["optimizer"])
-    patience = c["early_stopping"]["patience"]
+    _require("early_stopping" not in c,  # a config written before it moved would be ignored
+             "early_stopping.patience is now callbacks.early_stopping.patience; move it there.")
+    patience = (c.get("callbacks") or {}).get("early_stopping", {}).get("patience")
     _require(patience is None or (_is_whole(patience) and patience >= 1),
-             f"early_stopping.patience={patience!r} must be a whole number of at least 1 (epochs "
-             "without a better val/acc), or null to train all trainer.max_epochs.")  # fmt: skip
+             f"callbacks.early_stopping.patience={patience!r} must be a whole number of at least 1 "
+             "(epochs without a better val/acc), or null to train all trainer.max_epochs.")  # fmt: skip
 
 
 def check_optimizer(optimizer: dict) -> None:
@@ -123,14 +126,23 @@ def check_data_dir(data_dir: str) -> None:
     )
 
 
+def check_step(step: dict) -> None:
+    cuda_graph, check_every, threshold = step["cuda_graph"], step["check_every"], step["divergence_threshold"]
+    _require(cuda_graph in ("auto", "on", "off"),
+             f"step.cuda_graph={cuda_graph!r} is not a choice; use auto (capture on a GPU when "
+             "it can), on (fail if it cannot) or off.")  # fmt: skip
+    _require(_is_whole(check_every) and check_every >= 1,
+             f"step.check_every={check_every!r} must be a whole number of at least 1 (steps between "
+             "checks of the training loss).")  # fmt: skip
+    _require(_is_number(threshold) and threshold > 0,
+             f"step.divergence_threshold={threshold!r} must be a positive number (a training loss "
+             "above it counts as diverged), e.g. 10000.")  # fmt: skip
+
+
 def check_trainer(trainer: dict) -> None:
     epochs = trainer["max_epochs"]
     _require(_is_whole(epochs) and epochs >= 1,
              f"trainer.max_epochs={epochs!r} must be a whole number of at least 1.")  # fmt: skip
-    cuda_graph = trainer.get("cuda_graph", "auto")
-    _require(cuda_graph in ("auto", "on", "off"),
-             f"trainer.cuda_graph={cuda_graph!r} is not a choice; use auto (capture on a GPU when "
-             "it can), on (fail if it cannot) or off.")  # fmt: skip
     if str(trainer["accelerator"]) in ("gpu", "cuda"):
         _require(torch.cuda.is_available(),
                  f"trainer.accelerator={trainer['accelerator']} (trainer=gpu) needs a CUDA GPU, "

@@ -56,7 +56,7 @@ def graph_unsupported_reason(
 def graph_off(cuda_graph: str, reason: str, say: Callable[[str], None] = print) -> None:
     """Say why the step runs eagerly; with ``cuda_graph`` "on", stop the run instead."""
     if cuda_graph == "on":
-        raise ValueError(f"trainer.cuda_graph=on but {reason}; use trainer.cuda_graph=auto.")
+        raise ValueError(f"step.cuda_graph=on but {reason}; use step.cuda_graph=auto.")
     say(f"CUDA graph off: {reason}; using the eager step.")
 
 

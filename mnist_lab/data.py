@@ -218,7 +218,7 @@ class MNISTDataModule(L.LightningDataModule):
             self.tensors["train_x"],
             self.tensors["train_y"],
             self.batch_size,
-            shuffle=True,
+            shuffle=not (self.trainer and self.trainer.overfit_batches),  # debug=overfit: the same batches
             seed=self.shuffle_seed,
             epoch=lambda: self.trainer.current_epoch if self.trainer else 0,
             drop_last=self.drop_last,

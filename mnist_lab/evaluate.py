@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
+from mnist_lab import CONF_DIR
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.data import DeviceBatches, device_tensors
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
-from mnist_lab.tensorboard_images import batched_logits, confusion_matrix_figure
+from mnist_lab.tensorboard_images import batched_logits, confusion_matrix, confusion_matrix_figure
 
 HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
 # What a checkpoint's run config may name as ``_target_``: instantiating anything else would run
@@ -113,13 +113,16 @@ def pick_device(name: str) -> torch.device:
 
 def evaluate(net: nn.Module, loss: nn.Module, batches, device: torch.device) -> dict:
     """Test loss (mean over images), accuracy and the confusion matrix."""
-    confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False).to(device)
     loss_sum, count = torch.zeros((), device=device), 0
-    for logits, _, y in batched_logits(net, batches, device):
-        confusion.update(logits, y)
-        loss_sum += loss(logits, y) * len(y)
-        count += len(y)
-    counts = confusion.compute().cpu()
+
+    def scored():
+        nonlocal loss_sum, count
+        for logits, _, y in batched_logits(net, batches, device):
+            loss_sum += loss(logits, y) * len(y)
+            count += len(y)
+            yield logits, y
+
+    counts = confusion_matrix(scored(), device).cpu()
     return {
         "test_loss": float(loss_sum) / count,
         "test_acc": float(counts.trace() / counts.sum()),
@@ -145,7 +148,7 @@ def per_class_table(confusion: torch.Tensor) -> Table:
     return table
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         sys.exit(

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 
-from mnist_lab.run_record import first_line
+from mnist_lab.metrics_file import first_line
 
 
 @contextmanager
@@ -43,6 +43,10 @@ def hydra_errors_as_sentences() -> Iterator[None]:
         os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
+# Keys that moved: an old command gets the new name instead of "not a key".
+MOVED = {"trainer.cuda_graph": "step.cuda_graph", "early_stopping.patience": "callbacks.early_stopping.patience"}
+
+
 def _did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]}?)" if close else ""
@@ -61,6 +65,10 @@ def hydra_error_sentence(error: HydraException, argv: list[str]) -> str:
         reason = str(error.message).splitlines()[0]
         return (f"cannot parse the override {error.override!r} ({reason}); quote lists "
                 "and strings for the shell, e.g. 'model.hidden=[256,128]'.")  # fmt: skip
+    for old, new in MOVED.items():
+        typed = [a.partition("=")[2] for a in argv if a.lstrip("+~").startswith(f"{old}=")]
+        if typed:
+            return f"{old} is now {new}; write {new}={typed[0]}."
     cause = error.__cause__
     full_key = getattr(cause, "full_key", None)
     parent = getattr(cause, "parent_node", None)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mnist_lab import NUM_CLASSES
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,
@@ -56,7 +58,7 @@ class MLP(nn.Sequential):
         super().__init__(
             nn.Flatten(),
             *dense_stack(widths, activation, dropout, batch_norm),
-            nn.Linear(widths[-1], 10),
+            nn.Linear(widths[-1], NUM_CLASSES),
         )
 
 
@@ -101,5 +103,5 @@ class CNN(nn.Sequential):
         layers.append(nn.Flatten())
         widths = [n_in * side * side, *fc]
         layers += dense_stack(widths, activation, dropout, batch_norm=False)
-        layers.append(nn.Linear(widths[-1], 10))
+        layers.append(nn.Linear(widths[-1], NUM_CLASSES))
         super().__init__(*layers)

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
+from mnist_lab import CONF_DIR, NUM_CLASSES
 from mnist_lab.data import MEAN, STD
 from mnist_lab.evaluate import HOW_TO_PASS, load_checkpoint, pick_device
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
@@ -100,7 +101,7 @@ def image_paths(pattern: str) -> list[Path]:
     return paths
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     for key in ("ckpt_path", "images"):
         if OmegaConf.is_missing(cfg, key):
@@ -108,7 +109,7 @@ def main(cfg: DictConfig) -> None:
                 f"error: {key}= is missing; usage: python -m mnist_lab.predict "
                 f"ckpt_path=<run dir or .ckpt> images='digits/*.png' ({HOW_TO_PASS})."
             )
-    if not isinstance(cfg.top, int) or not 1 <= cfg.top <= 10:
+    if not isinstance(cfg.top, int) or not 1 <= cfg.top <= NUM_CLASSES:
         sys.exit(f"error: top={cfg.top} is not how many digits to list; use a whole number from 1 to 10.")
     try:
         device = pick_device(cfg.device)

@@ -27,7 +27,7 @@ from rich.table import Table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lab.atomic_files import replaced_atomically
-from mnist_lab.run_record import METRICS_FILE
+from mnist_lab.metrics_file import METRICS_FILE
 
 COLUMNS = ("job", "overrides", "status", "best_val_acc", "test_acc", "final_train_loss",
            "epochs", "train_time_s", "diverged_at_step", "error")  # fmt: skip

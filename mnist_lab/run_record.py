@@ -7,44 +7,24 @@ or SIGTERM; resume with ``ckpt_path=last``). A sweep's report reads these files.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 
-from mnist_lab.atomic_files import write_atomic
-from mnist_lab.classifier import Classifier
+from mnist_lab.metrics_file import METRICS_FILE, finite_or_none, first_line, write_json_atomic
 
-METRICS_FILE = "metrics.json"
+if TYPE_CHECKING:
+    from mnist_lab.classifier import Classifier
 
-
-def write_json_atomic(path: Path, data: dict, exclusive: bool = False) -> bool:
-    """Write through a temporary name. ``exclusive``: only if ``path`` does not exist yet
-    (checked and written in one step); returns False if it did."""
-    text = json.dumps(data, indent=2, allow_nan=False, default=str)
-    try:
-        write_atomic(path, text.encode(), exclusive=exclusive)
-    except FileExistsError:
-        return False
-    return True
+__all__ = ["METRICS_FILE", "RunRecord", "Terminated", "finite_or_none", "first_line", "write_json_atomic"]
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by train.py's handler so that it is handled like Ctrl-C."""
-
-
-def finite_or_none(value):
-    """JSON has no NaN: missing or non-finite numbers are written as null."""
-    if isinstance(value, dict):
-        return {key: finite_or_none(v) for key, v in value.items()}
-    if isinstance(value, list):
-        return [finite_or_none(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class RunRecord(L.Callback):
@@ -52,7 +32,7 @@ class RunRecord(L.Callback):
 
     def __init__(self, run_dir: str | os.PathLike, overrides: list[str], hparams: dict):
         self.path = Path(run_dir) / METRICS_FILE
-        self.overrides, self.hparams = overrides, hparams
+        self.hparams = hparams
         self.train_started: float | None = None
         self.train_time_s = 0.0
         self.data: dict = {"status": "running", "overrides": overrides, "run_dir": str(run_dir)}
@@ -140,7 +120,3 @@ class RunRecord(L.Callback):
             trainer.logger.finalize("success")
         return self.data
 
-
-def first_line(exception: BaseException) -> str:
-    text = str(exception).strip().splitlines()
-    return f"{type(exception).__name__}: {text[0] if text else ''}".rstrip(": ")

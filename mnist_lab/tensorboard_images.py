@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
+from mnist_lab import NUM_CLASSES
 from mnist_lab.data import MEAN, STD
 
 GRID_COLUMNS = 8
@@ -93,7 +94,7 @@ def confusion_matrix_figure(confusion: torch.Tensor, title: str) -> Figure:
     ax = figure.add_subplot()
     image = ax.imshow(counts, cmap="Blues")
     figure.colorbar(image, ax=ax, shrink=0.8)
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true", title=title)
+    ax.set(xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES), xlabel="predicted", ylabel="true", title=title)
     threshold = counts.max() / 2
     for true, pred in zip(*counts.nonzero(), strict=True):
         n = counts[true, pred]
@@ -102,9 +103,10 @@ def confusion_matrix_figure(confusion: torch.Tensor, title: str) -> Figure:
     return figure
 
 
-def confusion_matrix(net, batches, device) -> torch.Tensor:
-    metric = MulticlassConfusionMatrix(num_classes=10, validate_args=False).to(device)
-    for logits, _, y in batched_logits(net, batches, device):
+def confusion_matrix(scored: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """Counts per (true, predicted) digit over (logits, labels) batches, on ``device``."""
+    metric = MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False).to(device)
+    for logits, y in scored:
         metric.update(logits, y)
     return metric.compute()
 
@@ -163,7 +165,8 @@ class TensorBoardImages(L.Callback):
         writer = self.writer(trainer)
         if writer is None:
             return
-        confusion = confusion_matrix(module, trainer.test_dataloaders, module.device)
+        scored = ((logits, y) for logits, _, y in batched_logits(module, trainer.test_dataloaders, module.device))
+        confusion = confusion_matrix(scored, module.device)
         figure = confusion_matrix_figure(confusion, "test set: true vs predicted digit")
         writer.add_figure("test/confusion_matrix", figure, trainer.global_step)
         writer.flush()

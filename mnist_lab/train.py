@@ -21,11 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab import CONF_DIR
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.classifier import Classifier
 from mnist_lab.config_checks import (
@@ -36,13 +37,10 @@ from mnist_lab.config_checks import (
     out_of_memory_message,
     resume_path,
 )
+from mnist_lab.console import print_config, quiet_lightning, settings_line
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.run_record import RunRecord, Terminated, first_line
 from mnist_lab.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
-from mnist_lab.tensorboard_images import TensorBoardImages
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-NOT_TRAINER_ARGS = ("cuda_graph",)  # keys of conf/trainer read by the classifier instead
 
 # Exit codes of a single run (docs/reliability.md). A --multirun exits 0 whatever its jobs did
 # (the report lists them), except when it is interrupted.
@@ -81,24 +79,29 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
 
 
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
+    """One Lightning callback per entry of the ``callbacks`` group (conf/callbacks/default.yaml),
+    but early stopping while its patience is null and the progress bar when no one watches."""
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if (name == "early_stopping" and node.get("patience") is None) or (
+            name == "progress_bar" and not sys.stdout.isatty()
+        ):
+            continue
+        kwargs = {"dirpath": run_dir / node.dirpath} if node.get("dirpath") else {}  # inside the run dir
+        callbacks.append(instantiate(node, **kwargs))
+    return callbacks
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    trainer_args = {k: v for k, v in cfg.trainer.items() if k not in NOT_TRAINER_ARGS}
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
-        save_last=True, enable_version_counter=False,
-        save_on_train_epoch_end=True,  # after the epoch's history row and scheduler step: resumable
-    )  # fmt: skip
-    callbacks = [checkpoints, TensorBoardImages(), *callbacks]
-    if cfg.early_stopping.patience is not None:
-        callbacks.append(EarlyStopping("val/acc", mode="max", patience=cfg.early_stopping.patience))
-    if sys.stdout.isatty():
-        callbacks.append(RichProgressBar(refresh_rate=25))
+    callbacks = [*build_callbacks(cfg, run_dir), *callbacks]
     return L.Trainer(
-        **trainer_args,
+        **cfg.trainer,
         plugins=[AtomicCheckpointIO()],
         logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
         callbacks=callbacks,
-        enable_progress_bar=sys.stdout.isatty(),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
@@ -145,14 +148,15 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord, resume: Path
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        cuda_graph=cfg.trainer.cuda_graph,
+        **cfg.step,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     trainer = build_trainer(cfg, run_dir, [record])
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     test = None
     if module.diverged_at is None:
-        best = trainer.checkpoint_callback.best_model_path or None
+        checkpoints = trainer.checkpoint_callback  # None with ~callbacks.checkpoint: test the last weights
+        best = (checkpoints.best_model_path or None) if checkpoints else None
         test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False,
                             weights_only=True)[0]  # fmt: skip
     return record.finish(trainer, module, test)
@@ -188,6 +192,10 @@ def main(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, raise_terminated)  # SIGTERM is handled like Ctrl-C
+    quiet_lightning()
+    if cfg.get("print_config"):
+        print_config(cfg)
+    print(settings_line(cfg), flush=True)
     try:
         metrics = run(cfg, run_dir, overrides, Path(hydra_cfg.sweep.dir) if multirun else None)
     except Exception as error:

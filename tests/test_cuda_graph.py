@@ -17,10 +17,10 @@ def test_cpu_run_takes_the_eager_step_and_cuda_graph_on_is_refused(tmp_path, syn
     from mnist_lab.cuda_graph import graph_unsupported_reason
 
     assert graph_unsupported_reason(torch.optim.Adam, None, torch.device("cpu")) == "the model is not on a CUDA device"
-    result = run_cli("mnist_lab.train", *QUICK, "trainer.cuda_graph=on", f"hydra.run.dir={tmp_path / 'r'}",
+    result = run_cli("mnist_lab.train", *QUICK, "step.cuda_graph=on", f"hydra.run.dir={tmp_path / 'r'}",
                      cwd=tmp_path, data_dir=synthetic_data_dir, check=False)  # fmt: skip
     assert result.returncode != 0
-    assert "trainer.cuda_graph=on but the model is not on a CUDA device; use trainer.cuda_graph=auto." in result.stderr
+    assert "step.cuda_graph=on but the model is not on a CUDA device; use step.cuda_graph=auto." in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -43,8 +43,8 @@ def test_graph_and_eager_steps_agree_over_three_seeds(tmp_path, overrides):
     """Real MNIST on the GPU: mean final test accuracy within 0.3 pp, loss curves alike."""
     graph, eager = [], []
     for seed in (1, 2, 3):
-        graph.append(run_on_gpu(tmp_path, f"g{seed}", *overrides, f"seed={seed}", "trainer.cuda_graph=on"))
-        eager.append(run_on_gpu(tmp_path, f"e{seed}", *overrides, f"seed={seed}", "trainer.cuda_graph=off"))
+        graph.append(run_on_gpu(tmp_path, f"g{seed}", *overrides, f"seed={seed}", "step.cuda_graph=on"))
+        eager.append(run_on_gpu(tmp_path, f"e{seed}", *overrides, f"seed={seed}", "step.cuda_graph=off"))
     gap = statistics.mean(m["test_acc"] for m in graph) - statistics.mean(m["test_acc"] for m in eager)
     print(f"{' '.join(overrides)}: graph - eager test acc = {100 * gap:+.2f} pp")
     assert abs(gap) <= 0.003
@@ -93,14 +93,14 @@ def test_emulated_graph_step_matches_the_eager_step_on_cpu(
 
 
 def train_with_cuda_graph(tmp_path, data_dir, overrides: list[str], *modes: str) -> list[dict]:
-    """metrics.json of one CPU run per trainer.cuda_graph mode, all else equal."""
+    """metrics.json of one CPU run per step.cuda_graph mode, all else equal."""
     from mnist_lab import train
 
     # batch 96 leaves a ragged last batch (2500 % 96 = 4), which runs eagerly on the graph path
     common = [*QUICK, "data.batch_size=96", f"data.data_dir={data_dir}", *overrides]
     runs = []
     for mode in modes:
-        runs.append(train.run(compose_train(*common, f"trainer.cuda_graph={mode}"), tmp_path / mode, []))
+        runs.append(train.run(compose_train(*common, f"step.cuda_graph={mode}"), tmp_path / mode, []))
         assert runs[-1]["status"] == "ok"
     return runs
 
@@ -109,7 +109,7 @@ def test_a_failed_capture_falls_back_to_the_eager_step_from_the_same_start(
     tmp_path, synthetic_data_dir, emulated_cuda_graph, monkeypatch, capsys
 ):
     """SGD's foreach step reads a tensor lr with a host sync, which capture refuses: with
-    trainer.cuda_graph=auto the run says so and goes on eagerly, from the weights it had."""
+    step.cuda_graph=auto the run says so and goes on eagerly, from the weights it had."""
     from mnist_lab import classifier
 
     monkeypatch.setattr(classifier, "graph_optimizer_kwargs", lambda make_optimizer: {})

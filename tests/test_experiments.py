@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 
-import lightning as L
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
@@ -14,9 +13,7 @@ from mnist_lab.train import CONF_DIR, run
 from tests.conftest import compose_train
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
-TINY = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "data.val_size=500",
-        "data.eval_batch_size=100"]  # fmt: skip
+TINY = ["debug=tiny", "~callbacks.images"]  # conf/debug/tiny.yaml; the images are tested elsewhere
 
 # What the issue asks of each study: (model target, optimizer, epochs, grid size).
 STUDIES = {
@@ -94,7 +91,6 @@ def test_every_job_of_the_study_builds_its_net_loss_and_optimizer(name):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_the_study_trains(name, tmp_path, monkeypatch, synthetic_data_dir):
     monkeypatch.setenv("MNIST_LAB_DATA_DIR", str(synthetic_data_dir))
-    monkeypatch.setattr("mnist_lab.train.TensorBoardImages", L.Callback)  # tested elsewhere
     job = grid(name, TINY)[0]
     metrics = run(composed(name, [*job, *TINY]), tmp_path, job)
     assert metrics["status"] == "ok" and metrics["epochs"] == 1, (job, metrics.get("error"))

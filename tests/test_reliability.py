@@ -54,7 +54,7 @@ OFFLINE = {"PIP_NO_INDEX": "1", "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY
            "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # fmt: skip
 MODELS = "cnn, cnn_small, cnn_small_2conv, linear, mlp"
 OPTIMIZER_KEYS = "lr, betas, eps, weight_decay, amsgrad"
-TOP_KEYS = "data, model, loss, optimizer, scheduler, trainer, seed, ckpt_path, early_stopping"
+TOP_KEYS = "data, model, loss, optimizer, scheduler, trainer, callbacks, seed, ckpt_path, print_config, step"
 
 # id: (overrides, the last line of stderr). {tmp}, {data} and {mlp_ckpt} are filled in below.
 CASES = {
@@ -149,9 +149,17 @@ CASES = {
     "checkpoint_of_other_widths": (["model.hidden=[64]", "ckpt_path={mlp_ckpt}"],
         "error: ckpt_path={mlp_ckpt} holds another model (model.hidden=[128] there, [64] here); "
         "resume with the model settings of the run that wrote it (its .hydra/overrides.yaml)."),
-    "cuda_graph_unknown": (["trainer.cuda_graph=maybe"],
-        "error: trainer.cuda_graph='maybe' is not a choice; use auto (capture on a GPU when it can), "
+    "cuda_graph_unknown": (["step.cuda_graph=maybe"],
+        "error: step.cuda_graph='maybe' is not a choice; use auto (capture on a GPU when it can), "
         "on (fail if it cannot) or off."),
+    "check_every_zero": (["step.check_every=0"],
+        "error: step.check_every=0 must be a whole number of at least 1 (steps between checks of the "
+        "training loss)."),
+    "moved_cuda_graph": (["trainer.cuda_graph=on"],
+        "error: trainer.cuda_graph is now step.cuda_graph; write step.cuda_graph=on."),
+    "moved_patience": (["early_stopping.patience=3"],
+        "error: early_stopping.patience is now callbacks.early_stopping.patience; write "
+        "callbacks.early_stopping.patience=3."),
     "checkpoint_of_other_activation": (["model.activation=tanh", "ckpt_path={mlp_ckpt}"],
         "error: ckpt_path={mlp_ckpt} holds another model (model.activation='relu' there, 'tanh' "
         "here); resume with the model settings of the run that wrote it (its .hydra/overrides.yaml)."),
