@@ -77,7 +77,7 @@ def test_lr_sweep_leaves_one_folder_per_job_and_the_report(lr_sweep):
     assert len(jobs) == 3
     for number, lr in enumerate(("0.001", "0.01", "0.1")):
         (job,) = [name for name in jobs if name.startswith(f"{number}_")]
-        assert f"optimizer.lr={lr}" in job.split(",") and "/" not in job and " " not in job
+        assert f"optimizer.lr={lr}" in job.partition("_")[2].split(",") and "/" not in job and " " not in job
         metrics = read_metrics(sweep_dir / job)
         assert metrics["status"] == "ok" and metrics["epochs"] == 2
         assert f"optimizer.lr={lr}" in metrics["overrides"]
