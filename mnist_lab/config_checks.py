@@ -9,20 +9,16 @@ every case and the test that checks it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import pickle
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import mnist_files
+from mnist_lab import CONF_DIR, mnist_files
 from mnist_lab.data import TRAIN_SIZE, validation_count
 from mnist_lab.models import ACTIVATIONS
-from mnist_lab.run_record import RunRecord
 
 
 class ConfigError(ValueError):
@@ -45,10 +41,40 @@ def _require(ok: bool, message: str) -> None:
 # --------------------------------------------------------------------------- the settings
 
 
+# What a run reads before and besides check_config, with an example value each.
+REQUIRED_KEYS = {"seed": "0", "ckpt_path": "null", "data.data_dir": "data", "data.batch_size": "64",
+                 "data.eval_batch_size": "10000", "data.val_size": "10000", "data.split_seed": "0",
+                 "optimizer.lr": "0.001", "trainer.max_epochs": "10", "step.cuda_graph": "auto",
+                 "step.check_every": "50", "step.divergence_threshold": "10000.0"}  # fmt: skip
+SEED_RANGE = (0, 2**32 - 1)  # numpy's
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Every group and key a run reads is there: ``~model``, ``model=null`` or
+    ``~trainer.max_epochs`` removes one; and ``ckpt_path`` is a path, ``last`` or null."""
+    for group in ("data", "model", "loss", "optimizer", "trainer"):
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or (group != "trainer" and "_target_" not in node):
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            raise ConfigError(f"{group} is not set (an override such as ~{group} or {group}=null "
+                              f"removed it); choose one with {group}=<option>: {', '.join(options)}.")  # fmt: skip
+    for key, example in REQUIRED_KEYS.items():
+        _require(OmegaConf.select(cfg, key, default="<missing>") != "<missing>",
+                 f"{key} is missing (an override such as ~{key} removed it); drop that override, "
+                 f"or set it, e.g. {key}={example}.")  # fmt: skip
+    ckpt_path = cfg.ckpt_path
+    _require(ckpt_path is None or (isinstance(ckpt_path, str) and ckpt_path.strip() != ""),
+             f"ckpt_path={ckpt_path!r} is not a checkpoint; give ckpt_path=last (this run dir's "
+             "last.ckpt), a .ckpt file, or leave it out to start afresh.")  # fmt: skip
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first setting that cannot work (``ckpt_path`` aside)."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    _require(_is_whole(c["seed"]), f"seed={c['seed']!r} must be a whole number, e.g. seed=0.")
+    seed = c["seed"]
+    _require(_is_whole(seed) and SEED_RANGE[0] <= seed <= SEED_RANGE[1],
+             f"seed={seed!r} must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, "
+             "e.g. seed=0.")  # fmt: skip
     check_optimizer(c["optimizer"])
     check_data(c["data"])
     check_trainer(c["trainer"])
@@ -70,7 +96,7 @@ def check_optimizer(optimizer: dict) -> None:
              f"optimizer.lr={lr!r} is not a number; write it like optimizer.lr=0.001.")  # fmt: skip
     _require(math.isfinite(lr) and lr > 0,
              f"optimizer.lr={lr} must be a positive number; try 0.001 for adam or 0.01 for sgd.")
-    for key in ("weight_decay", "momentum"):
+    for key in ("weight_decay", "momentum", "eps"):
         value = optimizer.get(key, 0)
         _require(_is_number(value) and value >= 0,
                  f"optimizer.{key}={value!r} must be a number of at least 0.")  # fmt: skip
@@ -143,7 +169,11 @@ def check_trainer(trainer: dict) -> None:
     epochs = trainer["max_epochs"]
     _require(_is_whole(epochs) and epochs >= 1,
              f"trainer.max_epochs={epochs!r} must be a whole number of at least 1.")  # fmt: skip
-    if str(trainer["accelerator"]) in ("gpu", "cuda"):
+    limit = trainer.get("limit_train_batches")
+    _require(limit is None or (_is_whole(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1),
+             f"trainer.limit_train_batches={limit!r} trains on no batch; give a number of batches "
+             "(at least 1), a fraction of them in (0, 1], or null for all.")  # fmt: skip
+    if str(trainer.get("accelerator", "auto")) in ("gpu", "cuda"):  # ~trainer.accelerator: "auto"
         _require(torch.cuda.is_available(),
                  f"trainer.accelerator={trainer['accelerator']} (trainer=gpu) needs a CUDA GPU, "
                  "but PyTorch sees none on this machine; use trainer=cpu, or trainer=auto to use "
@@ -214,109 +244,6 @@ def check_scheduler(scheduler: dict | None, optimizer: dict) -> None:
                  f"{optimizer['_target_'].rsplit('.', 1)[-1]} has neither; use "
                  "scheduler.cycle_momentum=false or another optimizer "
                  "(sgd, adam, adamw, rmsprop).")  # fmt: skip
-
-
-# --------------------------------------------------------------------------- run dir and checkpoint
-
-
-def claim_run_dir(cfg: DictConfig, run_dir: Path, record: RunRecord, sweep_dir: Path | None):
-    """Make ``run_dir`` this run's, or raise ``ConfigError`` without writing anything.
-
-    A run dir holding an earlier run is only reused to resume it (``ckpt_path=last``). In a
-    sweep, a folder with this job's number but other overrides means a second sweep is writing
-    into the same sweep dir.
-    """
-    if rank_zero_only.rank > 0:  # a process Lightning started for another device: rank 0 claimed
-        return
-    ckpt_path = cfg.ckpt_path
-    resuming = ckpt_path == "last" or (
-        ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run_dir.resolve())
-    )
-    if ckpt_path == "last" and not record.path.exists() and sweep_dir is None:
-        raise ConfigError(
-            f"ckpt_path=last resumes the run in hydra.run.dir, but {run_dir} holds no run; add "
-            "hydra.run.dir=<the dir of the run to resume> (its last line printed it)."
-        )
-    if sweep_dir is not None and not resuming:
-        num = run_dir.name.split("_", 1)[0]
-        others = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and d.name != run_dir.name
-                        and (d.name == num or d.name.startswith(f"{num}_")))  # fmt: skip
-        if others:
-            raise ConfigError(
-                f"another sweep is writing into {sweep_dir}: it holds job {others[0]} besides "
-                f"this sweep's {run_dir.name}; give each sweep its own hydra.sweep.dir."
-            )
-    if not record.claim(exclusive=not resuming):
-        status = _status_of(record.path)
-        where = ("or give this sweep its own hydra.sweep.dir." if sweep_dir is not None
-                 else "or give this run another hydra.run.dir (runs started in the same second "
-                 "share the default one).")  # fmt: skip
-        raise ConfigError(
-            f"{run_dir} already holds a run (status {status}); add ckpt_path=last to resume it, "
-            + where
-        )
-
-
-def _status_of(metrics_path: Path) -> str:
-    try:
-        return json.loads(metrics_path.read_text()).get("status", "unknown")
-    except (OSError, ValueError):
-        return "unknown"
-
-
-def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from. ``last``: the run dir's last.ckpt, or None (start afresh)
-    if no epoch finished before."""
-    if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return last if last.exists() else None
-    return None if ckpt_path is None else Path(ckpt_path)
-
-
-def check_checkpoint(cfg: DictConfig, path: Path | None) -> None:
-    """``path`` (``resume_path``'s) must be a checkpoint this template wrote, for the model this
-    run builds: the same model settings as the run that wrote it."""
-    if path is None:
-        return
-    _require(not path.is_dir(),
-             f"ckpt_path={cfg.ckpt_path} is a folder; give its checkpoints/last.ckpt, or "
-             f"ckpt_path=last with hydra.run.dir={cfg.ckpt_path}.")  # fmt: skip
-    _require(path.is_file(),
-             f"ckpt_path={cfg.ckpt_path} does not exist; give a .ckpt file from a run's "
-             "checkpoints/ folder, or ckpt_path=last with hydra.run.dir=<that run's dir>.")
-    try:  # weights_only: a checkpoint is data, never code (see docs/reliability.md)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        saved = checkpoint["hyper_parameters"]["config"]["model"]
-    except pickle.UnpicklingError as error:  # weights_only refused a class, or not a pickle
-        reason = ("it holds Python objects besides tensors and plain data, and is not loaded"
-                  if "Unsupported global" in str(error)
-                  else "it is not a PyTorch checkpoint, or it is truncated")  # fmt: skip
-    except (KeyError, TypeError):
-        reason = "it has no mnist_lab config in it"
-    except Exception:  # noqa: BLE001  (torch raises RuntimeError and others for a non-zip file)
-        reason = "it is not a PyTorch checkpoint, or it is truncated"
-    else:
-        reason = None
-    _require(reason is None,
-             f"ckpt_path={path} is not a checkpoint written by mnist_lab.train ({reason}); "
-             "give a .ckpt file from a run's checkpoints/ folder.")  # fmt: skip
-    difference = model_difference(saved, cfg.model)
-    if difference:
-        raise ConfigError(
-            f"ckpt_path={path} holds another model ({difference}); resume "
-            "with the model settings of the run that wrote it (its .hydra/overrides.yaml)."
-        )
-
-
-def model_difference(saved: dict, model: DictConfig) -> str:
-    """``MLP there, CNN here``, or the first settings that differ, e.g. ``model.hidden=...``;
-    empty if none do."""
-    wanted = OmegaConf.to_container(model, resolve=True)
-    saved_class, wanted_class = (m.get("_target_", "?").rsplit(".", 1)[-1] for m in (saved, wanted))
-    if saved_class != wanted_class:
-        return f"{saved_class} there, {wanted_class} here"
-    keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-    return "; ".join(f"model.{k}={saved.get(k)!r} there, {wanted.get(k)!r} here" for k in keys[:3])
 
 
 def out_of_memory_message(cfg: DictConfig) -> str:

@@ -36,11 +36,18 @@ class RunRecord(L.Callback):
         self.train_started: float | None = None
         self.train_time_s = 0.0
         self.data: dict = {"status": "running", "overrides": overrides, "run_dir": str(run_dir)}
+        # A resume adopts the record already there: it stays as it is unless this run trains
+        # or finishes, so a resume that fails or is stopped before either loses nothing.
+        self.adopted = False
 
     def claim(self, exclusive: bool) -> bool:
         """Write the first record (status "running"); with ``exclusive``, only into a run dir
         that holds no record yet. False if another run's record is there."""
         return write_json_atomic(self.path, self.data, exclusive=exclusive)
+
+    def adopt(self) -> None:
+        """Resume the run recorded in this dir: write nothing until it trains or finishes."""
+        self.adopted = True
 
     def _update(self, module: Classifier, status: str) -> None:
         history = module.history
@@ -68,6 +75,7 @@ class RunRecord(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: Classifier) -> None:
         self.train_started = time.perf_counter()
+        self.adopted = False  # training again: what happens now is this record's to say
         self.data.setdefault("train_started_at", time.time())  # unix time; benchmarks/startup.py
         self.data["device"] = str(module.device)
 
@@ -98,6 +106,8 @@ class RunRecord(L.Callback):
 
     def _set_status(self, status: str, module: Classifier | None) -> None:
         """With the module's history when there is one (the run got as far as Lightning)."""
+        if self.adopted:  # nothing trained yet: the adopted record still says what happened
+            return
         if module is not None:
             self._update(module, status)
         else:

@@ -9,6 +9,7 @@ processes pickle the callbacks, which imports this module there).
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -40,7 +41,17 @@ OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
 class SweepReport(Callback):
-    """At the end of a multirun: write the sweep report and say how many jobs did not finish."""
+    """At the start of a multirun: refuse a sweep dir that holds another sweep. At the end:
+    write the sweep report and say how many jobs did not finish."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # Runs before the sweeper writes multirun.yaml. Hydra turns a callback's exception
+        # into a warning, so exit here (SystemExit is not an Exception).
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if (sweep_dir / "multirun.yaml").exists() and config.get("ckpt_path") != "last":
+            print(f"error: {sweep_dir} already holds a sweep (its multirun.yaml); add ckpt_path=last "
+                  "to resume it, or give this sweep its own hydra.sweep.dir.", file=sys.stderr)  # fmt: skip
+            sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from mnist_lab import report  # here, not at the top: keeps its imports out of every run's start-up

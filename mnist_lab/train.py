@@ -8,6 +8,7 @@ TensorBoard events into the run dir. ``--multirun`` runs a grid; see README.md.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 import signal
 import sys
@@ -18,6 +19,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -28,17 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import CONF_DIR
 from mnist_lab.atomic_files import replaced_atomically
+from mnist_lab.checkpoint_checks import check_checkpoint
 from mnist_lab.classifier import Classifier
-from mnist_lab.config_checks import (
-    ConfigError,
-    check_checkpoint,
-    check_config,
-    claim_run_dir,
-    out_of_memory_message,
-    resume_path,
-)
+from mnist_lab.config_checks import ConfigError, check_config, check_required, out_of_memory_message
 from mnist_lab.console import print_config, quiet_lightning, settings_line
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.run_dir import claim_run_dir, resume_path, write_hydra_files
 from mnist_lab.run_record import RunRecord, Terminated, first_line
 from mnist_lab.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
 
@@ -116,12 +113,17 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | 
     it propagates, so a sweep's report shows the job like any other. Ctrl-C or SIGTERM is
     recorded as status "interrupted" and the record returned.
     """
+    check_required(cfg)  # the keys hparams_of and the claim read
     record = RunRecord(run_dir, overrides, hparams_of(cfg, overrides))
     claim_run_dir(cfg, run_dir, record, sweep_dir)  # raises, writing nothing, if not ours
+    if not record.adopted:
+        write_hydra_files(run_dir, cfg)
     try:
         check_config(cfg)
         resume = resume_path(cfg.ckpt_path, run_dir)
         check_checkpoint(cfg, resume)
+        if record.adopted:  # a resume that passed its checks: its settings are the run's now
+            write_hydra_files(run_dir, cfg)
         return fit_and_test(cfg, run_dir, record, resume)
     except (KeyboardInterrupt, SystemExit) as stop:
         # Ctrl-C or SIGTERM (raise_terminated). Inside fit and test, Lightning records it
@@ -153,6 +155,9 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord, resume: Path
     )
     trainer = build_trainer(cfg, run_dir, [record])
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    if not module.history["val_acc"]:  # e.g. trainer.max_steps=0: an untrained net is no result
+        raise ConfigError("no training epoch ran (see trainer.limit_train_batches and "
+                          "trainer.max_steps), so there is nothing to test or record; allow at least one batch.")
     test = None
     if module.diverged_at is None:
         checkpoints = trainer.checkpoint_callback  # None with ~callbacks.checkpoint: test the last weights
@@ -174,9 +179,16 @@ def summary_line(metrics: dict) -> str:
 
 
 def resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The command that resumes this run, quoted for the shell; the run dir is also quoted
+    for Hydra (its override grammar takes no ``(``, ``,``, ``=``, ``#``, non-ASCII... unquoted)."""
     kept = [o for o in overrides if not o.startswith("ckpt_path=")]
+    run_dir_value = str(run_dir)
+    if not re.fullmatch(r"[\w/.+@%:-]([\w/.+@%: -]*[\w/.+@%:-])?", run_dir_value, flags=re.ASCII) or (
+        run_dir_value.lower() in ("null", "true", "false")
+    ):
+        run_dir_value = QuotedString(text=run_dir_value, quote=Quote.single).with_quotes()
     return shlex.join(
-        ["python", "-m", "mnist_lab.train", *kept, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+        ["python", "-m", "mnist_lab.train", *kept, f"hydra.run.dir={run_dir_value}", "ckpt_path=last"]
     )
 
 
