@@ -11,12 +11,17 @@ for every model a run can train.
 
 from __future__ import annotations
 
+# isort: off
+import mnist_lab.quiet_interrupt  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: on
 import os
 import sys
 from pathlib import Path
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -27,6 +32,7 @@ from mnist_lab import CONF_DIR
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.data import DeviceBatches, device_tensors
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.metrics_file import first_line
 from mnist_lab.tensorboard_images import batched_logits, confusion_matrix, confusion_matrix_figure
 
 HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
@@ -68,7 +74,9 @@ def load_checkpoint(
         if isinstance(checkpoint, dict)
         else None
     )
-    if not config or "state_dict" not in checkpoint:
+    if not isinstance(config, dict) or not isinstance(checkpoint.get("state_dict"), dict) or not all(
+        isinstance(config.get(part), dict) for part in ("model", "loss")
+    ):
         raise CheckpointError(
             f"{file} holds no mnist_lab run config, so the net cannot be rebuilt; {HOW_TO_PASS}."
         )
@@ -77,13 +85,19 @@ def load_checkpoint(
         if target:
             raise CheckpointError(f"{file} asks to build {target} as its {part}, which is not a model or loss of "
                                   f"mnist_lab or torch.nn, and is not run; {HOW_TO_PASS}.")  # fmt: skip
-    net = instantiate(config["model"])
     prefix = "net."
     weights = {
         k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
     }
-    net.load_state_dict(weights)
-    return file, config, net.to(device).eval(), instantiate(config["loss"]).to(device)
+    try:  # a config or weights changed by hand: the constructor's or torch's first line
+        net = instantiate(config["model"])
+        net.load_state_dict(weights)
+        loss = instantiate(config["loss"])
+    except Exception as error:  # noqa: BLE001  (constructors raise anything)
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        raise CheckpointError(f"{file} does not rebuild into a net ({first_line(cause)}); it was not "
+                              f"written by mnist_lab.train as it is; {HOW_TO_PASS}.") from None  # fmt: skip
+    return file, config, net.to(device).eval(), loss.to(device)
 
 
 def _foreign_target(node) -> str | None:

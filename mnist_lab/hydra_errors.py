@@ -10,10 +10,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 
 from mnist_lab.metrics_file import first_line
@@ -63,6 +65,13 @@ def hydra_error_sentence(error: HydraException, argv: list[str]) -> str:
                 f"choose one of: {', '.join(options)}.")  # fmt: skip
     if isinstance(error, OverrideParseException):
         reason = str(error.message).splitlines()[0]
+        key, equals, value = str(error.override).partition("=")
+        if equals and not value.lstrip().startswith(("[", "{")):
+            # Hydra's grammar takes no ( , = # & or non-ASCII letter unquoted, whatever the shell
+            # did: the value needs Hydra's quotes, inside the shell's.
+            quoted = override_for_shell(key.strip(), value)
+            return (f"cannot parse the override {error.override!r} ({reason}); quote the value "
+                    f"for Hydra inside the shell's quotes: {quoted}.")  # fmt: skip
         return (f"cannot parse the override {error.override!r} ({reason}); quote lists "
                 "and strings for the shell, e.g. 'model.hidden=[256,128]'.")  # fmt: skip
     for old, new in MOVED.items():
@@ -81,6 +90,27 @@ def hydra_error_sentence(error: HydraException, argv: list[str]) -> str:
         if not where:
             return (f"{full_key} is neither a config group nor a key{hint}; "
                     f"they are: {', '.join(keys)}.")  # fmt: skip
+        if {"-m", "--multirun"} & set(argv):  # +key fails too: the sweep's base config lacks it
+            return (f"{full_key} is not a key of {where}{hint} as --multirun first composes it, "
+                    "without the swept options; to set it in every job, write "
+                    f"++{full_key}={value}.")  # fmt: skip
         return (f"{full_key} is not a key of {where}{hint}; its keys are: {', '.join(keys)}. "
                 f"To add a key on purpose, write +{full_key}={value}.")  # fmt: skip
     return re.sub(r"\s+", " ", str(error)).strip()
+
+
+# What Hydra's override grammar takes unquoted in a value (a path's usual characters); inner
+# spaces too, but not leading or trailing ones, which it strips.
+_PLAIN_VALUE = re.compile(r"[\w/.+@%:-]([\w/.+@%: -]*[\w/.+@%:-])?", flags=re.ASCII)
+
+
+def override_for_shell(key: str, value: str) -> str:
+    """``key=value`` as one shell word that Hydra reads back as the string ``value``: quoted
+    for Hydra where its grammar needs it (``(``, ``,``, ``=``, ``#``, ``~``, non-ASCII...),
+    then for the shell, e.g. ``"hydra.run.dir='runs/ü (1)'"``."""
+    if _PLAIN_VALUE.fullmatch(value) and value.lower() not in ("null", "true", "false"):
+        return shlex.quote(f"{key}={value}")
+    override = f"{key}={QuotedString(text=value, quote=Quote.single).with_quotes()}"
+    if not any(c in override for c in '"$`\\!'):
+        return f'"{override}"'
+    return shlex.quote(override)

@@ -11,8 +11,13 @@ data. Prints each file's predicted digit and the top probabilities.
 
 from __future__ import annotations
 
+# isort: off
+import mnist_lab.quiet_interrupt  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: on
 import glob
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -81,8 +86,15 @@ def load_images(paths: list[Path]) -> torch.Tensor:
     fields = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                fields.append(mnist_like(image, str(path)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # an error, not two lines
+                with Image.open(path) as image:
+                    fields.append(mnist_like(image, str(path)))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(
+                f"{path} is too large to open safely (more than {Image.MAX_IMAGE_PIXELS:,} pixels); "
+                "scale it down to a few hundred pixels a side, as a digit needs no more."
+            ) from None
         except (UnidentifiedImageError, OSError) as error:
             raise ImageError(
                 f"{path} is not an image Pillow can read ({error}); "

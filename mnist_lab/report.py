@@ -49,23 +49,52 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda p: (job_number(p), p.name))
 
 
+# What each field a row reads must hold (the types mnist_lab.run_record writes).
+NUMBER, WHOLE = (int, float), int
+FIELD_TYPES = {"status": str, "best_val_acc": NUMBER, "test_acc": NUMBER, "final_train_loss": NUMBER,
+               "epochs": WHOLE, "train_time_s": NUMBER, "diverged_at_step": WHOLE, "error": str,
+               "overrides": list, "val_acc": list}  # fmt: skip
+
+
+def record_problem(metrics, path: Path) -> str | None:
+    """Why ``metrics`` (a parsed metrics.json) is not a run record, in a sentence; None if it is."""
+    if not isinstance(metrics, dict):
+        return f"{path} holds {json.dumps(metrics)[:40]}, not a run record; delete it or rerun the job"
+    for key, kind in FIELD_TYPES.items():
+        value = metrics.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return (f"{path} has {key}={json.dumps(value)[:40]}, which is not what a run records; "
+                    "delete it or rerun the job")  # fmt: skip
+    items = [*metrics.get("overrides", []), *metrics.get("val_acc", [])]
+    if not all(v is None or isinstance(v, (str, *NUMBER)) for v in items):
+        return f"{path} has overrides or val_acc that are not plain values; delete it or rerun the job"
+    return None
+
+
 def read_job(job_dir: Path) -> dict:
     """One row of the table, plus the per-epoch ``val_acc`` and the job's ``overrides`` list."""
     path = job_dir / METRICS_FILE
     try:
         metrics = json.loads(path.read_text())
+        problem = record_problem(metrics, path)
+        if problem:
+            raise ValueError(problem)
     except (OSError, ValueError) as error:  # no record, or one damaged outside mnist_lab
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
-        problem = (f"no {METRICS_FILE}: the job stopped before training started" if not path.exists()
-                   else f"{path} is not valid JSON ({error}); delete it or rerun the job")  # fmt: skip
+        if not path.exists():
+            problem = f"no {METRICS_FILE}: the job stopped before training started"
+        elif isinstance(error, json.JSONDecodeError):
+            problem = f"{path} is not valid JSON ({error}); delete it or rerun the job"
+        else:
+            problem = str(error)
         metrics = {"status": "failed", "overrides": [str(o) for o in overrides], "error": problem}
     row = {key: metrics.get(key) for key in COLUMNS}
     row["job"] = job_dir.name
     row["job_dir"] = job_dir
     row["overrides"] = " ".join(metrics.get("overrides", []))
     row["override_list"] = list(metrics.get("overrides", []))
-    row["val_acc"] = [v for v in metrics.get("val_acc", []) if v is not None]
+    row["val_acc"] = [v for v in metrics.get("val_acc", []) if isinstance(v, NUMBER)]
     return row
 
 

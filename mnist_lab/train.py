@@ -7,8 +7,11 @@ TensorBoard events into the run dir. ``--multirun`` runs a grid; see README.md.
 
 from __future__ import annotations
 
+# isort: off
+import mnist_lab.quiet_interrupt  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: on
 import math
-import re
 import shlex
 import signal
 import sys
@@ -19,7 +22,6 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -34,7 +36,7 @@ from mnist_lab.checkpoint_checks import check_checkpoint
 from mnist_lab.classifier import Classifier
 from mnist_lab.config_checks import ConfigError, check_config, check_required, out_of_memory_message
 from mnist_lab.console import print_config, quiet_lightning, settings_line
-from mnist_lab.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.hydra_errors import hydra_errors_as_sentences, override_for_shell
 from mnist_lab.run_dir import claim_run_dir, resume_path, write_hydra_files
 from mnist_lab.run_record import RunRecord, Terminated, first_line
 from mnist_lab.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
@@ -179,17 +181,10 @@ def summary_line(metrics: dict) -> str:
 
 
 def resume_command(overrides: list[str], run_dir: Path) -> str:
-    """The command that resumes this run, quoted for the shell; the run dir is also quoted
-    for Hydra (its override grammar takes no ``(``, ``,``, ``=``, ``#``, non-ASCII... unquoted)."""
+    """The command that resumes this run, quoted for the shell (and the run dir for Hydra)."""
     kept = [o for o in overrides if not o.startswith("ckpt_path=")]
-    run_dir_value = str(run_dir)
-    if not re.fullmatch(r"[\w/.+@%:-]([\w/.+@%: -]*[\w/.+@%:-])?", run_dir_value, flags=re.ASCII) or (
-        run_dir_value.lower() in ("null", "true", "false")
-    ):
-        run_dir_value = QuotedString(text=run_dir_value, quote=Quote.single).with_quotes()
-    return shlex.join(
-        ["python", "-m", "mnist_lab.train", *kept, f"hydra.run.dir={run_dir_value}", "ckpt_path=last"]
-    )
+    return " ".join([shlex.join(["python", "-m", "mnist_lab.train", *kept]),
+                     override_for_shell("hydra.run.dir", str(run_dir)), "ckpt_path=last"])  # fmt: skip
 
 
 def raise_terminated(signum, frame) -> None:
