@@ -1,0 +1,178 @@
+"""Nothing finished is lost: a finished run's record, checkpoints and ``.hydra/`` survive every
+refused, failed or mistyped command; a moved run dir resumes; the resume command round-trips.
+
+The commands on one finished run are forked from one runner process (tests/test_reliability.py
+``FORKING_RUNNER``), in order, each as ``python -m mnist_lab.train`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import QUICK, read_metrics, run_cli
+from tests.test_reliability import FORKING_RUNNER
+
+TINY = [*QUICK, "trainer.max_epochs=1", "trainer.limit_train_batches=5"]
+
+
+def fork_commands(commands: list[list[str]], cwd: Path, data_dir: Path) -> list[dict]:
+    """Run each argument list as ``python -m mnist_lab.train``, one after the other."""
+    cases = []
+    for i, args in enumerate(commands):
+        cases.append({"args": args, "cwd": str(cwd), "env": {"MNIST_LAB_DATA_DIR": str(data_dir)},
+                      "stdout": str(cwd / f"{i}.out"), "stderr": str(cwd / f"{i}.err")})  # fmt: skip
+    runner = subprocess.run([sys.executable, "-c", FORKING_RUNNER], input=json.dumps(cases),
+                            capture_output=True, text=True, timeout=600, cwd=cwd)  # fmt: skip
+    assert runner.returncode == 0, runner.stderr[-3000:]
+    codes = [json.loads(line) for line in runner.stdout.splitlines()]
+    return [{"code": code, "stdout": Path(case["stdout"]).read_text(), "stderr": Path(case["stderr"]).read_text()}
+            for code, case in zip(codes, cases, strict=True)]  # fmt: skip
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run dir that says what the run was: record, config, checkpoints."""
+    files = [run_dir / "metrics.json", *sorted((run_dir / ".hydra").iterdir()),
+             *sorted((run_dir / "checkpoints").iterdir())]  # fmt: skip
+    return {str(f.relative_to(run_dir)): f.read_bytes() for f in files}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, synthetic_data_dir) -> Path:
+    """A finished MLP run (one epoch of 5 batches)."""
+    cwd = tmp_path_factory.mktemp("finished")
+    run_cli("mnist_lab.train", *TINY, f"hydra.run.dir={cwd / 'run'}", cwd=cwd, data_dir=synthetic_data_dir)
+    assert read_metrics(cwd / "run")["status"] == "ok"
+    return cwd / "run"
+
+
+@pytest.mark.slow
+def test_refused_and_failed_commands_leave_a_finished_run_as_it_was(finished_run, tmp_path, synthetic_data_dir):
+    before = snapshot(finished_run)
+    assert set(before) >= {".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/best.ckpt"}
+    (tmp_path / "a_file").write_text("not a folder")
+    run = f"hydra.run.dir={finished_run}"
+    commands = {
+        "a resume whose check fails": [*TINY, run, "optimizer.lr=-1", "ckpt_path=last"],
+        "a resume with a data dir that cannot work": [*TINY, run, f"data.data_dir={tmp_path}/a_file/x",
+                                                      "ckpt_path=last"],
+        "a resume with another model": [*TINY, run, "model=cnn", "ckpt_path=last"],
+        "a new run into the finished run's dir": [*TINY, run, "model=cnn", "optimizer=sgd", "optimizer.lr=0.5"],
+        "a mistyped key": [*TINY, run, "optimizer.lrr=0.1", "ckpt_path=last"],
+    }  # fmt: skip
+    results = fork_commands(list(commands.values()), tmp_path, synthetic_data_dir)
+    for what, result in zip(commands, results, strict=True):
+        assert result["code"] == 1, (what, result["stderr"][-2000:])
+        assert result["stderr"].strip().splitlines()[-1].startswith("error: "), what
+        assert snapshot(finished_run) == before, f"{what} changed the finished run's files"
+    assert read_metrics(finished_run)["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_moved_run_dir_resumes_and_tests_its_own_best_checkpoint(finished_run, tmp_path, synthetic_data_dir):
+    """Checkpoints hold absolute paths (ModelCheckpoint's best_model_path); a run dir copied
+    and moved elsewhere resumes and tests the best.ckpt in its own folder."""
+    shutil.copytree(finished_run, tmp_path / "old")
+    (tmp_path / "old").rename(tmp_path / "moved")
+    moved = tmp_path / "moved"
+    # the copy's checkpoints name the original folder, which still holds its own best.ckpt
+    result = run_cli("mnist_lab.train", *TINY, f"hydra.run.dir={moved}", "ckpt_path=last", cwd=tmp_path,
+                     data_dir=synthetic_data_dir, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(moved)
+    assert metrics["status"] == "ok"
+    assert metrics["test_acc"] == read_metrics(finished_run)["test_acc"]
+    output = result.stdout + result.stderr  # Lightning logs "Loaded model weights from ... <path>"
+    assert f"checkpoint at {moved}/checkpoints/best.ckpt" in output
+    assert str(finished_run) not in output
+
+
+@pytest.mark.slow
+def test_resuming_from_another_runs_checkpoint_does_not_test_that_runs_best(finished_run, tmp_path,
+                                                                            synthetic_data_dir):  # fmt: skip
+    new_run = tmp_path / "new"
+    result = run_cli("mnist_lab.train", *TINY, f"hydra.run.dir={new_run}",
+                     f"ckpt_path={finished_run}/checkpoints/last.ckpt", cwd=tmp_path,
+                     data_dir=synthetic_data_dir)  # fmt: skip
+    assert read_metrics(new_run)["status"] == "ok"
+    assert str(finished_run / "checkpoints" / "best.ckpt") not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("run_dir", ["out/run 1", "runs/ü", "runs/a(1)", "runs/lr=0.1,bs=64", "~/runs",
+                                     "runs/#3", "runs/a&b", "runs/it's", 'runs/"q" $HOME \\x', "null"])  # fmt: skip
+def test_the_resume_command_gives_hydra_the_run_dir_back(run_dir):
+    """What the shell makes of the printed command, Hydra parses back into the same run dir."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mnist_lab.train import resume_command
+
+    words = shlex.split(resume_command(["model.hidden=[64,32]", "ckpt_path=last"], Path(run_dir)))
+    assert words[:4] == ["python", "-m", "mnist_lab.train", "model.hidden=[64,32]"]
+    assert words[-1] == "ckpt_path=last"
+    parsed = OverridesParser.create().parse_override(words[-2])
+    assert parsed.key_or_group == "hydra.run.dir" and parsed.value() == run_dir
+
+
+SWEEP = ["-m", "optimizer.lr=0.01,0.1", "hydra.sweep.dir=sweep", *TINY]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, synthetic_data_dir) -> Path:
+    cwd = tmp_path_factory.mktemp("sweep")
+    run_cli("mnist_lab.train", *SWEEP, cwd=cwd, data_dir=synthetic_data_dir)
+    return cwd / "sweep"
+
+
+def sweep_files(sweep: Path) -> dict[str, bytes]:
+    names = ["multirun.yaml", "summary.csv", "summary.md", *(str(p.relative_to(sweep)) for p in sweep.glob("*/metrics.json"))]
+    return {name: (sweep / name).read_bytes() for name in names}
+
+
+@pytest.mark.slow
+def test_a_sweep_resumed_with_a_bad_data_dir_keeps_its_finished_jobs(finished_sweep, synthetic_data_dir):
+    before = sweep_files(finished_sweep)
+    (finished_sweep.parent / "a_file").write_text("not a folder")
+    result = run_cli("mnist_lab.train", *SWEEP, "ckpt_path=last", f"data.data_dir={finished_sweep.parent}/a_file/x",
+                     cwd=finished_sweep.parent, data_dir=synthetic_data_dir)  # fmt: skip
+    assert "sweep: 2 jobs, 2 ok" in result.stdout
+    after = sweep_files(finished_sweep)
+    assert {k: v for k, v in after.items() if k.endswith("metrics.json")} == {
+        k: v for k, v in before.items() if k.endswith("metrics.json")
+    }
+
+
+@pytest.mark.slow
+def test_a_second_sweep_into_a_sweep_dir_is_refused_before_it_writes(finished_sweep, synthetic_data_dir):
+    before = sweep_files(finished_sweep)
+    result = run_cli("mnist_lab.train", "-m", "optimizer.lr=0.5", "hydra.sweep.dir=sweep", *TINY,
+                     cwd=finished_sweep.parent, data_dir=synthetic_data_dir, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: sweep already holds a sweep (its multirun.yaml); add ckpt_path=last to resume it, "
+        "or give this sweep its own hydra.sweep.dir."
+    )
+    assert sweep_files(finished_sweep) == before
+    assert len(list(finished_sweep.glob("*/metrics.json"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, args", [("mnist_lab.train", TINY), ("mnist_lab.evaluate", ["ckpt_path=x"])])
+def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, synthetic_data_dir, module, args):
+    """Ctrl-C while torch and Lightning load (seconds) or Hydra composes: one line, exit 130."""
+    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    time.sleep(0.5)  # inside the imports (they take seconds)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (130, -signal.SIGINT), stderr[-2000:]
+    assert stderr.strip().splitlines() == ["interrupted (Ctrl-C) while starting; nothing was written."]
+    assert not (tmp_path / "outputs").exists()
