@@ -40,7 +40,7 @@ def check_checkpoint(cfg: DictConfig, path: Path | None) -> None:
     if reason is None and not all(isinstance(_get(config, part), dict) for part in ("model", "optimizer")):
         reason = "it has no mnist_lab config in it"
     if reason is None and not isinstance(_get(checkpoint, "state_dict"), dict):
-        reason = "it holds no weights (no state_dict)"
+        reason = "it holds no state_dict, the weights"
     if reason is not None:
         raise ConfigError(f"ckpt_path={path} is not a checkpoint written by mnist_lab.train ({reason}); "
                           "give a .ckpt file from a run's checkpoints/ folder.")  # fmt: skip

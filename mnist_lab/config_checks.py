@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import CONF_DIR, mnist_files
 from mnist_lab.data import TRAIN_SIZE, validation_count
+from mnist_lab.hydra_errors import group_not_set
 from mnist_lab.models import ACTIVATIONS
 
 
@@ -55,9 +56,7 @@ def check_required(cfg: DictConfig) -> None:
     for group in ("data", "model", "loss", "optimizer", "trainer"):
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or (group != "trainer" and "_target_" not in node):
-            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-            raise ConfigError(f"{group} is not set (an override such as ~{group} or {group}=null "
-                              f"removed it); choose one with {group}=<option>: {', '.join(options)}.")  # fmt: skip
+            raise ConfigError(group_not_set(group))
     for key, example in REQUIRED_KEYS.items():
         _require(OmegaConf.select(cfg, key, default="<missing>") != "<missing>",
                  f"{key} is missing (an override such as ~{key} removed it); drop that override, "

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 
+from mnist_lab import CONF_DIR
 from mnist_lab.metrics_file import first_line
 
 
@@ -39,7 +40,11 @@ def hydra_errors_as_sentences() -> Iterator[None]:
         print(f"error: {hydra_error_sentence(error, sys.argv[1:])}", file=sys.stderr)
         sys.exit(1)
     except Exception as error:  # anything else before a job starts: one line, traceback on request
-        print(f"error: {first_line(error)} (HYDRA_FULL_ERROR=1 shows where)", file=sys.stderr)
+        nulled = [a.partition("=")[0] for a in sys.argv[1:] if a.endswith("=null") and "." not in a]
+        if "Config group override must be" in str(error) and nulled:  # model=null
+            print(f"error: {group_not_set(nulled[0])}", file=sys.stderr)
+        else:
+            print(f"error: {first_line(error)} (HYDRA_FULL_ERROR=1 shows where)", file=sys.stderr)
         sys.exit(1)
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -47,6 +52,13 @@ def hydra_errors_as_sentences() -> Iterator[None]:
 
 # Keys that moved: an old command gets the new name instead of "not a key".
 MOVED = {"trainer.cuda_graph": "step.cuda_graph", "early_stopping.patience": "callbacks.early_stopping.patience"}
+
+
+def group_not_set(group: str) -> str:
+    """The sentence for a config group that ``~group`` or ``group=null`` took away."""
+    options = sorted(p.stem for p in (CONF_DIR / group.lstrip("+~")).glob("*.yaml"))
+    return (f"{group} is not set (an override such as ~{group} or {group}=null removed it); "
+            f"choose one with {group}=<option>: {', '.join(options)}.")  # fmt: skip
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -132,7 +132,8 @@ def finished_sweep(tmp_path_factory, synthetic_data_dir) -> Path:
 
 
 def sweep_files(sweep: Path) -> dict[str, bytes]:
-    names = ["multirun.yaml", "summary.csv", "summary.md", *(str(p.relative_to(sweep)) for p in sweep.glob("*/metrics.json"))]
+    jobs = [str(p.relative_to(sweep)) for p in sweep.glob("*/metrics.json")]
+    names = ["multirun.yaml", "summary.csv", "summary.md", *jobs]
     return {name: (sweep / name).read_bytes() for name in names}
 
 

@@ -174,7 +174,94 @@ CASES = {
         "error: {mlp_run} already holds a run (status ok); add ckpt_path=last to resume it, or "
         "give this run another hydra.run.dir (runs started in the same second share the default "
         "one)."),
+    "seed_negative": (["seed=-1"],
+        "error: seed=-1 must be a whole number from 0 to 4294967295, e.g. seed=0."),
+    "eps_negative": (["optimizer.eps=-1"],
+        "error: optimizer.eps=-1 must be a number of at least 0."),
+    "model_removed": (["~model"],
+        "error: model is not set (an override such as ~model or model=null removed it); choose one "
+        f"with model=<option>: {MODELS}."),
+    "model_null": (["model=null"],
+        "error: model is not set (an override such as ~model or model=null removed it); choose one "
+        f"with model=<option>: {MODELS}."),
+    "max_epochs_removed": (["~trainer.max_epochs"],
+        "error: trainer.max_epochs is missing (an override such as ~trainer.max_epochs removed it); "
+        "drop that override, or set it, e.g. trainer.max_epochs=10."),
+    "ckpt_path_empty": (["ckpt_path="],
+        "error: ckpt_path='' is not a checkpoint; give ckpt_path=last (this run dir's last.ckpt), a "
+        ".ckpt file, or leave it out to start afresh."),
+    "limit_train_batches_zero": (["trainer.limit_train_batches=0"],
+        "error: trainer.limit_train_batches=0 trains on no batch; give a number of batches (at least "
+        "1), a fraction of them in (0, 1], or null for all."),
+    "max_steps_zero": (["+trainer.max_steps=0", *QUICK],
+        "error: no training epoch ran (see trainer.limit_train_batches and trainer.max_steps), so "
+        "there is nothing to test or record; allow at least one batch."),
+    "run_dir_not_ascii": (["hydra.run.dir={tmp}/ü"],
+        "error: cannot parse the override 'hydra.run.dir={tmp}/ü' (LexerNoViableAltException: "
+        "hydra.run.dir={tmp}/ü); quote the value for Hydra inside the shell's quotes: "
+        "\"hydra.run.dir='{tmp}/ü'\"."),
+    "multirun_key_of_a_swept_group": (["-m", "loss=mse,l1", "loss.target=logits"],
+        "error: loss.target is not a key of loss as --multirun first composes it, without the swept "
+        "options; to set it in every job, write ++loss.target=logits."),
+    "checkpoint_without_weights": (["ckpt_path={tmp}/no_weights.ckpt"],
+        "error: ckpt_path={tmp}/no_weights.ckpt is not a checkpoint written by mnist_lab.train (it "
+        "holds no state_dict, the weights); give a .ckpt file from a run's checkpoints/ folder."),
+    "checkpoint_with_a_string_model_config": (["ckpt_path={tmp}/string_model.ckpt"],
+        "error: ckpt_path={tmp}/string_model.ckpt is not a checkpoint written by mnist_lab.train (it "
+        "has no mnist_lab config in it); give a .ckpt file from a run's checkpoints/ folder."),
+    "checkpoint_of_another_optimizer": (["optimizer=sgd", "ckpt_path={mlp_ckpt}"],
+        "error: ckpt_path={mlp_ckpt} holds the state of another optimizer (Adam there, SGD here); "
+        "resume with the optimizer of the run that wrote it (its .hydra/overrides.yaml), or start a "
+        "new run without ckpt_path."),
+    "checkpoint_of_a_diverged_run": (["trainer.max_epochs=20", "ckpt_path={tmp}/diverged.ckpt"],
+        "error: ckpt_path={tmp}/diverged.ckpt is from a run whose loss diverged at step 7, so its "
+        "weights are not finite and training on would go nowhere; start a new run without "
+        "ckpt_path, e.g. with a lower optimizer.lr."),
+    "cache_with_other_keys": (["data.data_dir={data}/other_keys", *QUICK],
+        "error: the cached tensors {data}/other_keys/MNIST/processed/mnist_lab_uint8.pt do not hold "
+        "the four arrays train_images, train_labels, test_images, test_labels; delete the file and "
+        "run again to rebuild it from the IDX files."),
+    "cache_without_digest": (["data.data_dir={data}/no_digest", *QUICK],
+        "error: the cached tensors {data}/no_digest/MNIST/processed/mnist_lab_uint8.pt carry no "
+        "digest to check them against (another program, or an older mnist_lab, wrote them); delete "
+        "the file and run again to rebuild it from the IDX files."),
+    "cache_cut_short": (["data.data_dir={data}/cut_short", *QUICK],
+        "error: the cached tensors {data}/cut_short/MNIST/processed/mnist_lab_uint8.pt have shapes "
+        "{{'train_images': [100, 28, 28], 'train_labels': [100], 'test_images': [600, 28, 28], "
+        "'test_labels': [600]}} instead of the ones stored with them, {{'train_images': [3000, 28, "
+        "28], 'train_labels': [3000], 'test_images': [600, 28, 28], 'test_labels': [600]}}; delete "
+        "the file and run again to rebuild it from the IDX files."),
+    "cache_with_labels_out_of_range": (["data.data_dir={data}/label_12", *QUICK],
+        "error: the cached tensors {data}/label_12/MNIST/processed/mnist_lab_uint8.pt hold train "
+        "labels outside 0-9 (up to 12); delete the file and run again to rebuild it from the IDX "
+        "files."),
 }  # fmt: skip
+
+
+def bad_caches(root: Path) -> None:
+    """Parsed caches as another program, an older mnist_lab or a damaged disk leaves them."""
+    arrays = synthetic_arrays()
+    mnist_files.save_cache(root / "cut_short", arrays)
+    cache = torch.load(mnist_files.cache_path(root / "cut_short"), weights_only=True)
+    cache.update(train_images=cache["train_images"][:100], train_labels=cache["train_labels"][:100])
+    torch.save(cache, mnist_files.cache_path(root / "cut_short"))
+    cache.pop("meta", None)
+    mnist_files.cache_path(root / "no_digest").parent.mkdir(parents=True)
+    torch.save(cache, mnist_files.cache_path(root / "no_digest"))
+    mnist_files.cache_path(root / "other_keys").parent.mkdir(parents=True)
+    torch.save({"images": cache["train_images"]}, mnist_files.cache_path(root / "other_keys"))
+    arrays["train_labels"][5] = 12
+    mnist_files.save_cache(root / "label_12", arrays)
+
+
+def forged_checkpoints(mlp_ckpt: Path, tmp: Path) -> None:
+    """The MLP run's checkpoint without weights, with a string as its model config, and as
+    if its loss had diverged at step 7."""
+    checkpoint = torch.load(mlp_ckpt, weights_only=True)
+    torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, tmp / "no_weights.ckpt")
+    config = checkpoint["hyper_parameters"]["config"]
+    torch.save({**checkpoint, "hyper_parameters": {"config": {**config, "model": "mlp"}}}, tmp / "string_model.ckpt")
+    torch.save({**checkpoint, "diverged_at": 7}, tmp / "diverged.ckpt")
 
 
 class PickledCode:
@@ -209,6 +296,8 @@ def case_results(tmp_path_factory, synthetic_data_dir, mlp_run) -> dict[str, dic
     (tmp / "a_file").write_text("not a folder")
     (tmp / "notes.ckpt").write_text("my notes, not a checkpoint")
     torch.save({"state_dict": PickledCode()}, tmp / "pickled_code.ckpt")
+    forged_checkpoints(mlp_run / "checkpoints" / "best.ckpt", tmp)
+    bad_caches(data)
     fill = {"tmp": tmp, "data": data, "mlp_ckpt": mlp_run / "checkpoints" / "best.ckpt",
             "mlp_run": mlp_run}  # fmt: skip
     cases = []
