@@ -182,9 +182,16 @@ class Classifier(L.LightningModule):
         scheduler = self.lr_schedulers()
         lr = float(self.optimizers().optimizer.param_groups[0]["lr"])
         metrics = self.trainer.callback_metrics
+        # Under DDP each process saw its share of the batches: sum over all (a no-op on one device).
+        loss_sum, correct, seen, steps = self.trainer.strategy.reduce(
+            torch.stack([losses.sum(), epoch.correct.to(losses.dtype),
+                         torch.tensor(float(epoch.seen), device=self.device),
+                         torch.tensor(float(epoch.steps), device=self.device)]),
+            reduce_op="sum",
+        ).tolist()
         row = {
-            "train_loss": float(losses.mean()) if epoch.steps else math.nan,
-            "train_acc": float(epoch.correct) / max(epoch.seen, 1),
+            "train_loss": loss_sum / steps if steps else math.nan,
+            "train_acc": correct / max(seen, 1),
             "val_loss": float(metrics.get("val/loss", math.nan)),
             "val_acc": float(metrics.get("val/acc", math.nan)),
             "lr": lr,
@@ -219,6 +226,22 @@ class Classifier(L.LightningModule):
         if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming, not testing
             self.history = checkpoint.get("history", self.history)
             self.diverged_at = checkpoint.get("diverged_at")
+
+    def get_extra_state(self) -> dict:
+        # Part of state_dict, which is what trainer.strategy=ddp_spawn sends back from the
+        # process that trained to the one that started it: the history comes back with the weights.
+        return {"history": self.history, "diverged_at": self.diverged_at}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if "_extra_state" not in state_dict:  # a checkpoint written before the history was part of it
+            state_dict = {**state_dict, "_extra_state": None}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def set_extra_state(self, state: dict) -> None:
+        testing = self._trainer is not None and self.trainer.state.fn != "fit"  # the best checkpoint's is older
+        if isinstance(state, dict) and not testing:
+            self.history = state.get("history", self.history)
+            self.diverged_at = state.get("diverged_at", self.diverged_at)
 
     # ------------------------------------------------------------------ evaluation
 

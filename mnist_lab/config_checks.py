@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import CONF_DIR, mnist_files
+from mnist_lab import mnist_files
 from mnist_lab.data import TRAIN_SIZE, validation_count
 from mnist_lab.hydra_errors import group_not_set
 from mnist_lab.models import ACTIVATIONS

@@ -7,6 +7,7 @@ or SIGTERM; resume with ``ckpt_path=last``). A sweep's report reads these files.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_lab.metrics_file import METRICS_FILE, finite_or_none, first_line, write_json_atomic
 
@@ -21,6 +23,14 @@ if TYPE_CHECKING:
     from mnist_lab.classifier import Classifier
 
 __all__ = ["METRICS_FILE", "RunRecord", "Terminated", "finite_or_none", "first_line", "write_json_atomic"]
+
+
+def write_record(path: Path, data: dict, exclusive: bool = False) -> bool:
+    """``write_json_atomic`` in the first process (rank 0) only: under DDP the other processes'
+    records are the same run's."""
+    if rank_zero_only.rank > 0:
+        return True
+    return write_json_atomic(path, data, exclusive=exclusive)
 
 
 class Terminated(KeyboardInterrupt):
@@ -43,7 +53,7 @@ class RunRecord(L.Callback):
     def claim(self, exclusive: bool) -> bool:
         """Write the first record (status "running"); with ``exclusive``, only into a run dir
         that holds no record yet. False if another run's record is there."""
-        return write_json_atomic(self.path, self.data, exclusive=exclusive)
+        return write_record(self.path, self.data, exclusive=exclusive)
 
     def adopt(self) -> None:
         """Resume the run recorded in this dir: write nothing until it trains or finishes."""
@@ -63,7 +73,7 @@ class RunRecord(L.Callback):
             diverged_at_step=module.diverged_at,
             **history,
         )
-        write_json_atomic(self.path, finite_or_none(self.data))
+        write_record(self.path, finite_or_none(self.data))
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
         elapsed = time.perf_counter() - self.train_started if self.train_started else 0.0
@@ -112,13 +122,15 @@ class RunRecord(L.Callback):
             self._update(module, status)
         else:
             self.data["status"] = status
-            write_json_atomic(self.path, finite_or_none(self.data))
+            write_record(self.path, finite_or_none(self.data))
 
     def finish(self, trainer: L.Trainer, module: Classifier, test: dict | None) -> dict:
         """Write the final record (and the TensorBoard HParams entry); return it."""
         if test:
             self.data.update(test_acc=test.get("test/acc"), test_loss=test.get("test/loss"))
         status = "diverged" if module.diverged_at is not None else "ok"
+        if "train_started_at" not in self.data:  # this process did not train (ddp_spawn, a re-test)
+            self.data.update(self._trained_elsewhere())
         self._update(module, status)
         if trainer.logger is not None:
             metrics = {
@@ -129,4 +141,19 @@ class RunRecord(L.Callback):
             trainer.logger.log_hyperparams(self.hparams, metrics)
             trainer.logger.finalize("success")
         return self.data
+
+
+    def _trained_elsewhere(self) -> dict:
+        """When and where the process that trained (trainer.strategy=ddp_spawn's rank 0, or an
+        earlier run of a resumed record) says it trained, from the record it wrote."""
+        try:
+            on_disk = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(on_disk, dict):
+            return {}
+        kept = {k: on_disk[k] for k in ("train_started_at", "device") if k in on_disk}
+        if isinstance(on_disk.get("train_time_s"), (int, float)) and not self.train_time_s:
+            self.train_time_s = on_disk["train_time_s"]
+        return kept
 

@@ -163,10 +163,14 @@ class TensorBoardImages(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         writer = self.writer(trainer)
-        if writer is None:
+        if writer is None and trainer.world_size == 1:
             return
+        # Under DDP every process computes it: the metric sums the processes' shares of the
+        # test set (a collective, which would wait forever for a process that skipped it).
         scored = ((logits, y) for logits, _, y in batched_logits(module, trainer.test_dataloaders, module.device))
         confusion = confusion_matrix(scored, module.device)
+        if writer is None:
+            return
         figure = confusion_matrix_figure(confusion, "test set: true vs predicted digit")
         writer.add_figure("test/confusion_matrix", figure, trainer.global_step)
         writer.flush()
