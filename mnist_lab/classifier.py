@@ -28,7 +28,7 @@ from mnist_lab import NUM_CLASSES
 from mnist_lab.cuda_graph import GraphStep, graph_off, graph_optimizer_kwargs, graph_unsupported_reason
 from mnist_lab.data import grouping, optimizer_steps, ungroup
 from mnist_lab.epoch_log import EpochLog
-from mnist_lab.step import EagerStep, Step, eager_optimizer_kwargs, skip_capture_check
+from mnist_lab.step import EagerStep, Step, eager_optimizer_kwargs, ready_for_eager, skip_capture_check
 
 # Schedulers that move the learning rate every optimizer step; the others move it per epoch.
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
@@ -123,6 +123,8 @@ class Classifier(L.LightningModule):
     # ------------------------------------------------------------------ training
 
     def on_train_start(self) -> None:
+        if isinstance(self.step, EagerStep):  # after a resumed checkpoint has brought its param groups
+            ready_for_eager(self.optimizers().optimizer)
         scheduler = self.lr_schedulers()
         self.per_step_scheduler = scheduler if isinstance(scheduler, PER_STEP_SCHEDULERS) else None
         self.grouping = grouping(self.trainer.train_dataloader)

@@ -172,6 +172,11 @@ def check_trainer(trainer: dict) -> None:
     _require(limit is None or (_is_whole(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1),
              f"trainer.limit_train_batches={limit!r} trains on no batch; give a number of batches "
              "(at least 1), a fraction of them in (0, 1], or null for all.")  # fmt: skip
+    precision = str(trainer.get("precision", "32-true"))
+    _require(precision not in ("16", "16-mixed", "16-true"),
+             f"trainer.precision={precision} is float16, which needs loss scaling that the manual "
+             "training step does not do (and on a CPU Lightning would train in bfloat16 instead); "
+             "use trainer.precision=bf16-mixed, or 32-true.")  # fmt: skip
     if str(trainer.get("accelerator", "auto")) in ("gpu", "cuda"):  # ~trainer.accelerator: "auto"
         _require(torch.cuda.is_available(),
                  f"trainer.accelerator={trainer['accelerator']} (trainer=gpu) needs a CUDA GPU, "

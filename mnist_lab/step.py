@@ -76,6 +76,17 @@ class EagerStep:
         return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
 
 
+def ready_for_eager(optimizer: torch.optim.Optimizer) -> None:
+    """Each group's flags (``capturable``, ``fused``, ``foreach``) as the optimizer was built,
+    and its lr a number: a checkpoint written on the CUDA-graph path brings ``capturable=True``
+    and a tensor lr, which eager Adam refuses on the CPU."""
+    flags = {key: optimizer.defaults[key] for key in ("capturable", "fused", "foreach") if key in optimizer.defaults}
+    for group in optimizer.param_groups:
+        group.update(flags)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+
+
 def eager_optimizer_kwargs(make_optimizer: Callable, device: torch.device) -> dict:
     """Extra optimizer arguments for the eager step: Adam's fused kernel on CPU, unless the
     config chose ``fused`` itself."""

@@ -34,6 +34,9 @@ def batched_logits(net: torch.nn.Module, batches: Iterable, device: torch.device
     was_training = net.training
     net.eval()
     seen = 0
+    # the net's own dtype: float64 or bfloat16 under trainer.precision=64-true or bf16-true
+    # (Lightning converts the batches it hands to the steps, not these)
+    dtype = next(net.parameters()).dtype
     try:
         with torch.inference_mode():
             for x, y in batches:
@@ -42,7 +45,7 @@ def batched_logits(net: torch.nn.Module, batches: Iterable, device: torch.device
                         break
                     x, y = x[: max_images - seen], y[: max_images - seen]
                 seen += len(y)
-                x, y = x.to(device), y.to(device)
+                x, y = x.to(device, dtype), y.to(device)
                 yield net(x), x, y
     finally:
         net.train(was_training)

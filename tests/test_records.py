@@ -177,3 +177,24 @@ def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, synthetic_data_dir,
     assert process.returncode in (130, -signal.SIGINT), stderr[-2000:]
     assert stderr.strip().splitlines() == ["interrupted (Ctrl-C) while starting; nothing was written."]
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_the_cuda_graph_path_resumes_on_the_cpu(finished_run, tmp_path, synthetic_data_dir):
+    """The graph path's optimizer state: capturable=True, the lr and step counters as tensors
+    (what such a checkpoint holds, written here on the CPU). Eager Adam refused it."""
+    import torch
+
+    run_dir = shutil.copytree(finished_run, tmp_path / "run")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    for optimizer in checkpoint["optimizer_states"]:
+        for group in optimizer["param_groups"]:
+            group.update(capturable=True, fused=None, lr=torch.tensor(group["lr"]))
+        for state in optimizer["state"].values():
+            state["step"] = torch.tensor(float(state["step"]))
+    torch.save(checkpoint, last)
+    run_cli("mnist_lab.train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", "ckpt_path=last",
+            cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "ok" and metrics["epochs"] == 2

@@ -217,6 +217,14 @@ CASES = {
         "error: ckpt_path={tmp}/diverged.ckpt is from a run whose loss diverged at step 7, so its "
         "weights are not finite and training on would go nowhere; start a new run without "
         "ckpt_path, e.g. with a lower optimizer.lr."),
+    "precision_16_mixed": (["trainer.precision=16-mixed"],
+        "error: trainer.precision=16-mixed is float16, which needs loss scaling that the manual "
+        "training step does not do (and on a CPU Lightning would train in bfloat16 instead); use "
+        "trainer.precision=bf16-mixed, or 32-true."),
+    "precision_16_true": (["trainer.precision=16-true"],
+        "error: trainer.precision=16-true is float16, which needs loss scaling that the manual "
+        "training step does not do (and on a CPU Lightning would train in bfloat16 instead); use "
+        "trainer.precision=bf16-mixed, or 32-true."),
     "cache_with_other_keys": (["data.data_dir={data}/other_keys", *QUICK],
         "error: the cached tensors {data}/other_keys/MNIST/processed/mnist_lab_uint8.pt do not hold "
         "the four arrays train_images, train_labels, test_images, test_labels; delete the file and "
