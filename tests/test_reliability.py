@@ -431,7 +431,8 @@ def test_processes_for_other_devices_do_not_claim_the_run_dir(tmp_path, monkeypa
     from lightning.pytorch.utilities import rank_zero_only
     from omegaconf import OmegaConf
 
-    from mnist_lab.config_checks import ConfigError, claim_run_dir
+    from mnist_lab.config_checks import ConfigError
+    from mnist_lab.run_dir import claim_run_dir
     from mnist_lab.run_record import RunRecord
 
     cfg = OmegaConf.create({"ckpt_path": None})
