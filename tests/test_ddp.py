@@ -47,7 +47,7 @@ if __name__ == "__main__":  # ddp_spawn's processes import this file again
 
 @pytest.mark.parametrize("strategy, batch_size", [("ddp", 8), ("ddp_spawn", 64)])  # 8: groups of 4 batches
 def test_two_processes_keep_identical_replicas_and_finish(tmp_path, synthetic_data_dir, strategy, batch_size):
-    args = [*QUICK, "trainer.devices=2", f"+trainer.strategy={strategy}", f"data.batch_size={batch_size}",
+    args = [*QUICK, "trainer.devices=2", f"trainer.strategy={strategy}", f"data.batch_size={batch_size}",
             "trainer.limit_train_batches=6", f"data.data_dir={synthetic_data_dir}"]  # fmt: skip
     env = {**os.environ, "REPLICAS": str(tmp_path / "replicas.json"), "RUN_DIR": str(tmp_path / "run"),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
