@@ -175,7 +175,7 @@ def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, synthetic_data_dir,
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode in (130, -signal.SIGINT), stderr[-2000:]
-    assert stderr.strip().splitlines() == ["interrupted (Ctrl-C) while starting; nothing was written."]
+    assert stderr.strip().splitlines() == ["interrupted (Ctrl-C); nothing was written."]
     assert not (tmp_path / "outputs").exists()
 
 
