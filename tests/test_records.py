@@ -8,6 +8,7 @@ The commands on one finished run are forked from one runner process (tests/test_
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -198,3 +199,30 @@ def test_a_checkpoint_from_the_cuda_graph_path_resumes_on_the_cpu(finished_run, 
             cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "ok" and metrics["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_a_run_refused_while_another_runs_in_the_dir_leaves_its_config(tmp_path, synthetic_data_dir):
+    """Two runs into one dir: the one that claimed it keeps its .hydra/ (Hydra used to write
+    the refused one's config over it, before the refusal)."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "mnist_lab.train", *QUICK, "trainer.max_epochs=1000", "seed=1",
+                              f"hydra.run.dir={run_dir}"], cwd=tmp_path, text=True,
+                             env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoints" / "last.ckpt").exists() and first.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = run_cli("mnist_lab.train", *QUICK, "seed=2", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                         data_dir=synthetic_data_dir, check=False)  # fmt: skip
+    finally:
+        first.terminate()
+        first.communicate(timeout=120)
+    assert second.returncode == 1 and "already holds a run (status running)" in second.stderr
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed == 1
+    assert "seed=1" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    assert read_metrics(run_dir)["status"] == "interrupted"
