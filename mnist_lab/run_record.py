@@ -116,7 +116,8 @@ class RunRecord(L.Callback):
 
     def _set_status(self, status: str, module: Classifier | None) -> None:
         """With the module's history when there is one (the run got as far as Lightning)."""
-        if self.adopted:  # nothing trained yet: the adopted record still says what happened
+        if self.adopted:  # nothing trained yet: the record on disk still says what happened
+            self.data["status"] = status  # (what this command prints and exits with)
             return
         if module is not None:
             self._update(module, status)
