@@ -226,3 +226,18 @@ def test_a_run_refused_while_another_runs_in_the_dir_leaves_its_config(tmp_path,
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed == 1
     assert "seed=1" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     assert read_metrics(run_dir)["status"] == "interrupted"
+
+
+def test_a_resume_stopped_or_failing_before_it_trains_leaves_the_record_on_disk(tmp_path):
+    """What the command prints and exits with says interrupted or failed; the file keeps the
+    finished run's record."""
+    from mnist_lab.run_record import RunRecord, Terminated
+
+    finished = {"status": "ok", "test_acc": 0.98, "run_dir": str(tmp_path)}
+    (tmp_path / "metrics.json").write_text(json.dumps(finished))
+    for stop in (lambda r: r.interrupt(Terminated()), lambda r: r.fail(ValueError("bad data_dir"))):
+        record = RunRecord(tmp_path, ["ckpt_path=last"], {})
+        record.adopt()
+        stop(record)
+        assert record.data["status"] in ("interrupted", "failed")
+        assert json.loads((tmp_path / "metrics.json").read_text()) == finished
