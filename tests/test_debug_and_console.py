@@ -73,7 +73,7 @@ def test_each_callback_is_an_entry_of_the_callbacks_group(tmp_path):
     def built(*overrides: str) -> set[str]:
         return {type(c).__name__ for c in build_callbacks(compose_train(*overrides), tmp_path)}
 
-    assert built() == {"RunDirCheckpoint", "TensorBoardImages"}  # RunDirCheckpoint: a ModelCheckpoint; no patience: no early stopping; no tty: no bar
+    assert built() == {"RunDirCheckpoint", "TensorBoardImages"}  # no patience: no early stopping; no tty: no bar
     assert built("~callbacks.images") == {"RunDirCheckpoint"}
     assert built("callbacks.early_stopping.patience=2") == {"RunDirCheckpoint", "TensorBoardImages", "EarlyStopping"}
 
