@@ -36,7 +36,7 @@ def batched_logits(net: torch.nn.Module, batches: Iterable, device: torch.device
     seen = 0
     # the net's own dtype: float64 or bfloat16 under trainer.precision=64-true or bf16-true
     # (Lightning converts the batches it hands to the steps, not these)
-    dtype = next(net.parameters()).dtype
+    dtype = next(net.parameters(), torch.empty(0)).dtype  # float32 for a net without parameters
     try:
         with torch.inference_mode():
             for x, y in batches:
