@@ -1,0 +1,134 @@
+"""A pack: M jobs' configs trained as one packed model, each job as its solo run would train.
+
+``Pack(cfgs, device)`` builds, for each job, what ``train.fit_and_test`` builds (its net under
+its own seed, its loss, optimizer and scheduler, its batch order), then stacks them: a
+``PackedNet``, a ``PackedLoss``, a ``PackedOptimizer``, the jobs' own schedulers
+(``JobSchedules``) and ``PackedBatches``. ``train_epoch`` runs one epoch of ``PackedStep`` and
+steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives job i's net back as an
+ordinary ``models.py`` module.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from mnist_lab.data import DeviceBatches, device_tensors, split_indices
+from mnist_lab.packed_models import PackedNet
+from mnist_lab.packed_optim import PackedOptimizer
+from mnist_lab.packed_schedules import JobSchedules
+from mnist_lab.packed_step import PackedBatches, PackedLoss, PackedStep
+
+# Settings every job of a pack shares (the others, optimizer and scheduler arguments, loss,
+# seed and dropout rates, may differ per job). The net's shape and the optimizer and scheduler
+# classes are checked where the pack is built (PackedNet, PackedOptimizer, JobSchedules).
+MUST_MATCH = (
+    "data.data_dir", "data.batch_size", "data.val_size", "data.split_seed", "data.drop_last",
+    "trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches", "trainer.precision",
+    "trainer.accelerator", "trainer.devices",
+)  # fmt: skip
+
+
+def unshared_setting(cfgs: list[DictConfig]) -> str | None:
+    """The first setting of ``MUST_MATCH`` on which the jobs differ, or None."""
+    for key in MUST_MATCH:
+        if len({str(OmegaConf.select(cfg, key)) for cfg in cfgs}) > 1:
+            return key
+    return None
+
+
+class Pack:
+    """M jobs (their composed train configs) trained side by side on ``device``."""
+
+    def __init__(self, cfgs: list[DictConfig], device: torch.device | str = "cpu"):
+        key = unshared_setting(cfgs)
+        if key:
+            raise ValueError(f"the jobs of a pack must share {key}")
+        if OmegaConf.select(cfgs[0], "trainer.limit_train_batches") is not None:
+            raise ValueError("trainer.limit_train_batches cannot be packed yet")
+        self.cfgs, self.device, self.epoch = cfgs, torch.device(device), 0
+        solos = []
+        for cfg in cfgs:  # as train.fit_and_test: the net is the first thing drawn after seeding
+            L.seed_everything(cfg.seed, verbose=False)
+            solos.append(instantiate(cfg.model))
+        self.net = PackedNet(solos).to(self.device)
+        self.loss = PackedLoss([instantiate(cfg.loss) for cfg in cfgs]).to(self.device)
+        make_optimizers = [instantiate(cfg.optimizer) for cfg in cfgs]
+        self.optimizer = PackedOptimizer(self.net.parameters(), make_optimizers)
+        self.step = PackedStep(self.net, self.loss, self.optimizer)
+
+        data, first = cfgs[0].data, cfgs[0]
+        tensors = device_tensors(data.data_dir, self.device)
+        train_rows, val_rows = (rows.to(self.device) for rows in
+                                split_indices(data.val_size, data.split_seed, len(tensors["train_x"])))  # fmt: skip
+        train_x, train_y = tensors["train_x"][train_rows], tensors["train_y"][train_rows]
+        self.val_x, self.val_y = tensors["train_x"][val_rows], tensors["train_y"][val_rows]
+        self.batches = PackedBatches([
+            DeviceBatches(train_x, train_y, data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed,
+                          epoch=lambda: self.epoch, drop_last=data.drop_last)
+            for cfg in cfgs
+        ])  # fmt: skip
+        self.epochs = first.trainer.max_epochs
+        max_steps = OmegaConf.select(first, "trainer.max_steps", default=-1)
+        total = self.batches.batches * self.epochs  # as Classifier._total_steps
+        self.total_steps = min(total, max_steps) if max_steps and max_steps > 0 else total
+        make_schedulers = [instantiate(cfg.scheduler) if cfg.get("scheduler") else None for cfg in cfgs]
+        self.schedules = JobSchedules(make_optimizers, make_schedulers, self.total_steps)
+        self.schedules.apply(self.optimizer)
+        self.steps_done = 0
+
+    @property
+    def models(self) -> int:
+        return len(self.cfgs)
+
+    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One epoch (or what is left of ``trainer.max_steps``): each step's loss ``[steps, M]``
+        and each job's correct predictions ``[M]``, on the device (no host sync)."""
+        steps = min(self.batches.batches, self.total_steps - self.steps_done)
+        # As the solo run, dropout masks depend on (seed, epoch) only (here the first job's seed).
+        torch.manual_seed(self.cfgs[0].seed * 1_000_003 + self.epoch)
+        self.net.train()
+        tables = self.schedules.epoch_tables(steps, self.device)
+        losses = torch.zeros(steps, self.models, device=self.device)
+        correct = torch.zeros(self.models, dtype=torch.long, device=self.device)
+        for k, (x, y) in enumerate(self.batches):
+            if k == steps:
+                break
+            for name, table in tables.items():
+                self.optimizer.set(name, table[k])
+            losses[k], step_correct = self.step(x, y)
+            correct += step_correct
+        self.steps_done += steps
+        self.epoch += 1
+        return losses, correct
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each job's loss and accuracy ``[M]`` on one set of images (validation, test)."""
+        self.net.eval()
+        logits = self.net(x.expand(self.models, *x.shape))
+        ys = y.expand(self.models, *y.shape)
+        return self.loss(logits, ys), (logits.argmax(dim=-1) == ys).float().mean(dim=1)
+
+    def end_epoch(self, val_acc: list[float] | None = None) -> None:
+        """Step the per-epoch schedules (as ``Classifier.on_train_epoch_end``)."""
+        self.schedules.end_epoch(val_acc)
+        if not self.schedules.per_step:
+            self.schedules.apply(self.optimizer)
+
+    def fit(self) -> torch.Tensor:
+        """Train to the end; every optimizer step's loss, ``[steps, M]``."""
+        losses = []
+        while self.steps_done < self.total_steps:
+            epoch_losses, _ = self.train_epoch()
+            losses.append(epoch_losses)
+            val_acc = self.evaluate(self.val_x, self.val_y)[1].tolist() if self.schedules.plateau else None
+            self.end_epoch(val_acc)
+        return torch.cat(losses)
+
+    def solo_net(self, i: int) -> nn.Module:
+        """Job ``i``'s net as its solo run's class (``state_dict`` loads into it)."""
+        return self.net.copy_into(i, instantiate(self.cfgs[i].model))

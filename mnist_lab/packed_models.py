@@ -1,0 +1,200 @@
+"""M networks of one shape as one module: the layers of ``models.py`` with stacked parameters.
+
+A pack is built from M solo networks (``models.MLP`` or ``models.CNN``, each initialized with
+its own seed) and gives each one back as an ordinary solo module (``copy_into``), so a packed
+job's checkpoint is a solo checkpoint. Every parameter has the models on its first dimension
+(``[M, ...]``): the packed optimizer relies on it.
+
+Activations travel in one of two layouts: dense ``[M, B, features]`` (a batched matmul,
+``baddbmm``, per linear layer), or, in the convolutional part, ``[B, M * C, H, W]`` so that one
+grouped convolution (``groups=M``) computes every model's convolution, and activations, max-pool
+and batch norm apply per channel as they are. Inputs come as ``[M, B, 1, 28, 28]``: each model
+its own batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Layers without parameters that act on each element or channel alike, whatever the layout.
+ELEMENTWISE = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.LeakyReLU, nn.MaxPool2d)
+
+
+def _describe(module: nn.Module) -> str:
+    """What must match between the models of a pack at one layer."""
+    if isinstance(module, nn.Linear):
+        return f"Linear({module.in_features}, {module.out_features}, bias={module.bias is not None})"
+    return repr(module)  # Conv2d, BatchNorm1d, activations and pools print every setting
+
+
+class PackedLinear(nn.Module):
+    """M ``nn.Linear`` layers: ``x [M, B, in] @ weight [M, in, out] + bias [M, 1, out]``."""
+
+    def __init__(self, solos: Sequence[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([s.weight.detach().t() for s in solos]).contiguous())
+        self.bias = nn.Parameter(torch.stack([s.bias.detach() for s in solos]).unsqueeze(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def copy_into(self, i: int, solo: nn.Linear) -> None:
+        solo.weight.data.copy_(self.weight[i].t())
+        solo.bias.data.copy_(self.bias[i, 0])
+
+
+class PackedConv2d(nn.Module):
+    """M ``nn.Conv2d`` layers as one grouped convolution on ``[B, M * C_in, H, W]``."""
+
+    def __init__(self, solos: Sequence[nn.Conv2d]):
+        super().__init__()
+        first = solos[0]
+        self.models, self.stride, self.padding = len(solos), first.stride, first.padding
+        self.weight = nn.Parameter(torch.stack([s.weight.detach() for s in solos]))  # [M, out, in, k, k]
+        self.bias = nn.Parameter(torch.stack([s.bias.detach() for s in solos]))  # [M, out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.flatten(0, 1), self.bias.flatten(), self.stride, self.padding,
+                        groups=self.models)  # fmt: skip
+
+    def copy_into(self, i: int, solo: nn.Conv2d) -> None:
+        solo.weight.data.copy_(self.weight[i])
+        solo.bias.data.copy_(self.bias[i])
+
+
+class PackedBatchNorm1d(nn.Module):
+    """M ``nn.BatchNorm1d`` layers on ``[M, B, C]``: torch's batch norm over ``[B, M * C]``
+    features, so each model's features get their own batch statistics and running averages."""
+
+    def __init__(self, solos: Sequence[nn.BatchNorm1d]):
+        super().__init__()
+        first = solos[0]
+        self.momentum, self.eps = first.momentum, first.eps
+        self.weight = nn.Parameter(torch.stack([s.weight.detach() for s in solos]))  # [M, C]
+        self.bias = nn.Parameter(torch.stack([s.bias.detach() for s in solos]))
+        self.register_buffer("running_mean", torch.stack([s.running_mean for s in solos]))
+        self.register_buffer("running_var", torch.stack([s.running_var for s in solos]))
+        self.register_buffer("num_batches_tracked", first.num_batches_tracked.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        models, batch, features = x.shape
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        flat = x.transpose(0, 1).reshape(batch, models * features)
+        out = F.batch_norm(flat, self.running_mean.view(-1), self.running_var.view(-1), self.weight.flatten(),
+                           self.bias.flatten(), self.training, self.momentum, self.eps)  # fmt: skip
+        return out.view(batch, models, features).transpose(0, 1)
+
+    def copy_into(self, i: int, solo: nn.BatchNorm1d) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(solo, name).data.copy_(getattr(self, name)[i])
+        solo.num_batches_tracked.copy_(self.num_batches_tracked)
+
+
+class PackedDropout(nn.Module):
+    """Dropout with each model's own rate ``p [M]``, in either layout (``channels`` per model in
+    the convolutional one). Masks are drawn for the whole pack at once: the same rates as the
+    solo runs, not the same random numbers."""
+
+    def __init__(self, rates: Sequence[float], channels: int | None = None):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("keep", 1 - torch.tensor(rates, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        if self.channels is None:  # [M, B, F]
+            keep = self.keep.view(-1, 1, 1)
+        else:  # [B, M * C, H, W]
+            keep = self.keep.repeat_interleave(self.channels).view(1, -1, 1, 1)
+        mask = torch.rand_like(x) < keep
+        return x * mask / keep
+
+
+class Ungroup(nn.Module):
+    """The solo ``nn.Flatten`` after convolutions: ``[B, M * C, H, W]`` -> ``[M, B, C * H * W]``
+    (each model's features in the solo order: channel, row, column)."""
+
+    def __init__(self, models: int):
+        super().__init__()
+        self.models = models
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.models, -1).transpose(0, 1)
+
+
+def _solo_layers(solo: nn.Sequential) -> list[tuple[nn.Module, float]]:
+    """The solo net's layers other than dropout, each with the dropout rate that follows it."""
+    layers: list[tuple[nn.Module, float]] = []
+    for module in solo:
+        if isinstance(module, nn.Dropout):
+            layers[-1] = (layers[-1][0], module.p)
+        else:
+            layers.append((module, 0.0))
+    return layers
+
+
+PACKED = {nn.Linear: PackedLinear, nn.Conv2d: PackedConv2d, nn.BatchNorm1d: PackedBatchNorm1d}
+
+
+class PackedNet(nn.Module):
+    """M solo ``nn.Sequential`` nets of one shape (``models.MLP``/``models.CNN``) as one module.
+
+    ``forward(x [M, B, 1, 28, 28]) -> logits [M, B, 10]``. Dropout rates may differ between the
+    models; every other layer setting must match (ValueError naming the layer otherwise).
+    """
+
+    def __init__(self, solos: Sequence[nn.Sequential]):
+        super().__init__()
+        self.models = len(solos)
+        per_model = [_solo_layers(solo) for solo in solos]
+        shapes = {tuple(_describe(layer) for layer, _ in layers) for layers in per_model}
+        if len(shapes) > 1:
+            raise ValueError(f"the nets of a pack differ in shape: {sorted(shapes)}")
+        self.grouped_input = isinstance(per_model[0][0][0], nn.Conv2d)
+        layers: list[nn.Module] = []
+        channels = 1
+        for position, (first, _) in enumerate(per_model[0]):
+            solo_layers = [layers_of_one[position][0] for layers_of_one in per_model]
+            if type(first) in PACKED:
+                layers.append(PACKED[type(first)](solo_layers))
+            elif isinstance(first, nn.Flatten):
+                if self.grouped_input:
+                    layers.append(Ungroup(self.models))
+                channels = None
+            elif isinstance(first, ELEMENTWISE):
+                layers.append(first)
+            else:
+                raise ValueError(f"{type(first).__name__} layers cannot be packed yet")
+            if isinstance(first, nn.Conv2d):
+                channels = first.out_channels
+            rates = [layers_of_one[position][1] for layers_of_one in per_model]
+            if any(rates):
+                layers.append(PackedDropout(rates, channels))
+        self.layers = nn.Sequential(*layers)
+        self._solo_layer_types = tuple(PACKED)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        models, batch = x.shape[:2]
+        if self.grouped_input:  # [M, B, C, H, W] -> [B, M * C, H, W]
+            x = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])
+        else:
+            x = x.reshape(models, batch, -1)  # the solo nn.Flatten
+        return self.layers(x)
+
+    def copy_into(self, i: int, solo: nn.Module) -> nn.Module:
+        """Write model ``i``'s parameters and buffers into ``solo`` (a fresh net of its config)."""
+        solo_layers = [m for m in solo.modules() if isinstance(m, self._solo_layer_types)]
+        packed_layers = [m for m in self.layers if hasattr(m, "copy_into")]
+        if len(solo_layers) != len(packed_layers):
+            raise ValueError(f"{type(solo).__name__} has {len(solo_layers)} layers with parameters, the pack "
+                             f"{len(packed_layers)}")  # fmt: skip
+        with torch.no_grad():
+            for packed, layer in zip(packed_layers, solo_layers, strict=True):
+                packed.copy_into(i, layer)
+        return solo

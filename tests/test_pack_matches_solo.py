@@ -1,0 +1,75 @@
+"""A packed job trains as its solo run does: with dropout off, each job of a pack makes the same
+losses, step by step, as ``train.run`` (Lightning, the eager step, DeviceBatches) makes for
+that job alone; and its net comes back as an ordinary solo module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import QUICK, compose_train
+
+# 2,500 training images at batch 64: 40 steps an epoch, 200 steps in 5 epochs.
+STEPS = 200
+BASE = [*QUICK, "trainer.max_epochs=5", "data.batch_size=64"]
+
+# Each case is one pack: the settings its jobs share, then each job's own settings (seed,
+# optimizer and scheduler hyperparameters, loss).
+CASES = {
+    "linear_sgd_step": (
+        ["model=linear", "optimizer=sgd", "scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5"],
+        [["seed=1", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.nesterov=true",
+          "optimizer.weight_decay=0.001"],
+         ["seed=2", "optimizer.lr=0.1", "optimizer.momentum=0.5", "loss=mse", "scheduler.gamma=0.8"],
+         ["seed=3", "optimizer.lr=0.02", "loss=l1", "loss.target=logits"]],
+    ),
+    "mlp_bn_adam": (
+        ["model=mlp", "model.hidden=[32]", "model.batch_norm=true", "optimizer=adam"],
+        [["seed=1", "optimizer.lr=0.001"],
+         ["seed=2", "optimizer.lr=0.003", "optimizer.betas=[0.8,0.99]", "optimizer.weight_decay=0.0001",
+          "loss=mse"]],
+    ),
+    "mlp_bn_adamw_onecycle": (
+        ["model=mlp", "model.hidden=[32,16]", "model.batch_norm=true", "optimizer=adamw", "scheduler=onecycle"],
+        [["seed=4", "optimizer.lr=0.003", "optimizer.weight_decay=0.05"],
+         ["seed=5", "optimizer.lr=0.01", "optimizer.eps=1e-6", "scheduler.pct_start=0.5", "loss=l1"]],
+    ),
+    "mlp_rmsprop": (
+        ["model=mlp", "model.hidden=[32]", "optimizer=rmsprop"],
+        [["seed=6", "optimizer.lr=0.001"],
+         ["seed=7", "optimizer.lr=0.0005", "optimizer.momentum=0.9", "optimizer.centered=true",
+          "optimizer.weight_decay=0.0001", "optimizer.alpha=0.9"]],
+    ),
+    "linear_adadelta": (
+        ["model=linear", "optimizer=adadelta"],
+        [["seed=8", "optimizer.lr=1.0"], ["seed=9", "optimizer.lr=0.5", "optimizer.rho=0.8", "loss=mse"]],
+    ),
+}  # fmt: skip
+
+
+def solo_step_losses(run_dir) -> list[float]:
+    """Every optimizer step's training loss, as the solo run wrote it to TensorBoard."""
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    points = events.Scalars("train/loss")
+    assert [p.step for p in points] == list(range(1, len(points) + 1))
+    return [p.value for p in points]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_each_packed_job_makes_its_solo_runs_losses_for_200_steps(tmp_path, synthetic_data_dir, case):
+    from mnist_lab import train
+    from mnist_lab.pack import Pack
+
+    shared, jobs = CASES[case]
+    cfgs = [compose_train(*BASE, f"data.data_dir={synthetic_data_dir}", *shared, *job) for job in jobs]
+    packed = Pack(cfgs).fit()
+    assert packed.shape == (STEPS, len(jobs))
+    for i, cfg in enumerate(cfgs):
+        metrics = train.run(cfg, tmp_path / str(i), [])
+        assert metrics["status"] == "ok"
+        solo = torch.tensor(solo_step_losses(tmp_path / str(i)))
+        assert len(solo) == STEPS
+        assert solo[-1] < solo[0] * 0.9, "the job should learn, or equal curves prove little"
+        torch.testing.assert_close(packed[:, i], solo, rtol=1e-5, atol=0, msg=lambda m, i=i: f"job {i}: {m}")
