@@ -101,9 +101,12 @@ class PackedOptimizer:
             return
         self.hyper[name].copy_(torch.as_tensor(values, dtype=torch.float64))
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
-            p.grad = None
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
 
     def _coefficients(self) -> dict[str, torch.Tensor]:
         """Every per-model number this step uses, computed in float64 as torch computes them in

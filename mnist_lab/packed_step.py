@@ -70,15 +70,21 @@ class PackedLoss(nn.Module):
 class PackedStep:
     """Forward, per-job losses, backward, per-job optimizer step; returns ``(loss [M], correct [M])``
     on the device. The jobs' losses are summed for one backward pass: no parameter is shared, so
-    each job's gradients are those of its own loss."""
+    each job's gradients are those of its own loss.
 
-    def __init__(self, net: PackedNet, loss: PackedLoss, optimizer: PackedOptimizer):
+    Args:
+        keeps_grads: zero the gradients in place instead of freeing them (a captured graph
+            holds their addresses), as the solo step's option of that name.
+    """
+
+    def __init__(self, net: PackedNet, loss: PackedLoss, optimizer: PackedOptimizer, keeps_grads: bool = False):
         self.net, self.loss, self.optimizer = net, loss, optimizer
+        self.keeps_grads = keeps_grads
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
         losses = self.loss(logits, y)
-        self.optimizer.zero_grad()
+        self.optimizer.zero_grad(set_to_none=not self.keeps_grads)
         losses.sum().backward()
         self.optimizer.step()
         return losses.detach(), (logits.detach().argmax(dim=-1) == y).sum(dim=1)

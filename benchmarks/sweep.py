@@ -1,0 +1,143 @@
+"""A sweep's training steps, packed and one by one, in one process: same jobs, data and steps.
+
+  one-by-one  each job alone: its net, loss and optimizer (Adam/AdamW fused on CPU, as a solo
+              run builds them), its own batches, ``--steps`` eager steps, one job after another
+  packed      the same jobs in packs of ``--sizes`` (jobs that must match, e.g. by batch size,
+              are split first): ``mnist_lab.pack.Pack``, ``--steps`` packed steps per pack
+
+Each time is the training steps only (no validation, checkpoints or Lightning), after
+``--warmup`` steps; the ratio is one-by-one time / packed time (above 1: packing is faster).
+A pack size is kept only where it is never more than 10 % slower than one-by-one
+(``ratio >= 0.9``): the printed rule picks the fastest such size.
+
+    python -m benchmarks.sweep [--grid softmax_seeds mlp_lr cnn_small_lr mlp_batch] [--steps 200]
+                               [--sizes 2,4,8,16] [--device cpu|cuda] [--data-dir data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from mnist_lab import train
+from mnist_lab.data import DeviceBatches, device_tensors, split_indices
+from mnist_lab.pack import Pack
+
+SEEDS = [f"seed={s}" for s in range(1, 6)]
+GRIDS = {
+    # softmax regression, 16-seed replication, batch 64
+    "softmax_seeds": (["model=linear", "data.batch_size=64"], [[f"seed={s}"] for s in range(1, 17)]),
+    # experiment=mlp_lr's grid with 5 seeds
+    "mlp_lr": (["experiment=mlp_lr"], [[lr, s] for lr in ("optimizer.lr=0.001", "optimizer.lr=0.01",
+                                                         "optimizer.lr=0.1") for s in SEEDS]),
+    # experiment=cnn_small_lr's grid with 5 seeds
+    "cnn_small_lr": (["experiment=cnn_small_lr"], [[lr, s] for lr in ("optimizer.lr=0.01", "optimizer.lr=0.001")
+                                                   for s in SEEDS]),
+    # experiment=mlp_batch's grid with 5 seeds (batch sizes pack separately)
+    "mlp_batch": (["experiment=mlp_batch"], [[f"data.batch_size={b}", s] for b in (1, 16, 64, 256) for s in SEEDS]),
+}  # fmt: skip
+FUSED_ON_CPU = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def configs(shared: list[str], jobs: list[list[str]], data_dir: str, device: str):
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
+        return [compose("train", overrides=[*shared, *job, f"data.data_dir={data_dir}",
+                                            f"trainer.accelerator={accelerator}"]) for job in jobs]  # fmt: skip
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(steps_iter, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds for ``steps`` calls of the iterator's steps after ``warmup`` of them."""
+    for _ in range(warmup):
+        next(steps_iter)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(steps_iter)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def solo_steps(cfg, device: torch.device):
+    """A job's eager training steps, as ``Classifier.eager_step`` makes them, forever."""
+    L.seed_everything(cfg.seed, verbose=False)
+    net, loss = instantiate(cfg.model).to(device), instantiate(cfg.loss)
+    make_optimizer = instantiate(cfg.optimizer)
+    fused = device.type == "cpu" and make_optimizer.func in FUSED_ON_CPU
+    optimizer = make_optimizer(net.parameters(), **({"fused": True} if fused else {}))
+    tensors = device_tensors(cfg.data.data_dir, device)
+    rows, _ = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))
+    rows = rows.to(device)
+    batches = DeviceBatches(tensors["train_x"][rows], tensors["train_y"][rows], cfg.data.batch_size, shuffle=True,
+                            seed=cfg.data.shuffle_seed)  # fmt: skip
+    net.train()
+    for x, y in itertools.cycle(batches):
+        logits = net(x)
+        value = loss(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        yield value.detach(), (logits.detach().argmax(dim=1) == y).sum()
+
+
+def packed_steps(cfgs, device: torch.device):
+    pack = Pack(cfgs, device)
+    pack.net.train()
+    for x, y in itertools.cycle(pack.batches):
+        yield pack.step(x, y)
+
+
+def split(cfgs, size: int) -> list[list]:
+    """Packs of at most ``size`` jobs, jobs that must match (batch size here) together."""
+    by_batch: dict[int, list] = {}
+    for cfg in cfgs:
+        by_batch.setdefault(cfg.data.batch_size, []).append(cfg)
+    return [group[i : i + size] for group in by_batch.values() for i in range(0, len(group), size)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--sizes", default="2,4,8,16")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_float32_matmul_precision("high")
+    results = []
+    for grid in args.grid:
+        cfgs = configs(*GRIDS[grid], args.data_dir, args.device)
+        one_by_one = sum(timed(solo_steps(cfg, device), args.steps, args.warmup, device) for cfg in cfgs)
+        row = {"grid": grid, "jobs": len(cfgs), "steps": args.steps, "one_by_one_s": round(one_by_one, 3)}
+        for size in (int(s) for s in args.sizes.split(",")):
+            packed = sum(timed(packed_steps(pack, device), args.steps, args.warmup, device)
+                         for pack in split(cfgs, size))  # fmt: skip
+            row[f"packs_of_{size}_s"] = round(packed, 3)
+            row[f"ratio_{size}"] = round(one_by_one / packed, 2)
+        fine = {size: ratio for key, ratio in row.items() if key.startswith("ratio_")
+                for size in [int(key.split("_")[1])] if ratio >= 0.9}  # fmt: skip
+        row["rule_pack_size"] = max(fine, key=fine.get) if fine else 1
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "torch": torch.__version__, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Packed nets compute what their solo nets compute, and give each one back as a solo module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_lab.models import CNN, MLP
+from mnist_lab.packed_models import PackedNet
+
+SOLO_NETS = {
+    "linear": lambda seed, dropout: MLP(hidden=[]),
+    "mlp_bn": lambda seed, dropout: MLP(hidden=[24, 12], batch_norm=True, dropout=dropout, activation="tanh"),
+    "cnn": lambda seed, dropout: CNN(channels=[3, 4], kernel_sizes=[5, 3], pool_after=[0, 1], fc=[16],
+                                     conv_dropout=dropout, dropout=dropout),
+}  # fmt: skip
+
+
+def solo_nets(kind: str, dropouts: list[float]) -> list[torch.nn.Module]:
+    nets = []
+    for seed, dropout in enumerate(dropouts):
+        torch.manual_seed(seed)
+        nets.append(SOLO_NETS[kind](seed, dropout))
+    return nets
+
+
+@pytest.mark.parametrize("kind", SOLO_NETS)
+def test_a_packed_net_computes_each_solo_nets_logits_and_batch_norm_statistics(kind):
+    solos = solo_nets(kind, [0.0, 0.0, 0.0])
+    packed = PackedNet(solos)
+    x = torch.randn(3, 8, 1, 28, 28)  # each model its own batch
+    for mode in ("train", "eval"):  # train: batch statistics and running averages; eval: running averages
+        packed.train(mode == "train")
+        logits = packed(x)
+        assert logits.shape == (3, 8, 10)
+        for i, solo in enumerate(solos):
+            solo.train(mode == "train")
+            torch.testing.assert_close(logits[i], solo(x[i]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", SOLO_NETS)
+def test_each_packed_model_comes_back_as_a_solo_net_whose_state_dict_loads_into_its_class(kind):
+    dropouts = [0.0, 0.3] if kind != "linear" else [0.0, 0.0]
+    solos = solo_nets(kind, dropouts)
+    packed = PackedNet(solos)
+    packed.train()
+    optimizer = torch.optim.SGD(packed.parameters(), lr=0.1)
+    for _ in range(3):  # move every parameter and running average away from the solos' values
+        optimizer.zero_grad()
+        packed(torch.randn(2, 8, 1, 28, 28)).square().mean().backward()
+        optimizer.step()
+    packed.eval()
+    x = torch.randn(5, 1, 28, 28)
+    for i, dropout in enumerate(dropouts):
+        solo = packed.copy_into(i, SOLO_NETS[kind](i, dropout))
+        fresh = SOLO_NETS[kind](i, dropout)
+        fresh.load_state_dict(solo.state_dict())  # the keys and shapes of models.py's class
+        fresh.eval()
+        assert not torch.equal(fresh(x), solos[i].eval()(x)), "training should have changed the net"
+        torch.testing.assert_close(fresh(x), packed(x.expand(2, *x.shape))[i], rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_rates_are_per_model_in_a_pack():
+    solos = solo_nets("mlp_bn", [0.0, 0.5])
+    packed = PackedNet(solos).train()
+    torch.manual_seed(0)
+    x = torch.randn(1, 512, 1, 28, 28).expand(2, -1, -1, -1, -1)
+    hidden = packed.layers[:4](x.reshape(2, 512, -1))  # linear, batch norm, tanh, dropout
+    zeros = (hidden == 0).float().mean(dim=(1, 2))
+    assert zeros[0] == 0
+    assert 0.45 < zeros[1] < 0.55
+
+
+def test_nets_of_different_shapes_do_not_pack():
+    with pytest.raises(ValueError, match="differ in shape"):
+        PackedNet([MLP(hidden=[16]), MLP(hidden=[32])])
+    with pytest.raises(ValueError, match="differ in shape"):
+        PackedNet([MLP(hidden=[16]), MLP(hidden=[16], activation="tanh")])
