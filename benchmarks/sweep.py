@@ -2,13 +2,15 @@
 
   one-by-one  each job alone: its net, loss and optimizer (Adam/AdamW fused on CPU, as a solo
               run builds them), its own batches, ``--steps`` eager steps, one job after another
+              (``mnist_lab.pack_size.solo_steps``)
   packed      the same jobs in packs of ``--sizes`` (jobs that must match, e.g. by batch size,
               are split first): ``mnist_lab.pack.Pack``, ``--steps`` packed steps per pack
 
 Each time is the training steps only (no validation, checkpoints or Lightning), after
 ``--warmup`` steps; the ratio is one-by-one time / packed time (above 1: packing is faster).
 A pack size is kept only where it is never more than 10 % slower than one-by-one
-(``ratio >= 0.9``): the printed rule picks the fastest such size.
+(``ratio >= 1 / 1.1``, ``mnist_lab.pack_size.SLACK``): the printed rule picks the fastest such
+size (``mnist_lab.pack_size`` makes the same choice from a short probe).
 
     python -m benchmarks.sweep [--grid softmax_seeds mlp_lr cnn_small_lr mlp_batch] [--steps 200]
                                [--sizes 2,4,8,16] [--device cpu|cuda] [--data-dir data]
@@ -17,18 +19,14 @@ A pack size is kept only where it is never more than 10 % slower than one-by-one
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import time
+import os
 
-import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from mnist_lab import train
-from mnist_lab.data import DeviceBatches, device_tensors, split_indices
-from mnist_lab.pack import Pack
+from mnist_lab.pack_size import SLACK, packed_steps, solo_steps, timed
 
 SEEDS = [f"seed={s}" for s in range(1, 6)]
 GRIDS = {
@@ -43,7 +41,6 @@ GRIDS = {
     # experiment=mlp_batch's grid with 5 seeds (batch sizes pack separately)
     "mlp_batch": (["experiment=mlp_batch"], [[f"data.batch_size={b}", s] for b in (1, 16, 64, 256) for s in SEEDS]),
 }  # fmt: skip
-FUSED_ON_CPU = (torch.optim.Adam, torch.optim.AdamW)
 
 
 def configs(shared: list[str], jobs: list[list[str]], data_dir: str, device: str):
@@ -51,52 +48,6 @@ def configs(shared: list[str], jobs: list[list[str]], data_dir: str, device: str
     with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
         return [compose("train", overrides=[*shared, *job, f"data.data_dir={data_dir}",
                                             f"trainer.accelerator={accelerator}"]) for job in jobs]  # fmt: skip
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(steps_iter, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls of the iterator's steps after ``warmup`` of them."""
-    for _ in range(warmup):
-        next(steps_iter)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(steps_iter)
-    sync(device)
-    return time.perf_counter() - start
-
-
-def solo_steps(cfg, device: torch.device):
-    """A job's eager training steps, as ``Classifier.eager_step`` makes them, forever."""
-    L.seed_everything(cfg.seed, verbose=False)
-    net, loss = instantiate(cfg.model).to(device), instantiate(cfg.loss)
-    make_optimizer = instantiate(cfg.optimizer)
-    fused = device.type == "cpu" and make_optimizer.func in FUSED_ON_CPU
-    optimizer = make_optimizer(net.parameters(), **({"fused": True} if fused else {}))
-    tensors = device_tensors(cfg.data.data_dir, device)
-    rows, _ = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))
-    rows = rows.to(device)
-    batches = DeviceBatches(tensors["train_x"][rows], tensors["train_y"][rows], cfg.data.batch_size, shuffle=True,
-                            seed=cfg.data.shuffle_seed)  # fmt: skip
-    net.train()
-    for x, y in itertools.cycle(batches):
-        logits = net(x)
-        value = loss(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
-        yield value.detach(), (logits.detach().argmax(dim=1) == y).sum()
-
-
-def packed_steps(cfgs, device: torch.device):
-    pack = Pack(cfgs, device)
-    pack.net.train()
-    for x, y in itertools.cycle(pack.batches):
-        yield pack.step(x, y)
 
 
 def split(cfgs, size: int) -> list[list]:
@@ -114,7 +65,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--sizes", default="2,4,8,16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_LAB_DATA_DIR", "data"))
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -130,7 +81,7 @@ def main() -> None:
             row[f"packs_of_{size}_s"] = round(packed, 3)
             row[f"ratio_{size}"] = round(one_by_one / packed, 2)
         fine = {size: ratio for key, ratio in row.items() if key.startswith("ratio_")
-                for size in [int(key.split("_")[1])] if ratio >= 0.9}  # fmt: skip
+                for size in [int(key.split("_")[1])] if ratio >= 1 / SLACK}  # fmt: skip
         row["rule_pack_size"] = max(fine, key=fine.get) if fine else 1
         results.append(row)
         print(json.dumps(row), flush=True)

@@ -48,7 +48,7 @@ CASES = {
     "cnn_sgd": (
         ["model=cnn", "model.channels=[4,8]", "model.fc=[16]", "model.conv_dropout=0", "model.dropout=0",
          "optimizer=sgd", "optimizer.momentum=0.9"],
-        [["seed=10", "optimizer.lr=0.01"], ["seed=11", "optimizer.lr=0.003", "optimizer.weight_decay=0.001",
+        [["seed=10", "optimizer.lr=0.002"], ["seed=11", "optimizer.lr=0.05", "optimizer.weight_decay=0.001",
                                              "loss=mse"]],
     ),
 }  # fmt: skip

@@ -1,0 +1,92 @@
+"""How many jobs to pack together: a short timing probe on the jobs themselves.
+
+Whether packing pays depends on the machine, the net and the batch size (a big batch already
+fills a CPU's cores; a tiny MLP on a GPU is all launch overhead), so the size is measured, not
+guessed: time a few steps of one job alone, then of packs of growing size, and keep the size
+that trains the most jobs per second, one job alone included. A pack is thus only chosen where
+the probe found it faster than its jobs one after another, which leaves margin for the target
+that no pack be more than 10 % slower (``SLACK``) when the probe's few steps misjudge.
+``benchmarks/sweep.py`` runs the same comparison at length and reports the ratios.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+
+from mnist_lab.data import DeviceBatches, device_tensors, split_indices
+from mnist_lab.pack import Pack
+
+SLACK = 1.1  # the target: a pack takes at most 10 % longer than its jobs one after another
+FUSED_ON_CPU = (torch.optim.Adam, torch.optim.AdamW)  # as the solo run builds its optimizer
+
+
+def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[int]) -> int:
+    """The pack size that trains the most jobs per second; 1 (no packing) if no pack beats one
+    job alone. ``seconds_per_step(size)`` times one step of a pack of ``size`` jobs (``size=1``:
+    one job alone, the eager step)."""
+    best, best_rate = 1, 1 / seconds_per_step(1)
+    for size in sizes:
+        rate = size / seconds_per_step(size)
+        if rate > best_rate:
+            best, best_rate = size, rate
+    return best
+
+
+def solo_steps(cfg, device: torch.device) -> Iterator:
+    """A job's eager training steps on its own batches, as its solo run makes them, forever."""
+    L.seed_everything(cfg.seed, verbose=False)
+    net, loss = instantiate(cfg.model).to(device), instantiate(cfg.loss)
+    make_optimizer = instantiate(cfg.optimizer)
+    fused = device.type == "cpu" and make_optimizer.func in FUSED_ON_CPU and "fused" not in make_optimizer.keywords
+    optimizer = make_optimizer(net.parameters(), **({"fused": True} if fused else {}))
+    tensors = device_tensors(cfg.data.data_dir, device)
+    rows = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))[0].to(device)
+    batches = DeviceBatches(tensors["train_x"][rows], tensors["train_y"][rows], cfg.data.batch_size, shuffle=True,
+                            seed=cfg.data.shuffle_seed)  # fmt: skip
+    net.train()
+    while True:
+        for x, y in batches:
+            logits = net(x)
+            value = loss(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            yield value.detach(), (logits.detach().argmax(dim=1) == y).sum()
+
+
+def packed_steps(cfgs, device: torch.device) -> Iterator:
+    """The pack's training steps on the jobs' own batches, forever."""
+    pack = Pack(cfgs, device)
+    pack.net.train()
+    while True:
+        for x, y in pack.batches:
+            yield pack.step(x, y)
+
+
+def timed(steps: Iterator, count: int, warmup: int, device: torch.device) -> float:
+    """Seconds for ``count`` steps after ``warmup`` steps (the device synchronized around them)."""
+    for _ in range(warmup):
+        next(steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(count):
+        next(steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def probe_pack_size(cfgs, device: torch.device, sizes=(2, 4, 8, 16, 32), steps: int = 20, warmup: int = 3) -> int:
+    """``choose_pack_size`` timed on the first jobs of ``cfgs`` (jobs that can share a pack)."""
+
+    def seconds_per_step(size: int) -> float:
+        steps_iter = solo_steps(cfgs[0], device) if size == 1 else packed_steps(cfgs[:size], device)
+        return timed(steps_iter, steps, warmup, device) / steps
+
+    return choose_pack_size(seconds_per_step, [s for s in sizes if s <= len(cfgs)])

@@ -1,0 +1,38 @@
+"""What may and may not share a pack, and how many jobs share one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import QUICK, compose_train
+
+
+def test_jobs_that_must_match_do_not_share_a_pack(synthetic_data_dir):
+    from mnist_lab.pack import Pack
+
+    base = [*QUICK, f"data.data_dir={synthetic_data_dir}"]
+    with pytest.raises(ValueError, match="must share data.batch_size"):
+        Pack([compose_train(*base), compose_train(*base, "data.batch_size=32")])
+    with pytest.raises(ValueError, match="differ in shape"):
+        Pack([compose_train(*base), compose_train(*base, "model.hidden=[64]")])
+    with pytest.raises(ValueError, match="optimizers differ in class"):
+        Pack([compose_train(*base), compose_train(*base, "optimizer=sgd")])
+    with pytest.raises(ValueError, match="schedulers of a pack differ"):
+        Pack([compose_train(*base), compose_train(*base, "scheduler=step")])
+
+
+def test_the_pack_size_trains_the_most_jobs_per_second_and_packs_only_where_that_beats_one_by_one():
+    from mnist_lab.pack_size import choose_pack_size
+
+    solo = 1.0  # seconds per step of one job alone
+    assert choose_pack_size({1: solo, 2: 1.0, 4: 1.5, 8: 4.0}.get, [2, 4, 8]) == 4  # 8 is slower per job than 4
+    assert choose_pack_size({1: solo, 2: 1.5, 4: 4.5}.get, [2, 4]) == 2
+    assert choose_pack_size({1: solo, 2: 2.1, 4: 4.2}.get, [2, 4]) == 1  # 5 % slower than one by one: not packed
+
+
+def test_the_probe_times_real_packs(synthetic_data_dir):
+    from mnist_lab.pack_size import probe_pack_size
+
+    cfgs = [compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", f"seed={s}") for s in range(4)]
+    assert probe_pack_size(cfgs, torch.device("cpu"), sizes=(2, 4, 8), steps=2, warmup=1) in (1, 2, 4)
