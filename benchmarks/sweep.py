@@ -33,21 +33,29 @@ GRIDS = {
     # softmax regression, 16-seed replication, batch 64
     "softmax_seeds": (["model=linear", "data.batch_size=64"], [[f"seed={s}"] for s in range(1, 17)]),
     # experiment=mlp_lr's grid with 5 seeds
-    "mlp_lr": (["experiment=mlp_lr"], [[lr, s] for lr in ("optimizer.lr=0.001", "optimizer.lr=0.01",
-                                                         "optimizer.lr=0.1") for s in SEEDS]),
+    "mlp_lr": (
+        ["experiment=mlp_lr"],
+        [[lr, s] for lr in ("optimizer.lr=0.001", "optimizer.lr=0.01", "optimizer.lr=0.1") for s in SEEDS],
+    ),
     # experiment=cnn_small_lr's grid with 5 seeds
-    "cnn_small_lr": (["experiment=cnn_small_lr"], [[lr, s] for lr in ("optimizer.lr=0.01", "optimizer.lr=0.001")
-                                                   for s in SEEDS]),
+    "cnn_small_lr": (
+        ["experiment=cnn_small_lr"],
+        [[lr, s] for lr in ("optimizer.lr=0.01", "optimizer.lr=0.001") for s in SEEDS],
+    ),
     # experiment=mlp_batch's grid with 5 seeds (batch sizes pack separately)
     "mlp_batch": (["experiment=mlp_batch"], [[f"data.batch_size={b}", s] for b in (1, 16, 64, 256) for s in SEEDS]),
-}  # fmt: skip
+}
 
 
 def configs(shared: list[str], jobs: list[list[str]], data_dir: str, device: str):
     accelerator = "gpu" if device == "cuda" else "cpu"
     with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
-        return [compose("train", overrides=[*shared, *job, f"data.data_dir={data_dir}",
-                                            f"trainer.accelerator={accelerator}"]) for job in jobs]  # fmt: skip
+        return [
+            compose(
+                "train", overrides=[*shared, *job, f"data.data_dir={data_dir}", f"trainer.accelerator={accelerator}"]
+            )
+            for job in jobs
+        ]
 
 
 def split(cfgs, size: int) -> list[list]:
@@ -76,12 +84,18 @@ def main() -> None:
         one_by_one = sum(timed(solo_steps(cfg, device), args.steps, args.warmup, device) for cfg in cfgs)
         row = {"grid": grid, "jobs": len(cfgs), "steps": args.steps, "one_by_one_s": round(one_by_one, 3)}
         for size in (int(s) for s in args.sizes.split(",")):
-            packed = sum(timed(packed_steps(pack, device), args.steps, args.warmup, device)
-                         for pack in split(cfgs, size))  # fmt: skip
+            packed = sum(
+                timed(packed_steps(pack, device), args.steps, args.warmup, device) for pack in split(cfgs, size)
+            )
             row[f"packs_of_{size}_s"] = round(packed, 3)
             row[f"ratio_{size}"] = round(one_by_one / packed, 2)
-        fine = {size: ratio for key, ratio in row.items() if key.startswith("ratio_")
-                for size in [int(key.split("_")[1])] if ratio >= 1 / SLACK}  # fmt: skip
+        fine = {
+            size: ratio
+            for key, ratio in row.items()
+            if key.startswith("ratio_")
+            for size in [int(key.split("_")[1])]
+            if ratio >= 1 / SLACK
+        }
         row["rule_pack_size"] = max(fine, key=fine.get) if fine else 1
         results.append(row)
         print(json.dumps(row), flush=True)

@@ -26,10 +26,18 @@ from mnist_lab.packed_step import PackedBatches, PackedLoss, PackedStep
 # seed and dropout rates, may differ per job). The net's shape and the optimizer and scheduler
 # classes are checked where the pack is built (PackedNet, PackedOptimizer, JobSchedules).
 MUST_MATCH = (
-    "data.data_dir", "data.batch_size", "data.val_size", "data.split_seed", "data.drop_last",
-    "trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches", "trainer.precision",
-    "trainer.accelerator", "trainer.devices",
-)  # fmt: skip
+    "data.data_dir",
+    "data.batch_size",
+    "data.val_size",
+    "data.split_seed",
+    "data.drop_last",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.limit_train_batches",
+    "trainer.precision",
+    "trainer.accelerator",
+    "trainer.devices",
+)
 
 
 def unshared_setting(cfgs: list[DictConfig]) -> str | None:
@@ -62,15 +70,25 @@ class Pack:
 
         data, first = cfgs[0].data, cfgs[0]
         tensors = device_tensors(data.data_dir, self.device)
-        train_rows, val_rows = (rows.to(self.device) for rows in
-                                split_indices(data.val_size, data.split_seed, len(tensors["train_x"])))  # fmt: skip
+        train_rows, val_rows = (
+            rows.to(self.device) for rows in split_indices(data.val_size, data.split_seed, len(tensors["train_x"]))
+        )
         train_x, train_y = tensors["train_x"][train_rows], tensors["train_y"][train_rows]
         self.val_x, self.val_y = tensors["train_x"][val_rows], tensors["train_y"][val_rows]
-        self.batches = PackedBatches([
-            DeviceBatches(train_x, train_y, data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed,
-                          epoch=lambda: self.epoch, drop_last=data.drop_last)
-            for cfg in cfgs
-        ])  # fmt: skip
+        self.batches = PackedBatches(
+            [
+                DeviceBatches(
+                    train_x,
+                    train_y,
+                    data.batch_size,
+                    shuffle=True,
+                    seed=cfg.data.shuffle_seed,
+                    epoch=lambda: self.epoch,
+                    drop_last=data.drop_last,
+                )
+                for cfg in cfgs
+            ]
+        )
         self.epochs = first.trainer.max_epochs
         max_steps = OmegaConf.select(first, "trainer.max_steps", default=-1)
         total = self.batches.batches * self.epochs  # as Classifier._total_steps

@@ -46,8 +46,13 @@ def solo_steps(cfg, device: torch.device) -> Iterator:
     optimizer = make_optimizer(net.parameters(), **({"fused": True} if fused else {}))
     tensors = device_tensors(cfg.data.data_dir, device)
     rows = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))[0].to(device)
-    batches = DeviceBatches(tensors["train_x"][rows], tensors["train_y"][rows], cfg.data.batch_size, shuffle=True,
-                            seed=cfg.data.shuffle_seed)  # fmt: skip
+    batches = DeviceBatches(
+        tensors["train_x"][rows],
+        tensors["train_y"][rows],
+        cfg.data.batch_size,
+        shuffle=True,
+        seed=cfg.data.shuffle_seed,
+    )
     net.train()
     while True:
         for x, y in batches:

@@ -58,8 +58,9 @@ class PackedConv2d(nn.Module):
         self.bias = nn.Parameter(torch.stack([s.bias.detach() for s in solos]))  # [M, out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight.flatten(0, 1), self.bias.flatten(), self.stride, self.padding,
-                        groups=self.models)  # fmt: skip
+        return F.conv2d(
+            x, self.weight.flatten(0, 1), self.bias.flatten(), self.stride, self.padding, groups=self.models
+        )
 
     def copy_into(self, i: int, solo: nn.Conv2d) -> None:
         solo.weight.data.copy_(self.weight[i])
@@ -85,8 +86,16 @@ class PackedBatchNorm1d(nn.Module):
         if self.training:
             self.num_batches_tracked.add_(1)
         flat = x.transpose(0, 1).reshape(batch, models * features)
-        out = F.batch_norm(flat, self.running_mean.view(-1), self.running_var.view(-1), self.weight.flatten(),
-                           self.bias.flatten(), self.training, self.momentum, self.eps)  # fmt: skip
+        out = F.batch_norm(
+            flat,
+            self.running_mean.view(-1),
+            self.running_var.view(-1),
+            self.weight.flatten(),
+            self.bias.flatten(),
+            self.training,
+            self.momentum,
+            self.eps,
+        )
         return out.view(batch, models, features).transpose(0, 1)
 
     def copy_into(self, i: int, solo: nn.BatchNorm1d) -> None:
@@ -192,8 +201,9 @@ class PackedNet(nn.Module):
         solo_layers = [m for m in solo.modules() if isinstance(m, self._solo_layer_types)]
         packed_layers = [m for m in self.layers if hasattr(m, "copy_into")]
         if len(solo_layers) != len(packed_layers):
-            raise ValueError(f"{type(solo).__name__} has {len(solo_layers)} layers with parameters, the pack "
-                             f"{len(packed_layers)}")  # fmt: skip
+            raise ValueError(
+                f"{type(solo).__name__} has {len(solo_layers)} layers with parameters, the pack {len(packed_layers)}"
+            )
         with torch.no_grad():
             for packed, layer in zip(packed_layers, solo_layers, strict=True):
                 packed.copy_into(i, layer)

@@ -38,8 +38,11 @@ def optimizer_class(make_optimizer) -> type:
 def settings_of(make_optimizer) -> dict:
     """Every argument of a solo optimizer (a Hydra partial), defaults filled in."""
     cls = optimizer_class(make_optimizer)
-    settings = {name: p.default for name, p in inspect.signature(cls).parameters.items()
-                if p.default is not inspect.Parameter.empty}  # fmt: skip
+    settings = {
+        name: p.default
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     settings.update(getattr(make_optimizer, "keywords", {}))
     return settings
 
@@ -85,8 +88,9 @@ class PackedOptimizer:
         for name in HYPERPARAMETERS[self.cls]:
             if name == "betas":
                 for j, beta in enumerate(("beta1", "beta2")):
-                    self.hyper[beta] = torch.tensor([float(s["betas"][j]) for s in settings], dtype=torch.float64,
-                                                    device=device)  # fmt: skip
+                    self.hyper[beta] = torch.tensor(
+                        [float(s["betas"][j]) for s in settings], dtype=torch.float64, device=device
+                    )
             else:
                 self.hyper[name] = torch.tensor([float(s[name]) for s in settings], dtype=torch.float64, device=device)
         self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
@@ -116,13 +120,23 @@ class PackedOptimizer:
         if self.cls is torch.optim.SGD:
             c.update(momentum=h["momentum"], dampened=1 - h["dampening"], nesterov=h["nesterov"])
         elif self.cls in (torch.optim.Adam, torch.optim.AdamW):
-            c.update(decay=1 - h["lr"] * h["weight_decay"], one_minus_beta1=1 - h["beta1"], beta2=h["beta2"],
-                     one_minus_beta2=1 - h["beta2"], eps=h["eps"],
-                     bias_correction2_sqrt=(1 - h["beta2"] ** self.steps) ** 0.5,
-                     step_size=h["lr"] / (1 - h["beta1"] ** self.steps))  # fmt: skip
+            c.update(
+                decay=1 - h["lr"] * h["weight_decay"],
+                one_minus_beta1=1 - h["beta1"],
+                beta2=h["beta2"],
+                one_minus_beta2=1 - h["beta2"],
+                eps=h["eps"],
+                bias_correction2_sqrt=(1 - h["beta2"] ** self.steps) ** 0.5,
+                step_size=h["lr"] / (1 - h["beta1"] ** self.steps),
+            )
         elif self.cls is torch.optim.RMSprop:
-            c.update(alpha=h["alpha"], one_minus_alpha=1 - h["alpha"], eps=h["eps"], momentum=h["momentum"],
-                     centered=h["centered"])  # fmt: skip
+            c.update(
+                alpha=h["alpha"],
+                one_minus_alpha=1 - h["alpha"],
+                eps=h["eps"],
+                momentum=h["momentum"],
+                centered=h["centered"],
+            )
         else:
             c.update(rho=h["rho"], one_minus_rho=1 - h["rho"], eps=h["eps"])
         return {name: value.to(dtype) for name, value in c.items()}

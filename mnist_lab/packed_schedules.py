@@ -88,8 +88,9 @@ class JobSchedules:
             rows.append(self.current())
             for scheduler in self.schedulers:
                 self._step(scheduler)
-        tables = {key: torch.tensor([row[key] for row in rows], dtype=torch.float64, device=device)
-                  for key in self.keys}  # fmt: skip
+        tables = {
+            key: torch.tensor([row[key] for row in rows], dtype=torch.float64, device=device) for key in self.keys
+        }
         return {key: table for key, table in tables.items() if key == "lr" or bool((table != table[0]).any())}
 
     def end_epoch(self, val_acc: Sequence[float] | None = None) -> None:
@@ -100,4 +101,3 @@ class JobSchedules:
             raise ValueError("ReduceLROnPlateau needs each job's val/acc at epoch end")
         for i, scheduler in enumerate(self.schedulers):
             self._step(scheduler, val_acc[i] if self.plateau else None)
-

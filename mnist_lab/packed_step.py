@@ -50,8 +50,9 @@ class PackedLoss(nn.Module):
     def __init__(self, losses: Sequence[nn.Module]):
         super().__init__()
         settings = [loss_setting(loss) for loss in losses]
-        self.groups = [(setting, [i for i, s in enumerate(settings) if s == setting])
-                       for setting in dict.fromkeys(settings)]  # fmt: skip
+        self.groups = [
+            (setting, [i for i, s in enumerate(settings) if s == setting]) for setting in dict.fromkeys(settings)
+        ]
         for n, (_, members) in enumerate(self.groups):
             self.register_buffer(f"members_{n}", torch.tensor(members), persistent=False)
         order = [i for _, members in self.groups for i in members]

@@ -19,39 +19,66 @@ BASE = [*QUICK, "trainer.max_epochs=5", "data.batch_size=64"]
 CASES = {
     "linear_sgd_step": (
         ["model=linear", "optimizer=sgd", "scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5"],
-        [["seed=1", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.nesterov=true",
-          "optimizer.weight_decay=0.001"],
-         ["seed=2", "optimizer.lr=0.1", "optimizer.momentum=0.5", "loss=mse", "scheduler.gamma=0.8"],
-         ["seed=3", "optimizer.lr=0.02", "loss=l1", "loss.target=logits"]],
+        [
+            [
+                "seed=1",
+                "optimizer.lr=0.05",
+                "optimizer.momentum=0.9",
+                "optimizer.nesterov=true",
+                "optimizer.weight_decay=0.001",
+            ],
+            ["seed=2", "optimizer.lr=0.1", "optimizer.momentum=0.5", "loss=mse", "scheduler.gamma=0.8"],
+            ["seed=3", "optimizer.lr=0.02", "loss=l1", "loss.target=logits"],
+        ],
     ),
     "mlp_bn_adam": (
         ["model=mlp", "model.hidden=[32]", "model.batch_norm=true", "optimizer=adam"],
-        [["seed=1", "optimizer.lr=0.001"],
-         ["seed=2", "optimizer.lr=0.003", "optimizer.betas=[0.8,0.99]", "optimizer.weight_decay=0.0001",
-          "loss=mse"]],
+        [
+            ["seed=1", "optimizer.lr=0.001"],
+            ["seed=2", "optimizer.lr=0.003", "optimizer.betas=[0.8,0.99]", "optimizer.weight_decay=0.0001", "loss=mse"],
+        ],
     ),
     "mlp_bn_adamw_onecycle": (
         ["model=mlp", "model.hidden=[32,16]", "model.batch_norm=true", "optimizer=adamw", "scheduler=onecycle"],
-        [["seed=4", "optimizer.lr=0.003", "optimizer.weight_decay=0.05"],
-         ["seed=5", "optimizer.lr=0.003", "optimizer.eps=1e-6", "scheduler.pct_start=0.5", "loss=l1"]],
+        [
+            ["seed=4", "optimizer.lr=0.003", "optimizer.weight_decay=0.05"],
+            ["seed=5", "optimizer.lr=0.003", "optimizer.eps=1e-6", "scheduler.pct_start=0.5", "loss=l1"],
+        ],
     ),
     "mlp_rmsprop": (
         ["model=mlp", "model.hidden=[32]", "optimizer=rmsprop"],
-        [["seed=6", "optimizer.lr=0.001"],
-         ["seed=7", "optimizer.lr=0.00003", "optimizer.momentum=0.9", "optimizer.centered=true",
-          "optimizer.weight_decay=0.0001", "optimizer.alpha=0.9"]],
+        [
+            ["seed=6", "optimizer.lr=0.001"],
+            [
+                "seed=7",
+                "optimizer.lr=0.00003",
+                "optimizer.momentum=0.9",
+                "optimizer.centered=true",
+                "optimizer.weight_decay=0.0001",
+                "optimizer.alpha=0.9",
+            ],
+        ],
     ),
     "linear_adadelta": (
         ["model=linear", "optimizer=adadelta"],
         [["seed=8", "optimizer.lr=0.2"], ["seed=9", "optimizer.lr=0.5", "optimizer.rho=0.8", "loss=mse"]],
     ),
     "cnn_sgd": (
-        ["model=cnn", "model.channels=[4,8]", "model.fc=[16]", "model.conv_dropout=0", "model.dropout=0",
-         "optimizer=sgd", "optimizer.momentum=0.9"],
-        [["seed=10", "optimizer.lr=0.002"], ["seed=11", "optimizer.lr=0.05", "optimizer.weight_decay=0.001",
-                                             "loss=mse"]],
+        [
+            "model=cnn",
+            "model.channels=[4,8]",
+            "model.fc=[16]",
+            "model.conv_dropout=0",
+            "model.dropout=0",
+            "optimizer=sgd",
+            "optimizer.momentum=0.9",
+        ],
+        [
+            ["seed=10", "optimizer.lr=0.002"],
+            ["seed=11", "optimizer.lr=0.05", "optimizer.weight_decay=0.001", "loss=mse"],
+        ],
     ),
-}  # fmt: skip
+}
 
 
 def solo_step_losses(run_dir) -> list[float]:
@@ -87,5 +114,6 @@ def test_each_packed_job_makes_its_solo_runs_losses_and_weights(tmp_path, synthe
         packed_weights = pack.solo_net(i).state_dict()
         assert packed_weights.keys() == solo_weights.keys()
         for name, value in packed_weights.items():
-            torch.testing.assert_close(value, solo_weights[name], rtol=1e-4, atol=1e-5,
-                                       msg=lambda m, n=name, i=i: f"job {i} {n}: {m}")  # fmt: skip
+            torch.testing.assert_close(
+                value, solo_weights[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name, i=i: f"job {i} {n}: {m}"
+            )

@@ -11,9 +11,10 @@ from mnist_lab.packed_models import PackedNet
 SOLO_NETS = {
     "linear": lambda seed, dropout: MLP(hidden=[]),
     "mlp_bn": lambda seed, dropout: MLP(hidden=[24, 12], batch_norm=True, dropout=dropout, activation="tanh"),
-    "cnn": lambda seed, dropout: CNN(channels=[3, 4], kernel_sizes=[5, 3], pool_after=[0, 1], fc=[16],
-                                     conv_dropout=dropout, dropout=dropout),
-}  # fmt: skip
+    "cnn": lambda seed, dropout: CNN(
+        channels=[3, 4], kernel_sizes=[5, 3], pool_after=[0, 1], fc=[16], conv_dropout=dropout, dropout=dropout
+    ),
+}
 
 
 def solo_nets(kind: str, dropouts: list[float]) -> list[torch.nn.Module]:

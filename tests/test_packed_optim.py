@@ -13,14 +13,20 @@ from mnist_lab.packed_schedules import JobSchedules
 
 # Per-model hyperparameters, one dict per model; every optimizer option the configs can vary.
 HYPERPARAMETERS = {
-    torch.optim.SGD: [dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2), dict(lr=0.05),
-                      dict(lr=0.2, momentum=0.5, dampening=0.1)],
+    torch.optim.SGD: [
+        dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2),
+        dict(lr=0.05, dampening=0.1),
+        dict(lr=0.2, momentum=0.5, dampening=0.1),
+    ],
     torch.optim.Adam: [dict(lr=1e-3), dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=1e-2), dict(lr=3e-3, eps=1e-6)],
     torch.optim.AdamW: [dict(lr=1e-3), dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1)],
-    torch.optim.RMSprop: [dict(lr=1e-3), dict(lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-3),
-                          dict(lr=1e-3, alpha=0.9, centered=True)],
+    torch.optim.RMSprop: [
+        dict(lr=1e-3),
+        dict(lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-3),
+        dict(lr=1e-3, alpha=0.9, centered=True),
+    ],
     torch.optim.Adadelta: [dict(lr=1.0), dict(lr=0.5, rho=0.8, weight_decay=1e-2, eps=1e-5)],
-}  # fmt: skip
+}
 SHAPES = [(5, 3), (3,), (2, 3, 3, 3)]
 
 
@@ -59,12 +65,18 @@ def test_a_models_lr_can_change_between_steps():
     assert params[0][:, 0].tolist() == [-0.5, -2.0]
 
 
-@pytest.mark.parametrize("make_optimizers, reason", [
-    ([functools.partial(torch.optim.SGD), functools.partial(torch.optim.Adam)], "differ in class"),
-    ([functools.partial(torch.optim.Adam, amsgrad=True), functools.partial(torch.optim.Adam)], "settings other than"),
-    ([functools.partial(torch.optim.SGD, maximize=True)], "maximize"),
-    ([functools.partial(torch.optim.Adagrad)], "Adagrad has no packed update"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make_optimizers, reason",
+    [
+        ([functools.partial(torch.optim.SGD), functools.partial(torch.optim.Adam)], "differ in class"),
+        (
+            [functools.partial(torch.optim.Adam, amsgrad=True), functools.partial(torch.optim.Adam)],
+            "settings other than",
+        ),
+        ([functools.partial(torch.optim.SGD, maximize=True)], "maximize"),
+        ([functools.partial(torch.optim.Adagrad)], "Adagrad has no packed update"),
+    ],
+)
 def test_optimizers_that_cannot_share_a_packed_update_are_refused(make_optimizers, reason):
     with pytest.raises(ValueError, match=reason):
         PackedOptimizer([torch.zeros(len(make_optimizers), 2, requires_grad=True)], make_optimizers)
@@ -81,8 +93,10 @@ SCHEDULES = {
 def test_each_job_gets_the_lr_its_own_scheduler_gives_at_every_step(name):
     cls, settings = SCHEDULES[name]
     steps_per_epoch, epochs = 5, 4
-    make_optimizers = [functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
-                       functools.partial(torch.optim.SGD, lr=0.2)]
+    make_optimizers = [
+        functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+        functools.partial(torch.optim.SGD, lr=0.2),
+    ]
     make_schedulers = [functools.partial(cls, **kw) for kw in settings]
     per_step = name == "onecycle"
     # What each solo run's optimizer holds at each step, stepping its scheduler as Classifier does.
