@@ -10,6 +10,8 @@ ordinary ``models.py`` module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -137,14 +139,17 @@ class Pack:
         if not self.schedules.per_step:
             self.schedules.apply(self.optimizer)
 
-    def fit(self) -> torch.Tensor:
-        """Train to the end; every optimizer step's loss, ``[steps, M]``."""
+    def fit(self, after_epoch: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Train to the end; every optimizer step's loss, ``[steps, M]``. ``after_epoch(epoch)``
+        is called after each epoch's schedules have stepped (where a solo run saves last.ckpt)."""
         losses = []
         while self.steps_done < self.total_steps:
             epoch_losses, _ = self.train_epoch()
             losses.append(epoch_losses)
             val_acc = self.evaluate(self.val_x, self.val_y)[1].tolist() if self.schedules.plateau else None
             self.end_epoch(val_acc)
+            if after_epoch is not None:
+                after_epoch(self.epoch - 1)
         return torch.cat(losses)
 
     def solo_net(self, i: int) -> nn.Module:

@@ -20,9 +20,9 @@ from hydra.utils import instantiate
 
 from mnist_lab.data import DeviceBatches, device_tensors, split_indices
 from mnist_lab.pack import Pack
+from mnist_lab.step import EagerStep, eager_optimizer_kwargs, skip_capture_check
 
 SLACK = 1.1  # the target: a pack takes at most 10 % longer than its jobs one after another
-FUSED_ON_CPU = (torch.optim.Adam, torch.optim.AdamW)  # as the solo run builds its optimizer
 
 
 def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[int]) -> int:
@@ -38,30 +38,23 @@ def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[i
 
 
 def solo_steps(cfg, device: torch.device) -> Iterator:
-    """A job's eager training steps on its own batches, as its solo run makes them, forever."""
+    """A job's training steps on its own batches, forever: its net and optimizer built as
+    ``Classifier`` builds them for the eager step (``step.EagerStep``)."""
     L.seed_everything(cfg.seed, verbose=False)
     net, loss = instantiate(cfg.model).to(device), instantiate(cfg.loss)
     make_optimizer = instantiate(cfg.optimizer)
-    fused = device.type == "cpu" and make_optimizer.func in FUSED_ON_CPU and "fused" not in make_optimizer.keywords
-    optimizer = make_optimizer(net.parameters(), **({"fused": True} if fused else {}))
+    optimizer = make_optimizer(net.parameters(), **eager_optimizer_kwargs(make_optimizer, device))
+    if device.type == "cpu":
+        skip_capture_check(optimizer)
+    step = EagerStep(net, loss, optimizer)
     tensors = device_tensors(cfg.data.data_dir, device)
     rows = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))[0].to(device)
-    batches = DeviceBatches(
-        tensors["train_x"][rows],
-        tensors["train_y"][rows],
-        cfg.data.batch_size,
-        shuffle=True,
-        seed=cfg.data.shuffle_seed,
-    )
+    x, y = tensors["train_x"][rows], tensors["train_y"][rows]
+    batches = DeviceBatches(x, y, cfg.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed)
     net.train()
     while True:
-        for x, y in batches:
-            logits = net(x)
-            value = loss(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-            yield value.detach(), (logits.detach().argmax(dim=1) == y).sum()
+        for batch in batches:
+            yield step(*batch)
 
 
 def packed_steps(cfgs, device: torch.device) -> Iterator:

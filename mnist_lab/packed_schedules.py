@@ -18,10 +18,9 @@ from collections.abc import Sequence
 
 import torch
 
+from mnist_lab.classifier import PER_STEP_SCHEDULERS
 from mnist_lab.packed_optim import PackedOptimizer
 
-# Schedulers that move the learning rate every optimizer step (as classifier.PER_STEP_SCHEDULERS).
-PER_STEP = (torch.optim.lr_scheduler.OneCycleLR,)
 # What a scheduler may change in its optimizer's param group, and the packed optimizer follows.
 SCHEDULED = ("lr", "momentum", "betas")
 
@@ -44,7 +43,7 @@ class JobSchedules:
         if len(classes) > 1:
             raise ValueError(f"the schedulers of a pack differ in class: {sorted(map(str, classes))}")
         cls = classes.pop()
-        self.per_step = cls is not None and issubclass(cls, PER_STEP)
+        self.per_step = cls is not None and issubclass(cls, PER_STEP_SCHEDULERS)
         self.plateau = cls is not None and issubclass(cls, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self.optimizers, self.schedulers = [], []
         for make_optimizer, make_scheduler in zip(make_optimizers, make_schedulers, strict=True):

@@ -1,6 +1,6 @@
 """The training step of a pack: M jobs' forward, losses, backward and optimizer step as one.
 
-``PackedStep(x, y) -> (loss [M], correct [M])`` is the training-step interface of a solo run
+``PackedStep(x, y) -> (loss [M], correct [M])`` is the solo run's ``step.Step`` interface
 (``step(x, y) -> (loss, correct)``, on the device, no host sync) with a model dimension in front:
 ``x [M, B, 1, 28, 28]`` and ``y [M, B]`` hold each job's own batch, from its own seeded
 permutation (``PackedBatches``).
@@ -75,7 +75,7 @@ class PackedStep:
 
     Args:
         keeps_grads: zero the gradients in place instead of freeing them (a captured graph
-            holds their addresses), as the solo step's option of that name.
+            holds their addresses), as ``step.Step.keeps_grads``.
     """
 
     def __init__(self, net: PackedNet, loss: PackedLoss, optimizer: PackedOptimizer, keeps_grads: bool = False):
