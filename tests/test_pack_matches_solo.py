@@ -89,6 +89,19 @@ def solo_step_losses(run_dir) -> list[float]:
     return [p.value for p in points]
 
 
+def noise_only(net: torch.nn.Sequential) -> set[str]:
+    """Entries that hold rounding noise, not learning: the bias of a linear layer right before
+    batch norm gets a zero gradient up to rounding (batch norm subtracts the batch mean), which
+    Adam-like optimizers scale up to steps of size lr; the batch norm's running mean follows it.
+    The net's output does not depend on them in training, and two runs need not agree on them."""
+    names = set()
+    layers = list(net.named_children())
+    for (name, layer), (next_name, next_layer) in zip(layers[:-1], layers[1:], strict=True):
+        if isinstance(layer, torch.nn.Linear) and isinstance(next_layer, torch.nn.BatchNorm1d):
+            names |= {f"{name}.bias", f"{next_name}.running_mean"}
+    return names
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_each_packed_job_makes_its_solo_runs_losses_and_weights(tmp_path, synthetic_data_dir, case):
@@ -117,7 +130,10 @@ def test_each_packed_job_makes_its_solo_runs_losses_and_weights(tmp_path, synthe
         solo_weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
         packed_weights = weights_after[checkpoint["epoch"], i]
         assert packed_weights.keys() == solo_weights.keys()
+        skip = noise_only(pack.solo_net(i))
         for name, value in packed_weights.items():
+            if name in skip:
+                continue
             torch.testing.assert_close(
                 value, solo_weights[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name, i=i: f"job {i} {n}: {m}"
             )
