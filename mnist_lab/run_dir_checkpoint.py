@@ -6,6 +6,10 @@ changed, so a run dir that was moved or copied would test the old folder's ``bes
 fail on a path that is gone), and a run resumed from another run's checkpoint would test that
 other run's ``best.ckpt``. Here every saved path is read as the same file name in this run's
 ``checkpoints/`` folder, and kept only if that file is there.
+
+It also writes ``last.ckpt`` after every training epoch: Lightning (2.6) writes it only in an
+epoch that also saved a top-k checkpoint, so after an epoch whose val/acc did not improve a
+resume would go back to the last improving epoch and redo the ones after it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class RunDirCheckpoint(ModelCheckpoint):
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        # Nothing saved at this step (val/acc did not improve): save last.ckpt all the same.
+        saved_now = self._should_skip_saving_checkpoint(trainer)
+        if self.save_last and self._should_save_on_train_epoch_end(trainer) and not saved_now:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved_dir = state_dict.get("dirpath", self.dirpath)
         if self.dirpath is None or saved_dir == self.dirpath:

@@ -187,3 +187,18 @@ def test_a_checkpoint_save_that_dies_halfway_leaves_the_previous_one_whole(tmp_p
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, last)
     assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+def test_last_ckpt_holds_every_epoch_also_when_val_acc_does_not_improve(tmp_path, synthetic_data_dir):
+    """A learning rate too small to move val/acc: best.ckpt stays at epoch 0, last.ckpt must
+    follow every epoch (Lightning alone writes it only with a new best)."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    run_cli("mnist_lab.train", "debug=quick", "trainer.max_epochs=3", "optimizer.lr=1e-12",
+            f"hydra.run.dir={run_dir}", cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    metrics = read_metrics(run_dir)
+    assert len(set(metrics["val_acc"])) == 1  # never improved after the first epoch
+    best, last = (torch.load(run_dir / "checkpoints" / f"{name}.ckpt", weights_only=False) for name in ("best", "last"))
+    assert best["epoch"] == 0
+    assert last["epoch"] == 2 and last["global_step"] == 3 * best["global_step"]
