@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,launchers]' > $(VENV)/pip.log 2>&1 \
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,launchers,trackers]' > $(VENV)/pip.log 2>&1 \
 	  || { cat $(VENV)/pip.log; exit 1; }
 	grep -v "is ignored: it is neither" $(VENV)/pip.log || true  # pip's warnings, minus a known harmless one
 	$(PY) -c "import mnist_lab.train, torchvision"  # fail here, not later, if the install broke

@@ -29,6 +29,7 @@ from mnist_lab.cuda_graph import GraphStep, graph_off, graph_optimizer_kwargs, g
 from mnist_lab.data import grouping, optimizer_steps, ungroup
 from mnist_lab.epoch_log import EpochLog
 from mnist_lab.step import EagerStep, Step, eager_optimizer_kwargs, ready_for_eager, skip_capture_check
+from mnist_lab.trackers import log_step_losses
 
 # Schedulers that move the learning rate every optimizer step; the others move it per epoch.
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
@@ -61,7 +62,8 @@ class Classifier(L.LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.save_hyperparameters({"config": config or {}})
+        # In checkpoints (evaluate rebuilds the run from it); the loggers get train.hparams_of.
+        self.save_hyperparameters({"config": config or {}}, logger=False)
         self.net, self.loss = net, loss
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
         self.cuda_graph, self.check_every = cuda_graph, check_every
@@ -214,12 +216,7 @@ class Classifier(L.LightningModule):
 
     def _write_step_losses(self, losses: torch.Tensor) -> None:
         """Every step's loss, as ``train/loss`` at its global step, written once per epoch."""
-        writer = getattr(self.logger, "experiment", None) if self.logger else None
-        if writer is None or not hasattr(writer, "add_scalar"):
-            return
-        first = self.epoch_log.first_step + 1
-        for i, value in enumerate(losses.tolist()):
-            writer.add_scalar("train/loss", value, first + i)
+        log_step_losses(self.loggers, self.epoch_log.first_step, losses.tolist())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"], checkpoint["diverged_at"] = self.history, self.diverged_at

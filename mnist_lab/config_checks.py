@@ -20,6 +20,7 @@ from mnist_lab import mnist_files
 from mnist_lab.data import TRAIN_SIZE, validation_count
 from mnist_lab.hydra_errors import group_not_set
 from mnist_lab.models import ACTIVATIONS
+from mnist_lab.trackers import missing_package
 
 
 class ConfigError(ValueError):
@@ -83,10 +84,18 @@ def check_config(cfg: DictConfig) -> None:
     check_scheduler(c.get("scheduler"), c["optimizer"])
     _require("early_stopping" not in c,  # a config written before it moved would be ignored
              "early_stopping.patience is now callbacks.early_stopping.patience; move it there.")
+    check_loggers(c.get("logger") or {})
     patience = (c.get("callbacks") or {}).get("early_stopping", {}).get("patience")
     _require(patience is None or (_is_whole(patience) and patience >= 1),
              f"callbacks.early_stopping.patience={patience!r} must be a whole number of at least 1 "
              "(epochs without a better val/acc), or null to train all trainer.max_epochs.")  # fmt: skip
+
+
+def check_loggers(loggers: dict) -> None:
+    for name, logger in loggers.items():
+        package = missing_package(logger.get("_target_", ""))
+        _require(package is None, f"logger={name} needs the {package} package, which the trackers extra "
+                 "installs: pip install -e '.[trackers]'.")  # fmt: skip
 
 
 def check_optimizer(optimizer: dict) -> None:

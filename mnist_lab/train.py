@@ -26,7 +26,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,6 +40,7 @@ from mnist_lab.hydra_errors import hydra_errors_as_sentences, override_for_shell
 from mnist_lab.run_dir import claim_run_dir, resume_path, write_hydra_files
 from mnist_lab.run_record import RunRecord, Terminated, first_line
 from mnist_lab.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
+from mnist_lab.trackers import build_loggers, close_trackers, start_trackers
 
 # Exit codes of a single run (docs/reliability.md). A --multirun exits 0 whatever its jobs did
 # (the report lists them), except when it is interrupted.
@@ -74,6 +75,8 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict:
     }
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
+        if key == "logger" or key.startswith("logger."):
+            continue  # where the results go, not what made them
         hparams.setdefault(key, OmegaConf.select(cfg, key, default=value))  # typed: 0.1, not "0.1"
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
 
@@ -92,12 +95,12 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
     return callbacks
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], loggers: list[Logger]) -> L.Trainer:
     callbacks = [*build_callbacks(cfg, run_dir), *callbacks]
     return L.Trainer(
         **cfg.trainer,
         plugins=[AtomicCheckpointIO()],
-        logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+        logger=loggers,  # TensorBoard first: RunRecord.finish writes its HParams entry
         callbacks=callbacks,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
@@ -120,13 +123,16 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | 
     claim_run_dir(cfg, run_dir, record, sweep_dir)  # raises, writing nothing, if not ours
     if not record.adopted:
         write_hydra_files(run_dir, cfg)
+    loggers: list[Logger] = []
     try:
         check_config(cfg)
+        loggers = build_loggers(cfg, run_dir, sweep_dir)
+        start_trackers(loggers, record.hparams)
         resume = resume_path(cfg.ckpt_path, run_dir)
         check_checkpoint(cfg, resume)
         if record.adopted:  # a resume that passed its checks: its settings are the run's now
             write_hydra_files(run_dir, cfg)
-        return fit_and_test(cfg, run_dir, record, resume)
+        return fit_and_test(cfg, run_dir, record, loggers, resume)
     except (KeyboardInterrupt, SystemExit) as stop:
         # Ctrl-C or SIGTERM (raise_terminated). Inside fit and test, Lightning records it
         # (RunRecord.on_exception) and calls sys.exit(1); elsewhere it arrives here as is.
@@ -142,9 +148,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | 
             error = ConfigError(out_of_memory_message(cfg))
         record.fail(error)
         raise error from None
+    finally:  # each tracker run ends with its status, before a sweep's next job starts its own
+        artifacts = {run_dir / "checkpoints" / "best.ckpt": "checkpoints", record.path: None}
+        close_trackers(loggers, record.data, artifacts)
 
 
-def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord, resume: Path | None = None) -> dict:
+def fit_and_test(
+    cfg: DictConfig, run_dir: Path, record: RunRecord, loggers: list[Logger], resume: Path | None = None
+) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     module = Classifier(
@@ -155,7 +166,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord, resume: Path
         **cfg.step,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    trainer = build_trainer(cfg, run_dir, [record])
+    trainer = build_trainer(cfg, run_dir, [record], loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     if not module.history["val_acc"]:  # e.g. trainer.max_steps=0: an untrained net is no result
         raise ConfigError("no training epoch ran (see trainer.limit_train_batches and "

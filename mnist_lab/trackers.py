@@ -1,0 +1,163 @@
+"""Experiment trackers beside TensorBoard: ``logger=csv``, ``mlflow``, ``wandb``, a list such as
+``logger=[mlflow,csv]``, or ``logger=many`` (``conf/logger/``).
+
+Each job is one tracker run. ``build_loggers`` makes Lightning's loggers (TensorBoard first: the
+images and the HParams entry go there), ``start_trackers`` creates the runs with the job's
+hyperparameters (the set of TensorBoard's HParams tab), and they get what TensorBoard gets:
+every step's ``train/loss`` (``log_step_losses``, once per epoch from the device buffer) and,
+through Lightning, the per-epoch and test metrics. ``close_trackers`` ends every run when the job
+ends, however it ends, with its status (ok, diverged, failed, interrupted), so the next job of
+a sweep starts a run of its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig
+
+PACKAGES = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}  # the rest need no extra package
+MLFLOW_BATCH = 1000  # metrics per MlflowClient.log_batch call: MLflow's limit
+MLFLOW_STATE = {"ok": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+DEFAULT_PROJECT = "mnist_lab"  # the MLflow experiment of single runs
+SUMMARY = {"best_val_acc": "best/val_acc", "train_time_s": "train_time_s"}  # metrics.json -> tracker
+
+
+def missing_package(target: str) -> str | None:
+    """The package a logger class (its ``_target_``) needs, if it cannot be imported."""
+    package = PACKAGES.get(target.rsplit(".", 1)[-1])
+    if package is None:
+        return None
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return package
+    return None
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None) -> list[Logger]:
+    """TensorBoard, then the trackers chosen in ``cfg.logger`` (config_checks has checked that
+    their packages are there)."""
+    # A run ends with one line, ours: not MLflow's links nor W&B's banner and history sparklines.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    loggers: list[Logger] = [TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
+    for node in (cfg.get("logger") or {}).values():
+        target = node.get("_target_", "")
+        cls = next((c for c in (MLFlowLogger, WandbLogger) if target.endswith("." + c.__name__)), None)
+        filled = {key: value for key, value in _defaults(cls, run_dir, sweep_dir, node).items()
+                  if node.get(key) is None}  # fmt: skip
+        loggers.append(instantiate(node, **filled))
+    return loggers
+
+
+def _defaults(cls: type | None, run_dir: Path, sweep_dir: Path | None, node: DictConfig) -> dict:
+    """Settings left null in conf/logger/: the run's name and folder, the sweep as the group."""
+    sweep = _shown(sweep_dir) if sweep_dir is not None else None
+    name = run_dir.name if sweep_dir is not None else _shown(run_dir)
+    if cls is MLFlowLogger:
+        tags = {"run_dir": str(run_dir), **({"sweep": sweep} if sweep else {})}
+        return {"experiment_name": sweep or DEFAULT_PROJECT, "run_name": name, "tags": tags,
+                "artifact_location": _beside_sqlite(node.get("tracking_uri"))}  # fmt: skip
+    if cls is WandbLogger:
+        return {"save_dir": str(run_dir), "name": name, "group": sweep}
+    return {"save_dir": str(run_dir)}  # CSVLogger, and Lightning's other file loggers
+
+
+def _shown(path: Path) -> str:
+    """A path as the user typed it: relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _beside_sqlite(tracking_uri: str | None) -> str | None:
+    """For a SQLite tracking URI, artifacts go to ``mlartifacts/`` beside the database file (not
+    MLflow's default ``./mlruns`` in whatever folder the command ran); a server decides itself."""
+    prefix = "sqlite:///"
+    if not tracking_uri or not tracking_uri.startswith(prefix):
+        return None
+    database = Path(tracking_uri[len(prefix) :]).resolve()
+    database.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+    return (database.parent / "mlartifacts").as_uri()
+
+
+def start_trackers(loggers: Sequence[Logger], hparams: dict) -> None:
+    """Create each tracker's run with the job's hyperparameters (before any data is read, so a
+    job that fails later has its run too)."""
+    for logger in loggers:
+        if not isinstance(logger, TensorBoardLogger):  # TensorBoard gets them with the results
+            logger.log_hyperparams(hparams)
+
+
+def log_step_losses(loggers: Sequence[Logger], first_step: int, losses: list[float]) -> None:
+    """Every step's loss as ``train/loss`` at global steps ``first_step + 1, ...``."""
+    steps = range(first_step + 1, first_step + 1 + len(losses))
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            # Lightning's log_metrics is one request per call: send an epoch's steps in batches.
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            metrics = [Metric("train/loss", value, now, step) for step, value in zip(steps, losses, strict=True)]
+            for start in range(0, len(metrics), MLFLOW_BATCH):
+                logger.experiment.log_batch(logger.run_id, metrics=metrics[start : start + MLFLOW_BATCH])
+        else:
+            for step, value in zip(steps, losses, strict=True):
+                logger.log_metrics({"train/loss": value}, step)
+
+
+def close_trackers(loggers: Sequence[Logger], record: dict, artifacts: dict[Path, str | None]) -> None:
+    """End each tracker's run with the job's status; in MLflow, with ``artifacts`` (those of
+    the files that exist, each into its artifact folder, None: the top). A tracker that cannot
+    be reached is a warning: the run's own files are already written."""
+    status = record.get("status", "failed")
+    status = "failed" if status == "running" else status  # an error outside Lightning's loop
+    summary = {name: float(record[key]) for key, name in SUMMARY.items() if record.get(key) is not None}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            continue  # RunRecord.finish and Lightning close it
+        try:
+            if isinstance(logger, MLFlowLogger):
+                _close_mlflow(logger, status, summary, artifacts)
+            elif isinstance(logger, WandbLogger):
+                _close_wandb(logger, status, summary)
+            else:
+                logger.finalize("success" if status in ("ok", "diverged") else "failed")
+        except Exception as error:  # noqa: BLE001 - a tracker's failure must not hide the run's
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            print(f"warning: {type(logger).__name__} could not finish its run: {reason}", file=sys.stderr)
+
+
+def _close_mlflow(logger: MLFlowLogger, status: str, summary: dict, artifacts: dict[Path, str | None]) -> None:
+    if getattr(logger, "_run_id", None) is None:
+        return  # the run was never created
+    from mlflow.entities import Metric
+
+    client, run_id = logger.experiment, logger.run_id
+    for path, folder in artifacts.items():
+        if path.is_file():
+            client.log_artifact(run_id, str(path), folder)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(name, value, now, 0) for name, value in summary.items()])
+    client.set_tag(run_id, "status", status)
+    client.set_terminated(run_id, MLFLOW_STATE.get(status, "FAILED"))
+
+
+def _close_wandb(logger: WandbLogger, status: str, summary: dict) -> None:
+    run = getattr(logger, "_experiment", None)
+    if run is None:
+        return  # the run was never created
+    run.summary.update({"status": status, **summary})
+    run.tags = (*(run.tags or ()), status)
+    # Finishing is what makes the next job of a sweep start its own run (WandbLogger would
+    # otherwise reuse this one).
+    run.finish(exit_code=0 if status in ("ok", "diverged") else 1)
