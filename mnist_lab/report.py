@@ -98,17 +98,37 @@ def read_job(job_dir: Path) -> dict:
     return row
 
 
-def step_losses(job_dir: Path) -> tuple[list[int], list[float]]:
-    """``train/loss`` at every step, from the job's TensorBoard events (finite values only)."""
-    events_dir = job_dir / "tensorboard"
+def _loss_events(run_dir: Path) -> list:
+    """The ``train/loss`` events of a run's TensorBoard folder (every step), or none."""
+    events_dir = run_dir / "tensorboard"
     if not events_dir.is_dir():
-        return [], []
+        return []
     events = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})  # 0: keep every step
     events.Reload()
-    if "train/loss" not in events.Tags()["scalars"]:
-        return [], []
-    points = [(e.step, e.value) for e in events.Scalars("train/loss") if math.isfinite(e.value)]
+    return events.Scalars("train/loss") if "train/loss" in events.Tags()["scalars"] else []
+
+
+def step_losses(job_dir: Path) -> tuple[list[int], list[float]]:
+    """``train/loss`` at every step, from the job's TensorBoard events (finite values only)."""
+    points = [(e.step, e.value) for e in _loss_events(job_dir) if math.isfinite(e.value)]
     return [s for s, _ in points], [v for _, v in points]
+
+
+def load_steps(run_dir: str | os.PathLike):
+    """One run's (or sweep job's) loss at every optimizer step as a pandas DataFrame with
+    columns ``step`` and ``loss``, for a notebook. Read from its TensorBoard events, so it works
+    whatever ``logger=`` was; NaN and inf stay in (a diverged run shows where). A resumed run
+    rewrites the steps it redid: the last value of each step is kept."""
+    import pandas as pd  # here: the sweep report itself does not need it
+
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS_FILE).is_file():
+        raise ValueError(f"{run_dir} is not a run folder (no {METRICS_FILE}); pass outputs/<date>/<time> "
+                         "or a sweep's job folder.")  # fmt: skip
+    frame = pd.DataFrame([(e.step, e.value, e.wall_time) for e in _loss_events(run_dir)],
+                         columns=["step", "loss", "wall_time"])  # fmt: skip
+    frame = frame.sort_values("wall_time", kind="stable").drop_duplicates("step", keep="last")
+    return frame.drop(columns="wall_time").sort_values("step").reset_index(drop=True)
 
 
 def thin(steps: list[int], values: list[float]) -> tuple[list[float], list[float]]:
