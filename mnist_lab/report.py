@@ -31,6 +31,7 @@ from mnist_lab.metrics_file import METRICS_FILE
 
 COLUMNS = ("job", "overrides", "status", "best_val_acc", "test_acc", "final_train_loss",
            "epochs", "train_time_s", "diverged_at_step", "error")  # fmt: skip
+REPORT_FILES = ("summary.csv", "summary.md", "curves.png", "time.png")  # written into the sweep dir
 MAX_POINTS = 2000  # a longer per-step loss line is drawn as the mean of consecutive steps
 STATUS_COLORS = {"ok": "tab:blue", "diverged": "tab:orange", "failed": "tab:red"}
 logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per events file read

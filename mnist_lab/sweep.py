@@ -55,9 +55,14 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from mnist_lab import report  # here, not at the top: keeps its imports out of every run's start-up
+        from mnist_lab.trackers import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = report.write_report(sweep_dir)
+        try:
+            log_sweep_report(config.get("logger"), sweep_dir, [sweep_dir / name for name in report.REPORT_FILES])
+        except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
+            print(f"warning: the report did not reach MLflow: {error}".splitlines()[0], file=sys.stderr)
         counts = Counter(row["status"] for row in rows)
         others = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())
                            if status not in ("ok", "diverged", "failed"))  # fmt: skip

@@ -45,9 +45,7 @@ def missing_package(target: str) -> str | None:
 def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None) -> list[Logger]:
     """TensorBoard, then the trackers chosen in ``cfg.logger`` (config_checks has checked that
     their packages are there)."""
-    # A run ends with one line, ours: not MLflow's links nor W&B's banner and history sparklines.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("WANDB_SILENT", "true")
+    _quiet()
     loggers: list[Logger] = [TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
     for node in (cfg.get("logger") or {}).values():
         target = node.get("_target_", "")
@@ -56,6 +54,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None)
                   if node.get(key) is None}  # fmt: skip
         loggers.append(instantiate(node, **filled))
     return loggers
+
+
+def _quiet() -> None:
+    """A run ends with one line, ours: not MLflow's links nor W&B's banner and sparklines."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def _defaults(cls: type | None, run_dir: Path, sweep_dir: Path | None, node: DictConfig) -> dict:
@@ -94,6 +98,13 @@ def start_trackers(loggers: Sequence[Logger], hparams: dict) -> None:
     """Create each tracker's run with the job's hyperparameters (before any data is read, so a
     job that fails later has its run too)."""
     for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            from mlflow.exceptions import MlflowException
+
+            try:
+                logger.experiment  # noqa: B018 - creates the experiment if need be, and the run
+            except MlflowException:  # a parallel job of the sweep created the experiment first
+                logger.experiment  # noqa: B018 - now finds it
         if not isinstance(logger, TensorBoardLogger):  # TensorBoard gets them with the results
             logger.log_hyperparams(hparams)
 
@@ -150,6 +161,27 @@ def _close_mlflow(logger: MLFlowLogger, status: str, summary: dict, artifacts: d
     client.log_batch(run_id, metrics=[Metric(name, value, now, 0) for name, value in summary.items()])
     client.set_tag(run_id, "status", status)
     client.set_terminated(run_id, MLFLOW_STATE.get(status, "FAILED"))
+
+
+def log_sweep_report(logger_cfg: DictConfig | None, sweep_dir: Path, files: Sequence[Path]) -> None:
+    """With ``logger=mlflow``: the sweep's report files as the artifacts of a run named "report"
+    in the sweep's experiment (tagged ``kind=report``, beside the jobs' runs)."""
+    node = (logger_cfg or {}).get("mlflow")
+    if node is None or missing_package(node.get("_target_", "")) or not node.get("tracking_uri"):
+        return
+    from mlflow import MlflowClient
+
+    _quiet()
+    client = MlflowClient(node.tracking_uri)
+    experiment = client.get_experiment_by_name(node.get("experiment_name") or _shown(sweep_dir))
+    if experiment is None:
+        return  # no job got as far as MLflow
+    run = client.create_run(experiment.experiment_id, run_name="report",
+                            tags={"kind": "report", "sweep": _shown(sweep_dir)})  # fmt: skip
+    for path in files:
+        if path.is_file():
+            client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def _close_wandb(logger: WandbLogger, status: str, summary: dict) -> None:

@@ -96,6 +96,10 @@ def test_mlflow_server_gets_each_job_of_a_sweep(tmp_path, synthetic_data_dir, ml
     experiment = client.get_experiment_by_name("sweep")  # named after the sweep dir, as typed
     assert experiment is not None
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    report = runs.pop("report")  # the sweep's report files, beside the jobs' runs
+    assert report.data.tags["kind"] == "report"
+    assert {a.path for a in client.list_artifacts(report.info.run_id)} == {
+        "summary.csv", "summary.md", "curves.png", "time.png"}  # fmt: skip
     jobs = job_dirs(sweep)
     assert sorted(runs) == sorted(job.name for job in jobs.values())  # one run per job, named by it
     for override, job in jobs.items():
