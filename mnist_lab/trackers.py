@@ -99,14 +99,32 @@ def start_trackers(loggers: Sequence[Logger], hparams: dict) -> None:
     job that fails later has its run too)."""
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
-            from mlflow.exceptions import MlflowException
-
-            try:
-                logger.experiment  # noqa: B018 - creates the experiment if need be, and the run
-            except MlflowException:  # a parallel job of the sweep created the experiment first
-                logger.experiment  # noqa: B018 - now finds it
+            _start_mlflow(logger)
         if not isinstance(logger, TensorBoardLogger):  # TensorBoard gets them with the results
             logger.log_hyperparams(hparams)
+
+
+def _start_mlflow(logger: MLFlowLogger) -> None:
+    """Create the experiment if need be, and the run; a server that does not answer is one
+    sentence (MLflow's own message is a URL and a urllib3 traceback in words)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(2):
+        try:
+            logger.experiment  # noqa: B018 - the property creates them
+            return
+        except MlflowException as error:
+            if "API request to" in str(error):
+                import mlflow
+
+                why = "connection refused" if "Connection refused" in str(error) else "no answer"
+                raise ConnectionError(
+                    f"cannot reach the MLflow server at {mlflow.get_tracking_uri()} ({why}); start it, or "
+                    "set logger.mlflow.tracking_uri (the default, sqlite:///outputs/mlflow.db, needs no server)."
+                ) from None
+            if attempt:
+                raise
+            # else a parallel job of the sweep created the experiment first: now it is there
 
 
 def log_step_losses(loggers: Sequence[Logger], first_step: int, losses: list[float]) -> None:

@@ -219,6 +219,20 @@ def test_a_failed_job_ends_its_mlflow_run_failed(tmp_path, monkeypatch, syntheti
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_an_mlflow_server_that_does_not_answer_is_one_sentence(tmp_path, monkeypatch):
+    from mnist_lab.trackers import build_loggers, start_trackers
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    loggers = build_loggers(compose_train("logger=mlflow", f"logger.mlflow.tracking_uri={uri}"), tmp_path)
+    with pytest.raises(ConnectionError) as error:
+        start_trackers(loggers, {"lr": 0.1})
+    assert str(error.value) == (
+        f"cannot reach the MLflow server at {uri} (connection refused); start it, or set "
+        "logger.mlflow.tracking_uri (the default, sqlite:///outputs/mlflow.db, needs no server)."
+    )
+
+
 def test_a_missing_tracker_package_is_one_sentence(tmp_path, synthetic_data_dir):
     hidden = tmp_path / "hidden"  # an mlflow that cannot be imported, as when the extra is not installed
     (hidden / "mlflow").mkdir(parents=True)
