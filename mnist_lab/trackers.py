@@ -139,6 +139,10 @@ def log_step_losses(loggers: Sequence[Logger], first_step: int, losses: list[flo
             metrics = [Metric("train/loss", value, now, step) for step, value in zip(steps, losses, strict=True)]
             for start in range(0, len(metrics), MLFLOW_BATCH):
                 logger.experiment.log_batch(logger.run_id, metrics=metrics[start : start + MLFLOW_BATCH])
+        elif isinstance(logger, TensorBoardLogger):  # straight to the writer: batch-1 runs write 60,000 an epoch
+            writer = logger.experiment
+            for step, value in zip(steps, losses, strict=True):
+                writer.add_scalar("train/loss", value, step)
         else:
             for step, value in zip(steps, losses, strict=True):
                 logger.log_metrics({"train/loss": value}, step)
