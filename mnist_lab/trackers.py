@@ -13,6 +13,7 @@ a sweep starts a run of its own.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import time
@@ -60,6 +61,8 @@ def _quiet() -> None:
     """A run ends with one line, ours: not MLflow's links nor W&B's banner and sparklines."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("WANDB_SILENT", "true")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+    logging.getLogger(MLFlowLogger.__module__).setLevel(logging.ERROR)  # "Experiment ... not found. Creating it."
 
 
 def _defaults(cls: type | None, run_dir: Path, sweep_dir: Path | None, node: DictConfig) -> dict:
