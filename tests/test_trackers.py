@@ -193,9 +193,9 @@ def test_wandb_offline_and_csv_get_each_job_of_a_sweep(tmp_path, synthetic_data_
             assert same(column(rows, "test/acc"), [metrics["test_acc"]])
 
 
-def test_a_failed_job_ends_its_mlflow_run_failed(tmp_path, monkeypatch, synthetic_data_dir):
-    """The default SQLite store; the job's run is created with its params before training and
-    ended with status "failed" when the job fails."""
+def test_a_failed_job_ends_its_tracker_runs_failed(tmp_path, monkeypatch, synthetic_data_dir):
+    """MLflow's default SQLite store and W&B offline: the job's runs are created with its params
+    before training and ended with status "failed" when the job fails."""
     import mlflow
 
     from mnist_lab import train
@@ -206,7 +206,8 @@ def test_a_failed_job_ends_its_mlflow_run_failed(tmp_path, monkeypatch, syntheti
     monkeypatch.setattr(train, "fit_and_test", broken)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = compose_train(f"data.data_dir={synthetic_data_dir}", "logger=mlflow", "optimizer.lr=0.01")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(f"data.data_dir={synthetic_data_dir}", "logger=[mlflow,wandb]", "optimizer.lr=0.01")
     assert cfg.logger.mlflow.tracking_uri == "sqlite:///outputs/mlflow.db"
     with pytest.raises(RuntimeError, match="the disk is full"):
         train.run(cfg, tmp_path / "run", ["optimizer.lr=0.01"])
@@ -217,6 +218,11 @@ def test_a_failed_job_ends_its_mlflow_run_failed(tmp_path, monkeypatch, syntheti
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json"}
     assert (tmp_path / "outputs" / "mlartifacts").is_dir()  # beside the database, not ./mlruns
     assert not (tmp_path / "mlruns").exists()
+    records = leet(next((tmp_path / "run" / "wandb").glob("offline-run-*")))
+    assert [r["run"].get("tags") for r in records if r["type"] == "run"][-1] == ["failed"]
+    assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [1]
+    config = [r["config"]["update"] for r in records if r["type"] == "config"]
+    assert any(update.get("optimizer.lr") == 0.01 for update in config)
 
 
 def test_an_mlflow_server_that_does_not_answer_is_one_sentence(tmp_path, monkeypatch):
