@@ -108,7 +108,8 @@ def test_mlflow_server_gets_each_job_of_a_sweep(tmp_path, synthetic_data_dir, ml
         assert run.data.tags["status"] == STATUS[override] == metrics["status"]
         params = run.data.params  # the HParams tab's set: not the logger settings
         assert params["optimizer.lr"] == params["lr"] == override.split("=")[1]
-        assert params["model"] == "MLP" and params["batch_size"] == "64" and params["trainer.max_epochs"] == "2"
+        assert params["model"] == "MLP" and params["batch_size"] == "64"
+        assert params["trainer.limit_train_batches"] == "3"
         assert not any(key.startswith("logger") for key in params)
         history = client.get_metric_history(run.info.run_id, "train/loss")
         steps, losses = tensorboard_steps(job)
