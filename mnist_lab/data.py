@@ -63,15 +63,22 @@ def ungroup(x: torch.Tensor, y: torch.Tensor, batch_size: int | None, group: int
 _DEVICE_CACHE: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
 
-def device_tensors(data_dir: str, device: torch.device) -> dict[str, torch.Tensor]:
-    """Normalized images (N, 1, 28, 28) float32 and int64 labels, resident on ``device``."""
-    key = (str(Path(data_dir).resolve()), str(device))
+def device_tensors(
+    data_dir: str, device: torch.device, normalize: bool = True
+) -> dict[str, torch.Tensor]:
+    """Images (N, 1, 28, 28) float32 and int64 labels, resident on ``device``.
+
+    Pixels are scaled to [0, 1]; with ``normalize`` (the default) they are then standardized
+    with MNIST's training mean and std. Some classic labs (003) only scale by 1/255.
+    """
+    key = (str(Path(data_dir).resolve()), str(device), normalize)
     if key not in _DEVICE_CACHE:
         arrays = mnist_files.load_arrays(data_dir)
         tensors = {}
         for split in ("train", "test"):
             images = arrays[f"{split}_images"].to(device, non_blocking=True)
-            tensors[f"{split}_x"] = ((images.float() / 255 - MEAN) / STD).unsqueeze(1)
+            scaled = images.float() / 255
+            tensors[f"{split}_x"] = ((scaled - MEAN) / STD if normalize else scaled).unsqueeze(1)
             tensors[f"{split}_y"] = arrays[f"{split}_labels"].to(device).long()
         _DEVICE_CACHE.clear()  # keep one copy: a new data_dir or device replaces the old one
         _DEVICE_CACHE[key] = tensors
@@ -170,6 +177,7 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: seed of the train/val split.
         shuffle_seed: seed of the per-epoch training order (the run's ``seed`` by default).
         drop_last: drop the ragged last training batch (the CUDA-graph step needs fixed shapes).
+        normalize: standardize pixels with MNIST's mean and std (else only scale by 1/255).
     """
 
     def __init__(
@@ -181,12 +189,13 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 0,
         shuffle_seed: int = 0,
         drop_last: bool = False,
+        normalize: bool = True,
     ):
         super().__init__()
         self.data_dir = data_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
-        self.drop_last = drop_last
+        self.drop_last, self.normalize = drop_last, normalize
         self.tensors: dict[str, torch.Tensor] = {}
 
     def prepare_data(self) -> None:
@@ -197,7 +206,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        data = device_tensors(self.data_dir, device)
+        data = device_tensors(self.data_dir, device, self.normalize)
         train_rows, val_rows = split_indices(self.val_size, self.split_seed, len(data["train_x"]))
         train_rows, val_rows = train_rows.to(device), val_rows.to(device)
         self.tensors = {

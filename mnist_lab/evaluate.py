@@ -175,7 +175,7 @@ def main(cfg: DictConfig) -> None:
         file, config, net, loss = load_checkpoint(cfg.ckpt_path, device)
     except ValueError as error:  # CheckpointError is one
         sys.exit(f"error: {error}")
-    data = device_tensors(cfg.data_dir, device)
+    data = device_tensors(cfg.data_dir, device, config["data"].get("normalize", True))
     results = evaluate(
         net, loss, DeviceBatches(data["test_x"], data["test_y"], cfg.batch_size), device
     )

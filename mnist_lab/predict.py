@@ -81,8 +81,8 @@ def mnist_like(image: Image.Image, name: str = "image") -> np.ndarray:
     return field
 
 
-def load_images(paths: list[Path]) -> torch.Tensor:
-    """Normalized (N, 1, 28, 28) batch, as the model saw MNIST in training."""
+def load_images(paths: list[Path], normalize: bool = True) -> torch.Tensor:
+    """(N, 1, 28, 28) batch in [0, 1], standardized if ``normalize``: as the model saw MNIST."""
     fields = []
     for path in paths:
         try:
@@ -100,7 +100,8 @@ def load_images(paths: list[Path]) -> torch.Tensor:
                 f"{path} is not an image Pillow can read ({error}); "
                 "pass PNG, JPEG or another common format."
             ) from None
-    return (torch.from_numpy(np.stack(fields)).unsqueeze(1) - MEAN) / STD
+    x = torch.from_numpy(np.stack(fields)).unsqueeze(1)
+    return (x - MEAN) / STD if normalize else x
 
 
 def image_paths(pattern: str) -> list[Path]:
@@ -126,8 +127,8 @@ def main(cfg: DictConfig) -> None:
     try:
         device = pick_device(cfg.device)
         paths = image_paths(str(cfg.images))
-        x = load_images(paths).to(device)
-        _, _, net, _ = load_checkpoint(cfg.ckpt_path, device)
+        _, config, net, _ = load_checkpoint(cfg.ckpt_path, device)
+        x = load_images(paths, config["data"].get("normalize", True)).to(device)
     except ValueError as error:  # CheckpointError, ImageError and pick_device's are ValueErrors
         sys.exit(f"error: {error}")
     with torch.inference_mode():

@@ -7,7 +7,12 @@ writes into the sweep dir:
 - ``curves.png``: val accuracy per epoch and train loss per step, one line per job;
 - ``time.png``: train time per job;
 
-then prints the table. Every ``--multirun`` runs it at its end (``mnist_lab.sweep``).
+then prints the table. Every ``--multirun`` runs it at its end (``mnist_lab.sweep``). A sweep
+whose grid points ran with several seeds (``seed=0,1,2`` or ``seed='range(5)'``) gets the
+replicated report instead: one row per point with mean, std and a 95 % interval over the seeds,
+and which points are indistinguishable from the best (``mnist_lab.replicates``).
+
+``load(sweep_dir)`` gives the jobs as a pandas DataFrame for a notebook's own analysis.
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from matplotlib.figure import Figure  # the OO API: renders with Agg, no GUI backend, no pyplot
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnist_lab import replicates
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.metrics_file import METRICS_FILE
 
@@ -97,6 +106,64 @@ def read_job(job_dir: Path) -> dict:
     row["override_list"] = list(metrics.get("overrides", []))
     row["val_acc"] = [v for v in metrics.get("val_acc", []) if isinstance(v, NUMBER)]
     return row
+
+
+def typed(value):
+    """An override's parsed value as a notebook wants it: lists as tuples (hashable, groupable)."""
+    if isinstance(value, list | tuple):
+        return tuple(typed(v) for v in value)
+    return value
+
+
+def typed_overrides(overrides: list[str]) -> dict:
+    """``["optimizer.lr=0.01", "model.hidden=[64,32]"]`` -> ``{"optimizer.lr": 0.01, "model.hidden": (64, 32)}``
+
+    Parsed by Hydra's own override grammar, so every value has the type the job saw.
+    """
+    parser, values = OverridesParser.create(), {}
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+            values[override.key_or_group] = typed(override.value())
+        except HydraException:  # not Hydra's grammar (a record written by hand): keep the text
+            key, _, value = text.lstrip("+~").partition("=")
+            values[key] = value
+    return values
+
+
+def rows_of(sweep_dir: Path) -> list[dict]:
+    """Every job's row (see read_job); a ValueError (one sentence) if there are none."""
+    if not sweep_dir.is_dir():
+        raise ValueError(
+            f"{sweep_dir} is not a folder; pass a sweep dir such as outputs/multirun/<date>/<time>."
+        )
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise ValueError(
+            f"{sweep_dir} holds no job folders (none with {METRICS_FILE}); pass the sweep dir a "
+            "--multirun wrote, e.g. outputs/multirun/<date>/<time>."
+        )
+    return [read_job(job) for job in jobs]
+
+
+def frame_of(rows: list[dict]) -> pd.DataFrame:
+    overrides = pd.DataFrame([typed_overrides(r["override_list"]) for r in rows])
+    jobs = pd.DataFrame(rows).drop(columns="override_list")
+    jobs.insert(1, "point", [replicates.point_of(r["override_list"]) for r in rows])
+    metrics = jobs.drop(columns=[c for c in overrides.columns if c in jobs.columns])
+    return pd.concat([metrics.iloc[:, :3], overrides, metrics.iloc[:, 3:]], axis=1)
+
+
+def load(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """The sweep's jobs, one row each: ``job``, ``point`` (its overrides without the seed),
+    ``overrides``, one typed column per override key (``optimizer.lr`` floats, ``model.hidden``
+    tuples, ``seed`` ints), the metrics of summary.csv, ``val_acc`` (per epoch) and ``job_dir``.
+
+        from mnist_lab.report import load
+        jobs = load("outputs/multirun/2026-11-30/01-02-03")
+        jobs.groupby("optimizer.lr")["test_acc"].agg(["mean", "std", "count"])
+    """
+    return frame_of(rows_of(Path(sweep_dir)))
 
 
 def _loss_events(run_dir: Path) -> list:
@@ -232,19 +299,16 @@ def print_table(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
 
 
 def write_report(sweep_dir: str | os.PathLike, show: bool = True) -> list[dict]:
-    """Write summary.csv, summary.md, curves.png and time.png into ``sweep_dir``; return rows."""
+    """Write summary.csv, summary.md, curves.png and time.png into ``sweep_dir``; return rows.
+
+    Per job; or per grid point over its seeds when some point ran more than one seed.
+    """
     sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise ValueError(
-            f"{sweep_dir} is not a folder; pass a sweep dir such as outputs/multirun/<date>/<time>."
-        )
-    jobs = find_jobs(sweep_dir)
-    if not jobs:
-        raise ValueError(
-            f"{sweep_dir} holds no job folders (none with {METRICS_FILE}); pass the sweep dir a "
-            "--multirun wrote, e.g. outputs/multirun/<date>/<time>."
-        )
-    rows = [read_job(job) for job in jobs]
+    rows = rows_of(sweep_dir)
+    jobs = frame_of(rows)
+    if replicates.is_replicated(jobs):
+        replicates.write_report(jobs, sweep_dir, lambda d: thin(*step_losses(d)), show)
+        return rows
     rows.sort(key=lambda r: -r["best_val_acc"] if r["best_val_acc"] is not None else math.inf)
     labels = labels_of(rows)
     write_tables(rows, sweep_dir)
