@@ -182,3 +182,27 @@ def test_diverged_and_failed_jobs_are_rows_and_the_sweep_goes_on(tmp_path, synth
     assert failed["status"] == "failed" and failed["error"]
     assert closing_line(result.stdout).startswith("sweep: 3 jobs, 1 ok, 1 diverged, 1 failed")
     assert_png(sweep_dir / "curves.png")
+
+
+def test_a_sweep_with_three_seeds_reports_each_point_over_its_seeds(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("mnist_lab.train", "-m", "optimizer.lr=0.001,0.1", "seed=range(3)", *QUICK,
+                     "trainer.limit_train_batches=4",
+                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    from mnist_lab.report import load
+
+    jobs = load(sweep_dir)
+    assert len(jobs) == 6 and sorted(jobs["seed"]) == [0, 0, 1, 1, 2, 2]
+    for lr, group in jobs.groupby("optimizer.lr"):  # three seeds: three different trainings
+        assert group["final_train_loss"].nunique() == 3, (lr, list(group["final_train_loss"]))
+    points = {row["point"]: row for row in read_summary(sweep_dir)}
+    assert sorted(p.split()[0] for p in points) == ["optimizer.lr=0.001", "optimizer.lr=0.1"]
+    for point, row in points.items():
+        seeds = jobs[jobs["point"] == point]["best_val_acc"]
+        assert row["n"] == "3" and row["status"] == "3 ok"
+        assert float(row["best_val_acc_mean"]) == pytest.approx(seeds.mean())
+        assert float(row["best_val_acc_ci_low"]) <= seeds.mean() <= float(row["best_val_acc_ci_high"])
+    assert "Indistinguishable from the best" in (sweep_dir / "summary.md").read_text()
+    assert_png(sweep_dir / "curves.png")
+    assert "vs best" in result.stdout and "Welch" in result.stdout  # the printed table
+    assert closing_line(result.stdout).startswith("sweep: 6 jobs, 6 ok")
