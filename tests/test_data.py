@@ -67,6 +67,18 @@ def test_data_module_normalizes_on_the_device(synthetic_data_dir):
     assert abs(dm.tensors["train_x"].min().item() - (0 - 0.1307) / 0.3081) < 1e-5
 
 
+def test_without_normalize_pixels_are_only_scaled_to_0_1(synthetic_data_dir):
+    normalized = MNISTDataModule(str(synthetic_data_dir), val_size=500)
+    scaled = MNISTDataModule(str(synthetic_data_dir), val_size=500, normalize=False)
+    for dm in (normalized, scaled):
+        dm.prepare_data()
+        dm.setup("fit")
+    x = scaled.tensors["train_x"]
+    assert x.min().item() >= 0 and x.max().item() <= 1
+    assert torch.allclose(x * 255, (x * 255).round(), atol=1e-4)  # bytes / 255, nothing else
+    assert torch.allclose(normalized.tensors["train_x"], (x - 0.1307) / 0.3081, atol=1e-5)
+
+
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_groups_of_small_batches_hold_the_same_batches_in_the_same_order(drop_last):
     x, y = torch.arange(23.0).view(23, 1), torch.arange(23)

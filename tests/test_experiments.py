@@ -19,7 +19,7 @@ TINY = ["debug=tiny", "~callbacks.images"]  # conf/debug/tiny.yaml; the images a
 STUDIES = {
     "mlp_lr": ("MLP", "Adam", 10, 3), "mlp_batch": ("MLP", "Adam", 10, 4),
     "mlp_depth": ("MLP", "Adam", 10, 3), "mlp_width": ("MLP", "Adam", 10, 3),
-    "mlp_loss": ("MLP", "Adam", 10, 3),
+    "mlp_loss": ("MLP", "Adam", 10, 3), "mlp_loss_softmax": ("MLP", "Adam", 10, 3),
     "softmax_batch": ("MLP", "SGD", 32, 5), "softmax_lr": ("MLP", "SGD", 128, 6),
     "softmax_momentum": ("MLP", "SGD", 128, 5), "softmax_decay": ("MLP", "SGD", 128, 3),
     "softmax_adam": ("MLP", "Adam", 128, 2),
@@ -59,7 +59,11 @@ def test_study_settings_match_the_issue(name):
     assert cfg.trainer.max_epochs == epochs and len(grid(name)) == jobs
     if name.startswith("mlp_"):  # one hidden layer of 128, ReLU, Adam, 80/20 split, batch 64
         assert cfg.data.val_size == 0.2 and cfg.model.activation == "relu"
-        assert cfg.model.hidden == [128] and cfg.data.batch_size == 64 and cfg.optimizer.lr == 0.001
+        assert cfg.model.hidden == [128] and cfg.data.batch_size == 64
+        lab_003 = name != "mlp_loss_softmax"  # lab 003's lr 0.01 and x / 255 pixels (base/mlp.yaml)
+        assert cfg.optimizer.lr == (0.01 if lab_003 else 0.001) and cfg.data.normalize is not lab_003
+    if name.startswith("cnn_small"):  # lab 002: SGD lr 0.01 with momentum, batch 32, one epoch
+        assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.9 and cfg.data.batch_size == 32
     if name.startswith("softmax_") and name != "softmax_adam":
         assert cfg.model.hidden == [] and cfg.optimizer.momentum == 0.9
     if name.startswith("cnn_example"):
