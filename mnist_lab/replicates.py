@@ -149,15 +149,21 @@ def write_tables(points: pd.DataFrame, jobs: pd.DataFrame, sweep_dir: Path) -> N
         tmp.write_text(text)
 
 
-def mean_band(lines: list[tuple[list, list]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x, mean and std (ddof 1; 0 where one line) of lines sampled at the same x."""
+def mean_band(lines: list[tuple[list, list]], spread: str) -> tuple[np.ndarray, ...]:
+    """x, mean, and the band's lower and upper edge of lines sampled at the same x: mean ± 1 std
+    (ddof 1; 0 for one line) for ``spread="std"``, the lowest and highest line for "range"."""
     frame = pd.concat([pd.Series(y, index=x, dtype=float) for x, y in lines if len(x)], axis=1)
-    return frame.index.to_numpy(), frame.mean(axis=1).to_numpy(), frame.std(axis=1).fillna(0).to_numpy()
+    mean = frame.mean(axis=1).to_numpy()
+    if spread == "range":  # a log axis cannot show mean - std when the spread is large
+        return frame.index.to_numpy(), mean, frame.min(axis=1).to_numpy(), frame.max(axis=1).to_numpy()
+    std = frame.std(axis=1).fillna(0).to_numpy()
+    return frame.index.to_numpy(), mean, mean - std, mean + std
 
 
 def plot_curves(points: pd.DataFrame, jobs: pd.DataFrame, sweep_dir: Path,
                 losses_of: Callable[[Path], tuple[list, list]]) -> None:  # fmt: skip
-    """Mean val acc per epoch and mean train loss per step of each point, with a ±1 std band."""
+    """Mean val acc per epoch (band ±1 std) and mean train loss per step (band: lowest to highest
+    seed) of each point."""
     fig = Figure(figsize=(13, 5.5), layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)
     for label, point in zip(labels_of(points["point"]), points["point"], strict=True):
@@ -166,19 +172,19 @@ def plot_curves(points: pd.DataFrame, jobs: pd.DataFrame, sweep_dir: Path,
         n = len(group)
         accs = [(list(range(1, len(v) + 1)), v) for v in group["val_acc"] if v]
         if accs:
-            x, mean, std = mean_band(accs)
+            x, mean, low, high = mean_band(accs, "std")
             acc_ax.plot(x, mean, marker="o", color=color, label=f"{label} (n={n})")
-            acc_ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+            acc_ax.fill_between(x, low, high, color=color, alpha=0.2)
         else:
             acc_ax.plot([], [], color=color, label=f"{label} (n={n})")
         losses = [losses_of(d) for d in group["job_dir"]]
         if any(len(s) for s, _ in losses):
-            x, mean, std = mean_band(losses)
+            x, mean, low, high = mean_band(losses, "range")
             loss_ax.plot(x, mean, color=color, linewidth=0.8)
-            loss_ax.fill_between(x, np.clip(mean - std, 1e-8, None), mean + std, color=color, alpha=0.2)
-    band = "mean over seeds, band ±1 std"
-    acc_ax.set(xlabel="epoch", ylabel="val accuracy", title=f"val accuracy per epoch: {band}")
-    loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=f"train loss per step: {band}")
+            loss_ax.fill_between(x, low, high, color=color, alpha=0.2)
+    acc_ax.set(xlabel="epoch", ylabel="val accuracy", title="val accuracy per epoch: mean over seeds, band ±1 std")
+    loss_title = "train loss per step: mean over seeds, band lowest to highest"
+    loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=loss_title)
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
     fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center",
