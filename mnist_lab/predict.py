@@ -127,8 +127,10 @@ def main(cfg: DictConfig) -> None:
     try:
         device = pick_device(cfg.device)
         paths = image_paths(str(cfg.images))
+        pixels = load_images(paths, normalize=False)  # bad images are reported before the checkpoint
         _, config, net, _ = load_checkpoint(cfg.ckpt_path, device)
-        x = load_images(paths, config["data"].get("normalize", True)).to(device)
+        x = (pixels - MEAN) / STD if config["data"].get("normalize", True) else pixels
+        x = x.to(device)
     except ValueError as error:  # CheckpointError, ImageError and pick_device's are ValueErrors
         sys.exit(f"error: {error}")
     with torch.inference_mode():
