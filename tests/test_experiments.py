@@ -63,7 +63,7 @@ def test_study_settings_match_the_issue(name):
         lab_003 = name != "mlp_loss_softmax"  # lab 003's lr 0.01 and x / 255 pixels (base/mlp.yaml)
         assert cfg.optimizer.lr == (0.01 if lab_003 else 0.001) and cfg.data.normalize is not lab_003
     if name.startswith("cnn_small"):  # lab 002: SGD lr 0.01 with momentum, batch 32, one epoch
-        assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.9 and cfg.data.batch_size == 32
+        assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.5 and cfg.data.batch_size == 32
     if name.startswith("softmax_") and name != "softmax_adam":
         assert cfg.model.hidden == [] and cfg.optimizer.momentum == 0.9
     if name.startswith("cnn_example"):

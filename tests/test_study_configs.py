@@ -41,7 +41,7 @@ def study_settings(name: str, conf_dir: Path = CONF_DIR) -> dict:
 # The studies changed on purpose, to the set-up of the lab each reproduces (docs/studies.md):
 # what each now composes to beyond its record. "grid" replaces hydra.sweeper.params entries.
 LAB_003 = {"optimizer.lr": 0.01, "data.normalize": False}  # the lab's lr and its x / 255 pixels
-LAB_002 = {"optimizer.momentum": 0.9, "data.val_size": 1000}  # momentum; 59,000 training images
+LAB_002 = {"optimizer.momentum": 0.5, "data.val_size": 1000}  # momentum; 59,000 training images
 CHANGED = {
     "mlp_lr": LAB_003, "mlp_batch": LAB_003, "mlp_width": LAB_003,
     "mlp_depth": {**LAB_003, "grid": {"model.hidden": "choice([128],[128,128],[128,128,128])"}},
