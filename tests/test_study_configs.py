@@ -50,12 +50,14 @@ CHANGED = {
     "softmax_batch": {"data.batch_size": 5000},  # the base's; every job of the grid sets its own
 }  # fmt: skip
 RENAMED = {"mlp_loss_softmax": "mlp_loss"}  # the softmax-probability mlp_loss, unchanged
+MOVED = {"early_stopping.patience": "callbacks.early_stopping.patience"}  # keys moved since 3eb508a
 STUDIES = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def expected(name: str) -> dict:
     record = json.loads(RECORD.read_text())
     study = record[RENAMED.get(name, name)]
+    study["settings"] = {MOVED.get(key, key): value for key, value in study["settings"].items()}
     changes = dict(CHANGED.get(name, {}))
     study["grid"].update(changes.pop("grid", {}))
     study["settings"].update(changes)
