@@ -59,7 +59,7 @@ def test_study_settings_match_the_issue(name):
     assert cfg.trainer.max_epochs == epochs and len(grid(name)) == jobs
     if name.startswith("mlp_"):  # one hidden layer of 128, ReLU, Adam, 80/20 split, batch 64
         assert cfg.data.val_size == 0.2 and cfg.model.activation == "relu"
-        assert cfg.model.hidden == [128] and cfg.data.batch_size == 64
+        assert cfg.model.hidden == ([128, 128] if name == "mlp_lr" else [128]) and cfg.data.batch_size == 64
         lab_003 = name != "mlp_loss_softmax"  # lab 003's lr 0.01 and x / 255 pixels (base/mlp.yaml)
         assert cfg.optimizer.lr == (0.01 if lab_003 else 0.001) and cfg.data.normalize is not lab_003
     if name.startswith("cnn_small"):  # lab 002: SGD lr 0.01 with momentum, batch 32, one epoch
