@@ -61,7 +61,7 @@ CASES = {
     "unknown_option": (["model=cnnn"],
         f"error: model=cnnn is not an option (did you mean cnn?); choose one of: {MODELS}."),
     "unknown_loss": (["loss=hinge"],
-        "error: loss=hinge is not an option; choose one of: ce, l1, mse."),
+        "error: loss=hinge is not an option; choose one of: ce, l1, l1_logits, mse, mse_logits."),
     "unknown_key": (["optimizer.lrr=0.01"],
         f"error: optimizer.lrr is not a key of optimizer (did you mean lr?); its keys are: "
         f"{OPTIMIZER_KEYS}. To add a key on purpose, write +optimizer.lrr=0.01."),
