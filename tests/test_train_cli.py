@@ -55,5 +55,5 @@ def test_other_models_losses_and_schedules_learn(tmp_path, synthetic_data_dir, o
 
 def test_help_lists_the_config_groups(tmp_path):
     out = run_cli("mnist_lab.train", "--help", cwd=tmp_path).stdout
-    for group in ("model: cnn, cnn_small", "optimizer: adadelta, adam", "loss: ce, l1, mse", "scheduler:"):
+    for group in ("model: cnn, cnn_small", "optimizer: adadelta, adam", "loss: ce, l1, l1_logits, mse, mse_logits", "scheduler:"):
         assert group in out, out
