@@ -2,9 +2,11 @@
 
 It holds the Lightning hooks and the metrics; the mechanics live in their own units:
 - the training step, ``step(x, y) -> (loss, correct)``: ``step.EagerStep``, or
-  ``cuda_graph.GraphStep`` (the whole step replayed as one CUDA graph), picked by ``make_step``;
+  ``cuda_graph.GraphStep`` (the whole step replayed as one CUDA graph), and its optimizer,
+  picked and built by ``step_factory.make_step``;
 - the epoch's bookkeeping (per-step losses on the device, divergence check every
-  ``check_every`` steps, the epoch clock): ``epoch_log.EpochLog``;
+  ``check_every`` steps, the epoch clock) and its row of the history: ``epoch_log``;
+- when the lr scheduler steps: ``schedules``;
 - batches grouped per loader item when they are small: ``data.GroupedBatches``.
 
 Optimization is manual, so the step is one function that can be captured, and no step makes a
@@ -15,7 +17,6 @@ step) at epoch end. See docs/performance.md.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 
 import lightning as L
@@ -25,14 +26,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lab import NUM_CLASSES
-from mnist_lab.cuda_graph import GraphStep, graph_off, graph_optimizer_kwargs, graph_unsupported_reason
 from mnist_lab.data import grouping, optimizer_steps, ungroup
-from mnist_lab.epoch_log import EpochLog
-from mnist_lab.step import EagerStep, Step, eager_optimizer_kwargs, ready_for_eager, skip_capture_check
+from mnist_lab.epoch_log import EpochLog, empty_history, history_row
+from mnist_lab.schedules import PER_STEP_SCHEDULERS, build_scheduler, step_at_epoch_end
+from mnist_lab.step import EagerStep, Step, ready_for_eager
+from mnist_lab.step_factory import make_step
 from mnist_lab.trackers import log_step_losses
-
-# Schedulers that move the learning rate every optimizer step; the others move it per epoch.
-PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
 
 
 class Classifier(L.LightningModule):
@@ -75,9 +74,7 @@ class Classifier(L.LightningModule):
             MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
             for _ in range(2)
         )
-        self.history: dict[str, list[float]] = {
-            k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
-        }
+        self.history = empty_history()  # a row per finished epoch: metrics.json's lists
         self.diverged_at: int | None = None  # global step of the first NaN/inf/too-large loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,41 +83,17 @@ class Classifier(L.LightningModule):
     # ------------------------------------------------------------------ optimizers and the step
 
     def configure_optimizers(self):
-        graph = self._graph_possible()
-        kwargs = graph_optimizer_kwargs(self.make_optimizer) if graph else eager_optimizer_kwargs(
-            self.make_optimizer, self.device
-        )
-        optimizer = self.make_optimizer(self.parameters(), **kwargs)
-        if self.device.type == "cpu":
-            skip_capture_check(optimizer)
+        trainer = self._trainer  # None outside a fit: one device in float32
         # Made with each fit's optimizer: a graph from an earlier fit would replay on freed memory.
-        self.step = self.make_step(optimizer, graph)
+        self.step, optimizer = make_step(
+            self.net, self.loss, self.make_optimizer, self.device,
+            cuda_graph=self.cuda_graph, make_scheduler=self.make_scheduler,
+            world_size=trainer.world_size if trainer else 1, precision=trainer.precision if trainer else "32-true",
+            backward=self.manual_backward, say=self.print,
+        )  # fmt: skip
         if not self.make_scheduler:
             return optimizer
-        if isinstance(self.make_scheduler, functools.partial) and issubclass(
-            self.make_scheduler.func, PER_STEP_SCHEDULERS
-        ):  # one-cycle needs the run's length in steps
-            scheduler = self.make_scheduler(optimizer, total_steps=optimizer_steps(self.trainer))
-        else:
-            scheduler = self.make_scheduler(optimizer)
-        return [optimizer], [scheduler]
-
-    def make_step(self, optimizer: torch.optim.Optimizer, graph: bool) -> Step:
-        """The training step: a CUDA graph if ``graph``, else eager with Lightning's backward
-        (so that a strategy's gradient sync and a precision plugin take part)."""
-        if graph:
-            fallback = functools.partial(graph_off, self.cuda_graph, say=self.print)
-            return GraphStep(self.net, self.loss, optimizer, self.device, fallback)
-        return EagerStep(self.net, self.loss, optimizer, backward=self.manual_backward)
-
-    def _graph_possible(self) -> bool:
-        """Whether to capture the step; says why not where a graph was asked for or expected."""
-        trainer = self._trainer  # None when called outside a fit
-        world_size, precision = (trainer.world_size, trainer.precision) if trainer else (1, "32-true")
-        reason = graph_unsupported_reason(self.make_optimizer, self.make_scheduler, self.device, world_size, precision)
-        if reason and self.cuda_graph != "off" and (self.cuda_graph == "on" or self.device.type == "cuda"):
-            graph_off(self.cuda_graph, reason, say=self.print)
-        return reason is None and self.cuda_graph != "off"
+        return [optimizer], [build_scheduler(self.make_scheduler, optimizer, lambda: optimizer_steps(self.trainer))]
 
     # ------------------------------------------------------------------ training
 
@@ -181,26 +154,11 @@ class Classifier(L.LightningModule):
         epoch_time = epoch.stop_clock()
         if self.diverged_at is None and (diverged_at := epoch.check()) is not None:
             self._stop(diverged_at)
-        losses = epoch.losses
-        self._write_step_losses(losses.cpu())
-        scheduler = self.lr_schedulers()
+        self._write_step_losses(epoch.losses.cpu())
         lr = float(self.optimizers().optimizer.param_groups[0]["lr"])
-        metrics = self.trainer.callback_metrics
         # Under DDP each process saw its share of the batches: sum over all (a no-op on one device).
-        loss_sum, correct, seen, steps = self.trainer.strategy.reduce(
-            torch.stack([losses.sum(), epoch.correct.to(losses.dtype),
-                         torch.tensor(float(epoch.seen), device=self.device),
-                         torch.tensor(float(epoch.steps), device=self.device)]),
-            reduce_op="sum",
-        ).tolist()
-        row = {
-            "train_loss": loss_sum / steps if steps else math.nan,
-            "train_acc": correct / max(seen, 1),
-            "val_loss": float(metrics.get("val/loss", math.nan)),
-            "val_acc": float(metrics.get("val/acc", math.nan)),
-            "lr": lr,
-            "epoch_time_s": epoch_time,
-        }
+        total = functools.partial(self.trainer.strategy.reduce, reduce_op="sum")
+        row = history_row(epoch, self.trainer.callback_metrics, lr, total=total)
         for key, value in row.items():
             self.history[key].append(value)
         self.log_dict(
@@ -208,11 +166,7 @@ class Classifier(L.LightningModule):
              "epoch_time_s": epoch_time},
             on_epoch=True,
         )  # fmt: skip
-        if scheduler is not None and not isinstance(scheduler, PER_STEP_SCHEDULERS):
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(row["val_acc"])
-            else:
-                scheduler.step()
+        step_at_epoch_end(self.lr_schedulers(), row["val_acc"])
 
     def _write_step_losses(self, losses: torch.Tensor) -> None:
         """Every step's loss, as ``train/loss`` at its global step, written once per epoch."""

@@ -9,11 +9,16 @@
 
 A step whose loss is a vector (one per net, when several nets train at once) is stored as a
 row; the check then flags a step if any entry is bad.
+
+When the epoch ends, ``history_row`` makes it one row of the run's history (the per-epoch
+lists of metrics.json).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -94,3 +99,35 @@ class EpochLog:
                 torch.cuda.synchronize(self.device)
             self.time_s = time.perf_counter() - self.started
         return self.time_s
+
+
+# The run's history: one list per key, one entry per finished training epoch.
+HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+
+
+def empty_history() -> dict[str, list[float]]:
+    return {key: [] for key in HISTORY_KEYS}
+
+
+def history_row(
+    epoch: EpochLog, val_metrics: Mapping, lr: float, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+) -> dict[str, float]:
+    """A finished epoch as a row of the history (``HISTORY_KEYS``): its mean training loss (NaN
+    if it took no step), training accuracy and time from ``epoch``; ``val/loss`` and ``val/acc``
+    from ``val_metrics`` (Lightning's ``callback_metrics``; NaN where validation did not run).
+    ``total`` sums the loss, correct, image and step counts over processes (under DDP each saw
+    its share of the batches); by default this process's own."""
+    losses = epoch.losses
+    loss_sum, correct, seen, steps = total(
+        torch.stack([losses.sum(), epoch.correct.to(losses.dtype),
+                     torch.tensor(float(epoch.seen), device=epoch.device),
+                     torch.tensor(float(epoch.steps), device=epoch.device)])
+    ).tolist()  # fmt: skip
+    return {
+        "train_loss": loss_sum / steps if steps else math.nan,
+        "train_acc": correct / max(seen, 1),
+        "val_loss": float(val_metrics.get("val/loss", math.nan)),
+        "val_acc": float(val_metrics.get("val/acc", math.nan)),
+        "lr": lr,
+        "epoch_time_s": epoch.stop_clock(),
+    }

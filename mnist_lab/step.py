@@ -10,7 +10,7 @@ Kinds of step, all with the ``Step`` interface:
 - ``EagerStep`` (here): forward, loss, backward, optimizer step, as written;
 - ``GraphStep`` (``cuda_graph.py``): the same step captured once as a CUDA graph and replayed.
 
-``Classifier.make_step`` picks one; a new kind (say, many nets trained at once) implements
+``step_factory.make_step`` picks one; a new kind (say, many nets trained at once) implements
 ``Step`` and is returned there.
 """
 

@@ -60,7 +60,7 @@ def emulated_cuda_graph(monkeypatch):
     what CI cannot run: static input buffers, the restore of weights and optimizer state after
     the warm-up, the eagerly run ragged last batch, the tensor lr of a scheduled run, and the
     gradients Lightning frees before validation."""
-    from mnist_lab import classifier, cuda_graph
+    from mnist_lab import cuda_graph, step_factory
     from tests import cpu_cuda_graph
 
     cpu_cuda_graph.install(monkeypatch)
@@ -70,7 +70,7 @@ def emulated_cuda_graph(monkeypatch):
         reason = real_reason(*args, **kwargs)
         return None if reason == "the model is not on a CUDA device" else reason
 
-    monkeypatch.setattr(classifier, "graph_unsupported_reason", reason_ignoring_device)
+    monkeypatch.setattr(step_factory, "graph_unsupported_reason", reason_ignoring_device)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -110,9 +110,9 @@ def test_a_failed_capture_falls_back_to_the_eager_step_from_the_same_start(
 ):
     """SGD's foreach step reads a tensor lr with a host sync, which capture refuses: with
     step.cuda_graph=auto the run says so and goes on eagerly, from the weights it had."""
-    from mnist_lab import classifier
+    from mnist_lab import step_factory
 
-    monkeypatch.setattr(classifier, "graph_optimizer_kwargs", lambda make_optimizer: {})
+    monkeypatch.setattr(step_factory, "graph_optimizer_kwargs", lambda make_optimizer: {})
     overrides = ["optimizer=sgd", "optimizer.momentum=0.9", "scheduler=step"]
     fallback, eager = train_with_cuda_graph(tmp_path, synthetic_data_dir, overrides, "auto", "off")
     assert "CUDA graph off: capturing the training step failed (operation not permitted when stream is capturing" \
