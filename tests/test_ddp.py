@@ -39,7 +39,9 @@ class CompareReplicas(L.Callback):
 
 if __name__ == "__main__":  # ddp_spawn's processes import this file again
     build_trainer = train.build_trainer
-    train.build_trainer = lambda cfg, run_dir, callbacks: build_trainer(cfg, run_dir, [*callbacks, CompareReplicas()])
+    train.build_trainer = lambda cfg, run_dir, callbacks, *rest: build_trainer(
+        cfg, run_dir, [*callbacks, CompareReplicas()], *rest
+    )
     overrides = sys.argv[1:]
     train.run(compose_train(*overrides), Path(os.environ["RUN_DIR"]), overrides)
 """

@@ -143,6 +143,9 @@ def test_an_epoch_becomes_one_history_row():
     assert tuple(row) == HISTORY_KEYS == tuple(empty_history())
     assert row == {"train_loss": 2.5, "train_acc": 0.5, "val_loss": 0.25, "val_acc": 0.75, "lr": 0.01,
                    "epoch_time_s": time_s}  # fmt: skip
+    other_process = torch.tensor([4.5, 6.0, 8.0, 1.0])  # its loss sum, correct, images, steps
+    both = history_row(log, {}, lr=0.01, total=lambda totals: totals + other_process)  # as DDP sums them
+    assert both["train_loss"] == 3.0 and both["train_acc"] == 0.6
     empty = history_row(EpochLog(4, CPU), {}, lr=0.01)  # no step taken, no validation run
     assert math.isnan(empty["train_loss"]) and empty["train_acc"] == 0.0
     assert math.isnan(empty["val_loss"]) and math.isnan(empty["val_acc"])
