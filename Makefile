@@ -37,6 +37,7 @@ test: data browser lint  ## ruff, then the whole test suite (CPU)
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: data            ## seconds per epoch against the plain loop and the DataLoader path
 	$(PY) -m benchmarks.epoch

@@ -68,14 +68,19 @@ def timed_epochs(epoch, epochs: int, device: str) -> list[float]:
 
 def ours(device: str, batch: int, epochs: int, data_dir: str, extra: list[str] = ()) -> dict:
     accelerator = "gpu" if device == "cuda" else "cpu"
-    overrides = [f"data.batch_size={batch}", f"trainer.max_epochs={epochs + 1}", "data.val_size=5000",
-                 f"trainer.accelerator={accelerator}", f"data.data_dir={data_dir}", *extra]  # fmt: skip
+    overrides = [
+        f"data.batch_size={batch}",
+        f"trainer.max_epochs={epochs + 1}",
+        "data.val_size=5000",
+        f"trainer.accelerator={accelerator}",
+        f"data.data_dir={data_dir}",
+        *extra,
+    ]
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
         metrics = train.run(config(*overrides), Path(run_dir), overrides)
         wall = time.perf_counter() - started
-    return {"epoch_s": metrics["epoch_time_s"][1:], "fit_and_test_wall_s": wall,
-            "test_acc": metrics["test_acc"]}  # fmt: skip
+    return {"epoch_s": metrics["epoch_time_s"][1:], "fit_and_test_wall_s": wall, "test_acc": metrics["test_acc"]}
 
 
 def train_tensors(data_dir: str, device: str):
@@ -186,15 +191,27 @@ def loader_path(device: str, batch: int, epochs: int, data_dir: str) -> dict:
     dataset = Subset(datasets.MNIST(data_dir, train=True, transform=transform), range(55_000))
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
     timer = _EpochTimer(device)
-    trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=epochs + 1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=epochs + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
     trainer.fit(_LoggedModule(instantiate(config().model)), train_dataloaders=loader)
     return {"epoch_s": timer.times[1:]}
 
 
-RUNNERS = {"ours": ours, "eager": eager_loop, "eager_fused": functools.partial(eager_loop, fused=True),
-           "graph": graph_loop, "loader": loader_path}
+RUNNERS = {
+    "ours": ours,
+    "eager": eager_loop,
+    "eager_fused": functools.partial(eager_loop, fused=True),
+    "graph": graph_loop,
+    "loader": loader_path,
+}
 
 
 def main() -> None:
@@ -205,8 +222,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", default="data")
     parser.add_argument("--skip", nargs="*", default=[], choices=list(RUNNERS))
-    parser.add_argument("--ours-extra", nargs="*", default=[],
-                        help="more overrides for (a) only, e.g. step.cuda_graph=off; the model comes from --model")
+    parser.add_argument(
+        "--ours-extra",
+        nargs="*",
+        default=[],
+        help="more overrides for (a) only, e.g. step.cuda_graph=off; the model comes from --model",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     global MODEL
@@ -214,8 +235,12 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")
     results = {}
     for name, runner in RUNNERS.items():
-        if name in args.skip or (name == "graph" and args.device != "cuda") or (
-            name == "eager_fused" and args.device != "cpu"  # on CUDA ours uses the graph, compared with (c)
+        if (
+            name in args.skip
+            or (name == "graph" and args.device != "cuda")
+            or (
+                name == "eager_fused" and args.device != "cpu"  # on CUDA ours uses the graph, compared with (c)
+            )
         ):
             continue
         kwargs = {"extra": args.ours_extra} if name == "ours" else {}

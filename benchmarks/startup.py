@@ -48,8 +48,10 @@ def main() -> None:
     args = parser.parse_args()
     runs = [one_run(args.data, args.overrides) for _ in range(args.repeats)]
     to_first_step, wall = zip(*runs, strict=True)
-    print(f"start to first step: median {statistics.median(to_first_step):.2f} s  "
-          f"({', '.join(f'{t:.2f}' for t in to_first_step)})")  # fmt: skip
+    print(
+        f"start to first step: median {statistics.median(to_first_step):.2f} s  "
+        f"({', '.join(f'{t:.2f}' for t in to_first_step)})"
+    )
     print(f"whole command ({' '.join(SHORT)}): median {statistics.median(wall):.2f} s")
 
 

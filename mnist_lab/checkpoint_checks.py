@@ -22,18 +22,24 @@ def check_checkpoint(cfg: DictConfig, path: Path | None) -> None:
     if path is None:
         return
     if path.is_dir():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} is a folder; give its checkpoints/last.ckpt, "
-                          f"or ckpt_path=last with hydra.run.dir={cfg.ckpt_path}.")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} is a folder; give its checkpoints/last.ckpt, "
+            f"or ckpt_path=last with hydra.run.dir={cfg.ckpt_path}."
+        )
     if not path.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist; give a .ckpt file from a run's "
-                          "checkpoints/ folder, or ckpt_path=last with hydra.run.dir=<that run's dir>.")
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} does not exist; give a .ckpt file from a run's "
+            "checkpoints/ folder, or ckpt_path=last with hydra.run.dir=<that run's dir>."
+        )
     checkpoint, reason = None, None
     try:  # weights_only: a checkpoint is data, never code (see docs/reliability.md)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # weights_only refused a class, or not a pickle
-        reason = ("it holds Python objects besides tensors and plain data, and is not loaded"
-                  if "Unsupported global" in str(error)
-                  else "it is not a PyTorch checkpoint, or it is truncated")  # fmt: skip
+        reason = (
+            "it holds Python objects besides tensors and plain data, and is not loaded"
+            if "Unsupported global" in str(error)
+            else "it is not a PyTorch checkpoint, or it is truncated"
+        )
     except Exception:  # noqa: BLE001  (torch raises RuntimeError and others for a non-zip file)
         reason = "it is not a PyTorch checkpoint, or it is truncated"
     config = _get(checkpoint, "hyper_parameters", "config")
@@ -42,8 +48,10 @@ def check_checkpoint(cfg: DictConfig, path: Path | None) -> None:
     if reason is None and not isinstance(_get(checkpoint, "state_dict"), dict):
         reason = "it holds no state_dict, the weights"
     if reason is not None:
-        raise ConfigError(f"ckpt_path={path} is not a checkpoint written by mnist_lab.train ({reason}); "
-                          "give a .ckpt file from a run's checkpoints/ folder.")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path} is not a checkpoint written by mnist_lab.train ({reason}); "
+            "give a .ckpt file from a run's checkpoints/ folder."
+        )
     difference = model_difference(config["model"], cfg.model)
     if difference:
         raise ConfigError(
@@ -86,5 +94,3 @@ def model_difference(saved: dict, model: DictConfig) -> str:
         return f"{saved_class} there, {wanted_class} here"
     keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
     return "; ".join(f"model.{k}={saved.get(k)!r} there, {wanted.get(k)!r} here" for k in keys[:3])
-
-

@@ -71,8 +71,7 @@ class Classifier(L.LightningModule):
         self.epoch_log: EpochLog | None = None  # the training epoch under way, or the last one
         self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
         self.val_acc, self.test_acc = (
-            MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
-            for _ in range(2)
+            MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False) for _ in range(2)
         )
         self.history = empty_history()  # a row per finished epoch: metrics.json's lists
         self.diverged_at: int | None = None  # global step of the first NaN/inf/too-large loss
@@ -86,11 +85,17 @@ class Classifier(L.LightningModule):
         trainer = self._trainer  # None outside a fit: one device in float32
         # Made with each fit's optimizer: a graph from an earlier fit would replay on freed memory.
         self.step, optimizer = make_step(
-            self.net, self.loss, self.make_optimizer, self.device,
-            cuda_graph=self.cuda_graph, make_scheduler=self.make_scheduler,
-            world_size=trainer.world_size if trainer else 1, precision=trainer.precision if trainer else "32-true",
-            backward=self.manual_backward, say=self.print,
-        )  # fmt: skip
+            self.net,
+            self.loss,
+            self.make_optimizer,
+            self.device,
+            cuda_graph=self.cuda_graph,
+            make_scheduler=self.make_scheduler,
+            world_size=trainer.world_size if trainer else 1,
+            precision=trainer.precision if trainer else "32-true",
+            backward=self.manual_backward,
+            say=self.print,
+        )
         if not self.make_scheduler:
             return optimizer
         return [optimizer], [build_scheduler(self.make_scheduler, optimizer, lambda: optimizer_steps(self.trainer))]
@@ -162,10 +167,14 @@ class Classifier(L.LightningModule):
         for key, value in row.items():
             self.history[key].append(value)
         self.log_dict(
-            {"train/loss_epoch": row["train_loss"], "train/acc": row["train_acc"], "lr": lr,
-             "epoch_time_s": epoch_time},
+            {
+                "train/loss_epoch": row["train_loss"],
+                "train/acc": row["train_acc"],
+                "lr": lr,
+                "epoch_time_s": epoch_time,
+            },
             on_epoch=True,
-        )  # fmt: skip
+        )
         step_at_epoch_end(self.lr_schedulers(), row["val_acc"])
 
     def _write_step_losses(self, losses: torch.Tensor) -> None:

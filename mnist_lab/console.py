@@ -16,8 +16,15 @@ from rich.syntax import Syntax
 from rich.tree import Tree
 
 # Lightning's rank-zero info lines that a run does not print (prefixes).
-LIGHTNING_NOTES = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "`Trainer.fit` stopped:",
-                   "Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
+LIGHTNING_NOTES = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip:",
+    "`Trainer.fit` stopped:",
+    "Restoring states from the checkpoint path",
+    "Loaded model weights from the checkpoint",
+)
 
 
 class _DropNotes(logging.Filter):
@@ -37,6 +44,7 @@ def quiet_lightning() -> None:
 
 def settings_line(cfg: DictConfig) -> str:
     """The run's settings in one line: model, optimizer, loss, batch size, epochs, seed."""
+
     def get(key: str):
         return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
 

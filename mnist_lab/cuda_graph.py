@@ -120,7 +120,6 @@ def _release_failed_capture(pool) -> None:
             pass
 
 
-
 # The self-check's tolerance: one replay against one eager step from the same state and batch.
 # Both run the same kernels, so they agree to float32 rounding (cuDNN may sum in another order);
 # a graph that froze a value or lost an update is off by far more.

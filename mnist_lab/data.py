@@ -58,14 +58,13 @@ def ungroup(x: torch.Tensor, y: torch.Tensor, batch_size: int | None, group: int
         return [(x, y)]
     return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
+
 # Parsed and normalized tensors per (data_dir, device): a sweep running many jobs in one
 # process moves MNIST to the device once, not once per job.
 _DEVICE_CACHE: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
 
-def device_tensors(
-    data_dir: str, device: torch.device, normalize: bool = True
-) -> dict[str, torch.Tensor]:
+def device_tensors(data_dir: str, device: torch.device, normalize: bool = True) -> dict[str, torch.Tensor]:
     """Images (N, 1, 28, 28) float32 and int64 labels, resident on ``device``.
 
     Pixels are scaled to [0, 1]; with ``normalize`` (the default) they are then standardized

@@ -119,10 +119,15 @@ def history_row(
     its share of the batches); by default this process's own."""
     losses = epoch.losses
     loss_sum, correct, seen, steps = total(
-        torch.stack([losses.sum(), epoch.correct.to(losses.dtype),
-                     torch.tensor(float(epoch.seen), device=epoch.device),
-                     torch.tensor(float(epoch.steps), device=epoch.device)])
-    ).tolist()  # fmt: skip
+        torch.stack(
+            [
+                losses.sum(),
+                epoch.correct.to(losses.dtype),
+                torch.tensor(float(epoch.seen), device=epoch.device),
+                torch.tensor(float(epoch.steps), device=epoch.device),
+            ]
+        )
+    ).tolist()
     return {
         "train_loss": loss_sum / steps if steps else math.nan,
         "train_acc": correct / max(seen, 1),

@@ -52,51 +52,45 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
         for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt"):
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(
-            f"{path} is a directory with no checkpoints/best.ckpt in it; {HOW_TO_PASS}."
-        )
+        raise CheckpointError(f"{path} is a directory with no checkpoints/best.ckpt in it; {HOW_TO_PASS}.")
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; {HOW_TO_PASS}.")
     return path
 
 
-def load_checkpoint(
-    path: str | os.PathLike, device: torch.device
-) -> tuple[Path, dict, nn.Module, nn.Module]:
+def load_checkpoint(path: str | os.PathLike, device: torch.device) -> tuple[Path, dict, nn.Module, nn.Module]:
     """(checkpoint file, run config, net in eval mode on ``device``, loss) from a checkpoint."""
     file = checkpoint_file(path)
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception:  # not a torch file at all, or one that holds arbitrary Python objects
         raise CheckpointError(f"{file} is not a PyTorch checkpoint; {HOW_TO_PASS}.") from None
-    config = (
-        checkpoint.get("hyper_parameters", {}).get("config")
-        if isinstance(checkpoint, dict)
-        else None
-    )
-    if not isinstance(config, dict) or not isinstance(checkpoint.get("state_dict"), dict) or not all(
-        isinstance(config.get(part), dict) for part in ("model", "loss")
+    config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    if (
+        not isinstance(config, dict)
+        or not isinstance(checkpoint.get("state_dict"), dict)
+        or not all(isinstance(config.get(part), dict) for part in ("model", "loss"))
     ):
-        raise CheckpointError(
-            f"{file} holds no mnist_lab run config, so the net cannot be rebuilt; {HOW_TO_PASS}."
-        )
+        raise CheckpointError(f"{file} holds no mnist_lab run config, so the net cannot be rebuilt; {HOW_TO_PASS}.")
     for part in ("model", "loss"):
         target = _foreign_target(config.get(part))
         if target:
-            raise CheckpointError(f"{file} asks to build {target} as its {part}, which is not a model or loss of "
-                                  f"mnist_lab or torch.nn, and is not run; {HOW_TO_PASS}.")  # fmt: skip
+            raise CheckpointError(
+                f"{file} asks to build {target} as its {part}, which is not a model or loss of "
+                f"mnist_lab or torch.nn, and is not run; {HOW_TO_PASS}."
+            )
     prefix = "net."
-    weights = {
-        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
-    }
+    weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     try:  # a config or weights changed by hand: the constructor's or torch's first line
         net = instantiate(config["model"])
         net.load_state_dict(weights)
         loss = instantiate(config["loss"])
     except Exception as error:  # noqa: BLE001  (constructors raise anything)
         cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-        raise CheckpointError(f"{file} does not rebuild into a net ({first_line(cause)}); it was not "
-                              f"written by mnist_lab.train as it is; {HOW_TO_PASS}.") from None  # fmt: skip
+        raise CheckpointError(
+            f"{file} does not rebuild into a net ({first_line(cause)}); it was not "
+            f"written by mnist_lab.train as it is; {HOW_TO_PASS}."
+        ) from None
     return file, config, net.to(device).eval(), loss.to(device)
 
 
@@ -165,9 +159,7 @@ def per_class_table(confusion: torch.Tensor) -> Table:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
-        sys.exit(
-            f"error: no checkpoint given; {HOW_TO_PASS}: python -m mnist_lab.evaluate ckpt_path=..."
-        )
+        sys.exit(f"error: no checkpoint given; {HOW_TO_PASS}: python -m mnist_lab.evaluate ckpt_path=...")
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         sys.exit(f"error: batch_size={cfg.batch_size} is not a whole number of images ≥ 1; use e.g. batch_size=10000.")
     try:
@@ -176,9 +168,7 @@ def main(cfg: DictConfig) -> None:
     except ValueError as error:  # CheckpointError is one
         sys.exit(f"error: {error}")
     data = device_tensors(cfg.data_dir, device, config["data"].get("normalize", True))
-    results = evaluate(
-        net, loss, DeviceBatches(data["test_x"], data["test_y"], cfg.batch_size), device
-    )
+    results = evaluate(net, loss, DeviceBatches(data["test_x"], data["test_y"], cfg.batch_size), device)
 
     model = config["model"]["_target_"].rsplit(".", 1)[-1]
     print(f"checkpoint {file}  ({model}, {config['loss']['_target_'].rsplit('.', 1)[-1]})")

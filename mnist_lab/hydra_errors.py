@@ -57,8 +57,10 @@ MOVED = {"trainer.cuda_graph": "step.cuda_graph", "early_stopping.patience": "ca
 def group_not_set(group: str) -> str:
     """The sentence for a config group that ``~group`` or ``group=null`` took away."""
     options = sorted(p.stem for p in (CONF_DIR / group.lstrip("+~")).glob("*.yaml"))
-    return (f"{group} is not set (an override such as ~{group} or {group}=null removed it); "
-            f"choose one with {group}=<option>: {', '.join(options)}.")  # fmt: skip
+    return (
+        f"{group} is not set (an override such as ~{group} or {group}=null removed it); "
+        f"choose one with {group}=<option>: {', '.join(options)}."
+    )
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -73,8 +75,9 @@ def hydra_error_sentence(error: HydraException, argv: list[str]) -> str:
         options = list(error.options or [])
         if not options:
             return f"{group}={option} is not an option: conf/{group}/ holds no config files yet."
-        return (f"{group}={option} is not an option{_did_you_mean(option, options)}; "
-                f"choose one of: {', '.join(options)}.")  # fmt: skip
+        return (
+            f"{group}={option} is not an option{_did_you_mean(option, options)}; choose one of: {', '.join(options)}."
+        )
     if isinstance(error, OverrideParseException):
         reason = str(error.message).splitlines()[0]
         key, equals, value = str(error.override).partition("=")
@@ -82,10 +85,14 @@ def hydra_error_sentence(error: HydraException, argv: list[str]) -> str:
             # Hydra's grammar takes no ( , = # & or non-ASCII letter unquoted, whatever the shell
             # did: the value needs Hydra's quotes, inside the shell's.
             quoted = override_for_shell(key.strip(), value)
-            return (f"cannot parse the override {error.override!r} ({reason}); quote the value "
-                    f"for Hydra inside the shell's quotes: {quoted}.")  # fmt: skip
-        return (f"cannot parse the override {error.override!r} ({reason}); quote lists "
-                "and strings for the shell, e.g. 'model.hidden=[256,128]'.")  # fmt: skip
+            return (
+                f"cannot parse the override {error.override!r} ({reason}); quote the value "
+                f"for Hydra inside the shell's quotes: {quoted}."
+            )
+        return (
+            f"cannot parse the override {error.override!r} ({reason}); quote lists "
+            "and strings for the shell, e.g. 'model.hidden=[256,128]'."
+        )
     for old, new in MOVED.items():
         typed = [a.partition("=")[2] for a in argv if a.lstrip("+~").startswith(f"{old}=")]
         if typed:
@@ -100,14 +107,17 @@ def hydra_error_sentence(error: HydraException, argv: list[str]) -> str:
         value = typed[0] if typed else "..."
         hint = _did_you_mean(str(cause.key), keys)
         if not where:
-            return (f"{full_key} is neither a config group nor a key{hint}; "
-                    f"they are: {', '.join(keys)}.")  # fmt: skip
+            return f"{full_key} is neither a config group nor a key{hint}; they are: {', '.join(keys)}."
         if {"-m", "--multirun"} & set(argv):  # +key fails too: the sweep's base config lacks it
-            return (f"{full_key} is not a key of {where}{hint} as --multirun first composes it, "
-                    "without the swept options; to set it in every job, write "
-                    f"++{full_key}={value}.")  # fmt: skip
-        return (f"{full_key} is not a key of {where}{hint}; its keys are: {', '.join(keys)}. "
-                f"To add a key on purpose, write +{full_key}={value}.")  # fmt: skip
+            return (
+                f"{full_key} is not a key of {where}{hint} as --multirun first composes it, "
+                "without the swept options; to set it in every job, write "
+                f"++{full_key}={value}."
+            )
+        return (
+            f"{full_key} is not a key of {where}{hint}; its keys are: {', '.join(keys)}. "
+            f"To add a key on purpose, write +{full_key}={value}."
+        )
     return re.sub(r"\s+", " ", str(error)).strip()
 
 

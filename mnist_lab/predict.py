@@ -97,8 +97,7 @@ def load_images(paths: list[Path], normalize: bool = True) -> torch.Tensor:
             ) from None
         except (UnidentifiedImageError, OSError) as error:
             raise ImageError(
-                f"{path} is not an image Pillow can read ({error}); "
-                "pass PNG, JPEG or another common format."
+                f"{path} is not an image Pillow can read ({error}); pass PNG, JPEG or another common format."
             ) from None
     x = torch.from_numpy(np.stack(fields)).unsqueeze(1)
     return (x - MEAN) / STD if normalize else x

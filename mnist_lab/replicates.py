@@ -30,8 +30,9 @@ SEED_KEY = "seed"
 METRICS = ("best_val_acc", "test_acc", "final_train_loss", "train_time_s")
 CONFIDENCE = 0.95
 ALPHA = 0.05  # Welch's p below this: the point differs from the best; at or above: indistinguishable
-TEST_NAME = ("Welch's t-test of best_val_acc against the best point "
-             f"(scipy.stats.ttest_ind, equal_var=False), p >= {ALPHA}")
+TEST_NAME = (
+    f"Welch's t-test of best_val_acc against the best point (scipy.stats.ttest_ind, equal_var=False), p >= {ALPHA}"
+)
 
 
 def is_replicated(jobs: pd.DataFrame) -> bool:
@@ -74,8 +75,7 @@ def summarize(jobs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for point, group in jobs.groupby("point", sort=False):
         counts = group["status"].value_counts()
-        row = {"point": point, "n": len(group),
-               "status": ", ".join(f"{n} {status}" for status, n in counts.items())}  # fmt: skip
+        row = {"point": point, "n": len(group), "status": ", ".join(f"{n} {status}" for status, n in counts.items())}
         for metric in METRICS:
             for stat, value in describe(group[metric]).items():
                 if stat != "n":
@@ -89,8 +89,7 @@ def summarize(jobs: pd.DataFrame) -> pd.DataFrame:
         math.nan if i == 0 else welch_p(best, jobs.loc[jobs["point"] == p, "best_val_acc"])
         for i, p in enumerate(points["point"])
     ]
-    points["indistinguishable_from_best"] = [i == 0 or p >= ALPHA
-                                             for i, p in enumerate(points["p_vs_best"])]  # fmt: skip
+    points["indistinguishable_from_best"] = [i == 0 or p >= ALPHA for i, p in enumerate(points["p_vs_best"])]
     return points
 
 
@@ -132,19 +131,28 @@ def write_tables(points: pd.DataFrame, jobs: pd.DataFrame, sweep_dir: Path) -> N
     for label, (_, row) in zip(labels_of(points["point"]), points.iterrows(), strict=True):
         cells = [label, str(row["n"]), row["status"], *(cell(row, m) for m in METRICS), verdict(row)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    same = [label for label, ok in zip(labels_of(points["point"]),
-                                       points["indistinguishable_from_best"], strict=True) if ok]  # fmt: skip
+    same = [
+        label for label, ok in zip(labels_of(points["point"]), points["indistinguishable_from_best"], strict=True) if ok
+    ]
     job_cols = ["job", "status", *METRICS, "error"]
     job_lines = ["| " + " | ".join(job_cols) + " |", "|" + "---|" * len(job_cols)]
     for _, job in jobs.iterrows():
-        values = ("" if not isinstance(job[c], str) and pd.isna(job[c])
-                  else f"{job[c]:{digits_of(c)}}" if c in METRICS else str(job[c]) for c in job_cols)  # fmt: skip
+        values = (
+            ""
+            if not isinstance(job[c], str) and pd.isna(job[c])
+            else f"{job[c]:{digits_of(c)}}"
+            if c in METRICS
+            else str(job[c])
+            for c in job_cols
+        )
         job_lines.append("| " + " | ".join(v.replace("|", "\\|") for v in values) + " |")
-    text = (f"# Sweep {sweep_dir}\n\n{len(points)} grid points, {len(jobs)} jobs; a point is the jobs "
-            f"that differ only in `{SEED_KEY}`. Mean ± std (ddof 1) and the {CONFIDENCE:.0%} t-interval "
-            f"of the mean over seeds.\n\n" + "\n".join(lines) + "\n\n"
-            f"Indistinguishable from the best ({TEST_NAME}): {', '.join(same)}.\n\n"
-            "## Jobs\n\n" + "\n".join(job_lines) + "\n")  # fmt: skip
+    text = (
+        f"# Sweep {sweep_dir}\n\n{len(points)} grid points, {len(jobs)} jobs; a point is the jobs "
+        f"that differ only in `{SEED_KEY}`. Mean ± std (ddof 1) and the {CONFIDENCE:.0%} t-interval "
+        f"of the mean over seeds.\n\n" + "\n".join(lines) + "\n\n"
+        f"Indistinguishable from the best ({TEST_NAME}): {', '.join(same)}.\n\n"
+        "## Jobs\n\n" + "\n".join(job_lines) + "\n"
+    )
     with replaced_atomically(sweep_dir / "summary.md") as tmp:
         tmp.write_text(text)
 
@@ -160,8 +168,9 @@ def mean_band(lines: list[tuple[list, list]], spread: str) -> tuple[np.ndarray, 
     return frame.index.to_numpy(), mean, mean - std, mean + std
 
 
-def plot_curves(points: pd.DataFrame, jobs: pd.DataFrame, sweep_dir: Path,
-                losses_of: Callable[[Path], tuple[list, list]]) -> None:  # fmt: skip
+def plot_curves(
+    points: pd.DataFrame, jobs: pd.DataFrame, sweep_dir: Path, losses_of: Callable[[Path], tuple[list, list]]
+) -> None:
     """Mean val acc per epoch (band ±1 std) and mean train loss per step (band: lowest to highest
     seed) of each point."""
     fig = Figure(figsize=(13, 5.5), layout="constrained")
@@ -187,8 +196,12 @@ def plot_curves(points: pd.DataFrame, jobs: pd.DataFrame, sweep_dir: Path,
     loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=loss_title)
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
-    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center",
-               ncols=min(3, max(1, len(points))), fontsize="small")  # fmt: skip
+    fig.legend(
+        *acc_ax.get_legend_handles_labels(),
+        loc="outside lower center",
+        ncols=min(3, max(1, len(points))),
+        fontsize="small",
+    )
     with replaced_atomically(sweep_dir / "curves.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 
@@ -206,8 +219,10 @@ def plot_times(points: pd.DataFrame, sweep_dir: Path) -> None:
 
 
 def print_table(points: pd.DataFrame, sweep_dir: Path) -> None:
-    table = Table(title=f"sweep {sweep_dir}: mean ± std [{CONFIDENCE:.0%} CI] over seeds",
-                  caption=f"vs best: {TEST_NAME} means indistinguishable")  # fmt: skip
+    table = Table(
+        title=f"sweep {sweep_dir}: mean ± std [{CONFIDENCE:.0%} CI] over seeds",
+        caption=f"vs best: {TEST_NAME} means indistinguishable",
+    )
     for column in ("point", "n", "status", *METRICS, "vs best"):
         table.add_column(column, justify="left" if column in ("point", "status") else "right", overflow="fold")
     for label, (_, row) in zip(labels_of(points["point"]), points.iterrows(), strict=True):

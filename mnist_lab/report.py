@@ -38,8 +38,18 @@ from mnist_lab import replicates
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.metrics_file import METRICS_FILE
 
-COLUMNS = ("job", "overrides", "status", "best_val_acc", "test_acc", "final_train_loss",
-           "epochs", "train_time_s", "diverged_at_step", "error")  # fmt: skip
+COLUMNS = (
+    "job",
+    "overrides",
+    "status",
+    "best_val_acc",
+    "test_acc",
+    "final_train_loss",
+    "epochs",
+    "train_time_s",
+    "diverged_at_step",
+    "error",
+)
 REPORT_FILES = ("summary.csv", "summary.md", "curves.png", "time.png")  # written into the sweep dir
 MAX_POINTS = 2000  # a longer per-step loss line is drawn as the mean of consecutive steps
 STATUS_COLORS = {"ok": "tab:blue", "diverged": "tab:orange", "failed": "tab:red"}
@@ -52,6 +62,7 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     jobs = {path.parent for pattern in patterns for path in sweep_dir.glob(pattern)}
     if not jobs and (sweep_dir / METRICS_FILE).exists():  # a single run's folder
         jobs = {sweep_dir}
+
     def job_number(path: Path) -> float:
         number = path.name.split("_")[0]
         return int(number) if number.isdigit() else math.inf
@@ -61,9 +72,18 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
 
 # What each field a row reads must hold (the types mnist_lab.run_record writes).
 NUMBER, WHOLE = (int, float), int
-FIELD_TYPES = {"status": str, "best_val_acc": NUMBER, "test_acc": NUMBER, "final_train_loss": NUMBER,
-               "epochs": WHOLE, "train_time_s": NUMBER, "diverged_at_step": WHOLE, "error": str,
-               "overrides": list, "val_acc": list}  # fmt: skip
+FIELD_TYPES = {
+    "status": str,
+    "best_val_acc": NUMBER,
+    "test_acc": NUMBER,
+    "final_train_loss": NUMBER,
+    "epochs": WHOLE,
+    "train_time_s": NUMBER,
+    "diverged_at_step": WHOLE,
+    "error": str,
+    "overrides": list,
+    "val_acc": list,
+}
 
 
 def record_problem(metrics, path: Path) -> str | None:
@@ -73,8 +93,10 @@ def record_problem(metrics, path: Path) -> str | None:
     for key, kind in FIELD_TYPES.items():
         value = metrics.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            return (f"{path} has {key}={json.dumps(value)[:40]}, which is not what a run records; "
-                    "delete it or rerun the job")  # fmt: skip
+            return (
+                f"{path} has {key}={json.dumps(value)[:40]}, which is not what a run records; "
+                "delete it or rerun the job"
+            )
     items = [*metrics.get("overrides", []), *metrics.get("val_acc", [])]
     if not all(v is None or isinstance(v, (str, *NUMBER)) for v in items):
         return f"{path} has overrides or val_acc that are not plain values; delete it or rerun the job"
@@ -134,9 +156,7 @@ def typed_overrides(overrides: list[str]) -> dict:
 def rows_of(sweep_dir: Path) -> list[dict]:
     """Every job's row (see read_job); a ValueError (one sentence) if there are none."""
     if not sweep_dir.is_dir():
-        raise ValueError(
-            f"{sweep_dir} is not a folder; pass a sweep dir such as outputs/multirun/<date>/<time>."
-        )
+        raise ValueError(f"{sweep_dir} is not a folder; pass a sweep dir such as outputs/multirun/<date>/<time>.")
     jobs = find_jobs(sweep_dir)
     if not jobs:
         raise ValueError(
@@ -191,10 +211,12 @@ def load_steps(run_dir: str | os.PathLike):
 
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
-        raise ValueError(f"{run_dir} is not a run folder (no {METRICS_FILE}); pass outputs/<date>/<time> "
-                         "or a sweep's job folder.")  # fmt: skip
-    frame = pd.DataFrame([(e.step, e.value, e.wall_time) for e in _loss_events(run_dir)],
-                         columns=["step", "loss", "wall_time"])  # fmt: skip
+        raise ValueError(
+            f"{run_dir} is not a run folder (no {METRICS_FILE}); pass outputs/<date>/<time> or a sweep's job folder."
+        )
+    frame = pd.DataFrame(
+        [(e.step, e.value, e.wall_time) for e in _loss_events(run_dir)], columns=["step", "loss", "wall_time"]
+    )
     frame = frame.sort_values("wall_time", kind="stable").drop_duplicates("step", keep="last")
     return frame.drop(columns="wall_time").sort_values("step").reset_index(drop=True)
 
@@ -205,8 +227,10 @@ def thin(steps: list[int], values: list[float]) -> tuple[list[float], list[float
     if k == 1:
         return steps, values
     chunks = range(0, len(values), k)
-    return ([sum(steps[i : i + k]) / len(steps[i : i + k]) for i in chunks],
-            [sum(values[i : i + k]) / len(values[i : i + k]) for i in chunks])  # fmt: skip
+    return (
+        [sum(steps[i : i + k]) / len(steps[i : i + k]) for i in chunks],
+        [sum(values[i : i + k]) / len(values[i : i + k]) for i in chunks],
+    )
 
 
 def labels_of(rows: list[dict]) -> list[str]:
@@ -262,8 +286,12 @@ def plot_curves(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
         loss_ax.set_xscale("log")
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
-    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center",
-               ncols=min(3, max(1, len(rows))), fontsize="small")  # fmt: skip
+    fig.legend(
+        *acc_ax.get_legend_handles_labels(),
+        loc="outside lower center",
+        ncols=min(3, max(1, len(rows))),
+        fontsize="small",
+    )
     with replaced_atomically(sweep_dir / "curves.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 

@@ -36,9 +36,8 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path, record: RunRecord, sweep_dir: 
         return
     ckpt_path = cfg.ckpt_path
     resuming = ckpt_path == "last" or (
-        isinstance(ckpt_path, str) and ckpt_path != ""
-        and Path(ckpt_path).resolve().is_relative_to(run_dir.resolve())
-    )  # fmt: skip
+        isinstance(ckpt_path, str) and ckpt_path != "" and Path(ckpt_path).resolve().is_relative_to(run_dir.resolve())
+    )
     if ckpt_path == "last" and not record.path.exists() and sweep_dir is None:
         raise ConfigError(
             f"ckpt_path=last resumes the run in hydra.run.dir, but {run_dir} holds no run; add "
@@ -46,8 +45,11 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path, record: RunRecord, sweep_dir: 
         )
     if sweep_dir is not None and not resuming:
         num = run_dir.name.split("_", 1)[0]
-        others = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and d.name != run_dir.name
-                        and (d.name == num or d.name.startswith(f"{num}_")))  # fmt: skip
+        others = sorted(
+            d.name
+            for d in sweep_dir.iterdir()
+            if d.is_dir() and d.name != run_dir.name and (d.name == num or d.name.startswith(f"{num}_"))
+        )
         if others:
             raise ConfigError(
                 f"another sweep is writing into {sweep_dir}: it holds job {others[0]} besides "
@@ -58,13 +60,12 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path, record: RunRecord, sweep_dir: 
         return
     if not record.claim(exclusive=True):
         status = _status_of(record.path)
-        where = ("or give this sweep its own hydra.sweep.dir." if sweep_dir is not None
-                 else "or give this run another hydra.run.dir (runs started in the same second "
-                 "share the default one).")  # fmt: skip
-        raise ConfigError(
-            f"{run_dir} already holds a run (status {status}); add ckpt_path=last to resume it, "
-            + where
+        where = (
+            "or give this sweep its own hydra.sweep.dir."
+            if sweep_dir is not None
+            else "or give this run another hydra.run.dir (runs started in the same second share the default one)."
         )
+        raise ConfigError(f"{run_dir} already holds a run (status {status}); add ckpt_path=last to resume it, " + where)
 
 
 def _status_of(metrics_path: Path) -> str:

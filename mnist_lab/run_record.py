@@ -143,7 +143,6 @@ class RunRecord(L.Callback):
             trainer.logger.finalize("success")
         return self.data
 
-
     def _trained_elsewhere(self) -> dict:
         """When and where the process that trained (trainer.strategy=ddp_spawn's rank 0, or an
         earlier run of a resumed record) says it trained, from the record it wrote."""
@@ -157,4 +156,3 @@ class RunRecord(L.Callback):
         if isinstance(on_disk.get("train_time_s"), (int, float)) and not self.train_time_s:
             self.train_time_s = on_disk["train_time_s"]
         return kept
-

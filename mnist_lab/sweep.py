@@ -49,8 +49,11 @@ class SweepReport(Callback):
         # into a warning, so exit here (SystemExit is not an Exception).
         sweep_dir = Path(config.hydra.sweep.dir)
         if (sweep_dir / "multirun.yaml").exists() and config.get("ckpt_path") != "last":
-            print(f"error: {sweep_dir} already holds a sweep (its multirun.yaml); add ckpt_path=last "
-                  "to resume it, or give this sweep its own hydra.sweep.dir.", file=sys.stderr)  # fmt: skip
+            print(
+                f"error: {sweep_dir} already holds a sweep (its multirun.yaml); add ckpt_path=last "
+                "to resume it, or give this sweep its own hydra.sweep.dir.",
+                file=sys.stderr,
+            )
             sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -64,8 +67,9 @@ class SweepReport(Callback):
         except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
             print(f"warning: the report did not reach MLflow: {error}".splitlines()[0], file=sys.stderr)
         counts = Counter(row["status"] for row in rows)
-        others = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())
-                           if status not in ("ok", "diverged", "failed"))  # fmt: skip
+        others = ", ".join(
+            f"{n} {status}" for status, n in sorted(counts.items()) if status not in ("ok", "diverged", "failed")
+        )
         print(
             f"sweep: {len(rows)} jobs, {counts['ok']} ok, {counts['diverged']} diverged, "
             f"{counts['failed']} failed{', ' + others if others else ''}; "

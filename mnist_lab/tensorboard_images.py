@@ -85,8 +85,7 @@ def mistakes_figure(x: torch.Tensor, pred: torch.Tensor, true: torch.Tensor) -> 
     for i, (p, t) in enumerate(zip(pred.tolist(), true.tolist(), strict=True)):
         row, col = divmod(i, columns)
         x_text, y_text = pad + col * (side + pad) + side / 2, pad + row * (side + pad) - 1.5
-        ax.text(x_text, y_text, f"{p} (true {t})", ha="center", va="bottom", fontsize=7,
-                color="crimson")  # fmt: skip
+        ax.text(x_text, y_text, f"{p} (true {t})", ha="center", va="bottom", fontsize=7, color="crimson")
     return figure
 
 
@@ -101,8 +100,7 @@ def confusion_matrix_figure(confusion: torch.Tensor, title: str) -> Figure:
     threshold = counts.max() / 2
     for true, pred in zip(*counts.nonzero(), strict=True):
         n = counts[true, pred]
-        ax.text(pred, true, str(n), ha="center", va="center", fontsize=7,
-                color="white" if n > threshold else "black")  # fmt: skip
+        ax.text(pred, true, str(n), ha="center", va="center", fontsize=7, color="white" if n > threshold else "black")
     return figure
 
 

@@ -51,8 +51,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None)
     for node in (cfg.get("logger") or {}).values():
         target = node.get("_target_", "")
         cls = next((c for c in (MLFlowLogger, WandbLogger) if target.endswith("." + c.__name__)), None)
-        filled = {key: value for key, value in _defaults(cls, run_dir, sweep_dir, node).items()
-                  if node.get(key) is None}  # fmt: skip
+        filled = {
+            key: value for key, value in _defaults(cls, run_dir, sweep_dir, node).items() if node.get(key) is None
+        }
         loggers.append(instantiate(node, **filled))
     return loggers
 
@@ -71,8 +72,12 @@ def _defaults(cls: type | None, run_dir: Path, sweep_dir: Path | None, node: Dic
     name = run_dir.name if sweep_dir is not None else _shown(run_dir)
     if cls is MLFlowLogger:
         tags = {"run_dir": str(run_dir), **({"sweep": sweep} if sweep else {})}
-        return {"experiment_name": sweep or DEFAULT_PROJECT, "run_name": name, "tags": tags,
-                "artifact_location": _beside_sqlite(node.get("tracking_uri"))}  # fmt: skip
+        return {
+            "experiment_name": sweep or DEFAULT_PROJECT,
+            "run_name": name,
+            "tags": tags,
+            "artifact_location": _beside_sqlite(node.get("tracking_uri")),
+        }
     if cls is WandbLogger:
         return {"save_dir": str(run_dir), "name": name, "group": sweep}
     return {"save_dir": str(run_dir)}  # CSVLogger, and Lightning's other file loggers
@@ -201,8 +206,9 @@ def log_sweep_report(logger_cfg: DictConfig | None, sweep_dir: Path, files: Sequ
     experiment = client.get_experiment_by_name(node.get("experiment_name") or _shown(sweep_dir))
     if experiment is None:
         return  # no job got as far as MLflow
-    run = client.create_run(experiment.experiment_id, run_name="report",
-                            tags={"kind": "report", "sweep": _shown(sweep_dir)})  # fmt: skip
+    run = client.create_run(
+        experiment.experiment_id, run_name="report", tags={"kind": "report", "sweep": _shown(sweep_dir)}
+    )
     for path in files:
         if path.is_file():
             client.log_artifact(run.info.run_id, str(path))

@@ -68,8 +68,7 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict:
     hparams = {
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "loss": cfg.loss._target_.rsplit(".", 1)[-1]
-        + (f":{cfg.loss.distance}" if "distance" in cfg.loss else ""),
+        "loss": cfg.loss._target_.rsplit(".", 1)[-1] + (f":{cfg.loss.distance}" if "distance" in cfg.loss else ""),
         "lr": cfg.optimizer.lr,
         "batch_size": cfg.data.batch_size,
     }
@@ -169,14 +168,15 @@ def fit_and_test(
     trainer = build_trainer(cfg, run_dir, [record], loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     if not module.history["val_acc"]:  # e.g. trainer.max_steps=0: an untrained net is no result
-        raise ConfigError("no training epoch ran (see trainer.limit_train_batches and "
-                          "trainer.max_steps), so there is nothing to test or record; allow at least one batch.")
+        raise ConfigError(
+            "no training epoch ran (see trainer.limit_train_batches and "
+            "trainer.max_steps), so there is nothing to test or record; allow at least one batch."
+        )
     test = None
     if module.diverged_at is None:
         checkpoints = trainer.checkpoint_callback  # None with ~callbacks.checkpoint: test the last weights
         best = (checkpoints.best_model_path or None) if checkpoints else None
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False,
-                            weights_only=True)[0]  # fmt: skip
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
     return record.finish(trainer, module, test)
 
 
@@ -194,8 +194,13 @@ def summary_line(metrics: dict) -> str:
 def resume_command(overrides: list[str], run_dir: Path) -> str:
     """The command that resumes this run, quoted for the shell (and the run dir for Hydra)."""
     kept = [o for o in overrides if not o.startswith("ckpt_path=")]
-    return " ".join([shlex.join(["python", "-m", "mnist_lab.train", *kept]),
-                     override_for_shell("hydra.run.dir", str(run_dir)), "ckpt_path=last"])  # fmt: skip
+    return " ".join(
+        [
+            shlex.join(["python", "-m", "mnist_lab.train", *kept]),
+            override_for_shell("hydra.run.dir", str(run_dir)),
+            "ckpt_path=last",
+        ]
+    )
 
 
 def raise_terminated(signum, frame) -> None:
@@ -224,9 +229,15 @@ def main(cfg: DictConfig) -> float:
         sys.exit(EXIT_ERROR)
     print(summary_line(metrics))
     if metrics["status"] == "interrupted":  # a sweep stops too: the user asked to stop
-        print("resume with: " + (resume_command(overrides, run_dir) if not multirun else
-              f"the same command, hydra.sweep.dir={hydra_cfg.sweep.dir} ckpt_path=last"),
-              file=sys.stderr)  # fmt: skip
+        print(
+            "resume with: "
+            + (
+                resume_command(overrides, run_dir)
+                if not multirun
+                else f"the same command, hydra.sweep.dir={hydra_cfg.sweep.dir} ckpt_path=last"
+            ),
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERRUPTED[metrics.get("stopped_by", "SIGINT")])
     if metrics["status"] == "diverged" and not multirun:
         sys.exit(EXIT_DIVERGED)

@@ -33,8 +33,12 @@ def synthetic_arrays(n_train: int = 3000, n_test: int = 600, seed: int = 0) -> d
 
     train_images, train_labels = make(n_train)
     test_images, test_labels = make(n_test)
-    return {"train_images": train_images, "train_labels": train_labels,
-            "test_images": test_images, "test_labels": test_labels}  # fmt: skip
+    return {
+        "train_images": train_images,
+        "train_labels": train_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
 
 
 def write_idx_files(directory: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -56,9 +60,13 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
 
 def checksums_of(directory: Path) -> dict[str, tuple[str, str]]:
     """(md5, sha256) of each IDX file in ``directory``, in the form of mnist_files.CHECKSUMS."""
-    return {name: (hashlib.md5((directory / name).read_bytes()).hexdigest(),
-                   hashlib.sha256((directory / name).read_bytes()).hexdigest())
-            for name in mnist_files.FILES}  # fmt: skip
+    return {
+        name: (
+            hashlib.md5((directory / name).read_bytes()).hexdigest(),
+            hashlib.sha256((directory / name).read_bytes()).hexdigest(),
+        )
+        for name in mnist_files.FILES
+    }
 
 
 def compose_train(*overrides: str, hydra: bool = False):
@@ -76,14 +84,22 @@ def compose_train(*overrides: str, hydra: bool = False):
 QUICK = ["debug=quick"]
 
 
-def run_cli(module: str, *args: str, cwd: Path, data_dir: Path | None = None, check: bool = True,
-            timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str,
+    *args: str,
+    cwd: Path,
+    data_dir: Path | None = None,
+    check: bool = True,
+    timeout: float = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <args>`` the way the README shows; return the finished process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if data_dir is not None:
         full_env["MNIST_LAB_DATA_DIR"] = str(data_dir)
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
-                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         raise AssertionError(f"{module} {' '.join(args)} exited {result.returncode}:\n{output}")
@@ -104,6 +120,7 @@ TENSORBOARD_RUN = [*QUICK, "trainer.limit_train_batches=3", "optimizer.lr=0.0001
 def tensorboard_run(tmp_path_factory, synthetic_data_dir) -> Path:
     """A finished tiny run dir (metrics.json, tensorboard/), shared by the dashboard tests."""
     run_dir = tmp_path_factory.mktemp("tensorboard_run") / "run"
-    run_cli("mnist_lab.train", *TENSORBOARD_RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent,
-            data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli(
+        "mnist_lab.train", *TENSORBOARD_RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent, data_dir=synthetic_data_dir
+    )
     return run_dir

@@ -41,8 +41,10 @@ def test_concurrent_jobs_fetch_once_and_read_whole_files(tmp_path):
     checksums = checksums_of(source_dir)
     data_dir, fetch_log = tmp_path / "data", tmp_path / "fetches.log"
     args = [str(data_dir), str(source_dir), str(fetch_log), json.dumps(checksums)]
-    jobs = [subprocess.Popen([sys.executable, "-c", JOB, *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for _ in range(4)]  # fmt: skip
+    jobs = [
+        subprocess.Popen([sys.executable, "-c", JOB, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     results = [job.communicate(timeout=120) for job in jobs]
 
     assert all(job.returncode == 0 for job in jobs), [err for _, err in results]

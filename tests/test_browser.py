@@ -29,8 +29,14 @@ from tests.conftest import read_metrics
 pytestmark = pytest.mark.browser
 
 CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run")  # fmt: skip
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+)
 WINDOW = (1400, 1000)
 TIMEOUT_S = 90  # for TensorBoard to start and load, and for each dashboard to render
 
@@ -47,31 +53,43 @@ const deep = (root) => {
 };
 """
 # Tags of the scalar cards whose chart has drawn a line.
-DRAWN_SCALAR_CARDS = DEEP + """
+DRAWN_SCALAR_CARDS = (
+    DEEP
+    + """
 return deep(document).filter(card => card.localName === 'tf-scalar-card' && deep(card).some(
   p => p.localName === 'path' && p.classList.contains('line') && p.getAttribute('d'))
 ).map(card => card.tag);
 """
+)
 # [tag, width, height] of each image card whose image has loaded.
-LOADED_IMAGES = DEEP + """
+LOADED_IMAGES = (
+    DEEP
+    + """
 return deep(document).filter(card => card.localName === 'tf-image-loader').flatMap(
   card => deep(card).filter(img => img.localName === 'img' && img.complete && img.naturalWidth)
                     .map(img => [card.tag, img.naturalWidth, img.naturalHeight]));
 """
+)
 # Sets the dashboard checkbox labelled arguments[0] to arguments[1]; false if there is none.
-SET_CHECKBOX = DEEP + """
+SET_CHECKBOX = (
+    DEEP
+    + """
 const [label, checked] = arguments;
 const box = deep(document).find(e => e.localName === 'paper-checkbox'
                                      && e.textContent.includes(label));
 if (box && box.checked !== checked) box.click();
 return Boolean(box);
 """
+)
 # The text of the HParams table view (one row per run).
-HPARAMS_TABLE_TEXT = DEEP + """
+HPARAMS_TABLE_TEXT = (
+    DEEP
+    + """
 const view = deep(document).find(e => e.localName === 'tf-hparams-table-view');
 const leaves = view ? deep(view).filter(e => !e.children.length && e.localName !== 'style') : [];
 return leaves.map(e => e.textContent.trim()).join(' | ');
 """
+)
 
 
 def missing_browser_parts() -> dict[str, str]:
@@ -125,15 +143,27 @@ def tensorboard_url(run_dir, tmp_path_factory):
     """`tensorboard --logdir <run dir>` on 127.0.0.1 at a port it picks; its URL once it has
     loaded the run's scalars and images."""
     log = tmp_path_factory.mktemp("tensorboard_server") / "tensorboard.log"
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir),
-               "--host", "127.0.0.1", "--port", "0"]  # `tensorboard ...`, with this Python
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(run_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]  # `tensorboard ...`, with this Python
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = wait_for(lambda: served_url(server, log), "TensorBoard to print its URL", log)
         for plugin, tag in (("scalars", "val/acc"), ("images", "val/misclassified")):
-            wait_for(lambda p=plugin, t=tag: t in fetch(f"{url}data/plugin/{p}/tags"),
-                     f"TensorBoard to load {tag} from {run_dir}", log)  # fmt: skip
+            wait_for(
+                lambda p=plugin, t=tag: t in fetch(f"{url}data/plugin/{p}/tags"),
+                f"TensorBoard to load {tag} from {run_dir}",
+                log,
+            )
         yield url
     finally:
         server.terminate()
@@ -174,8 +204,7 @@ def screenshots(tmp_path_factory):
     yield pages
     if not pages:
         return
-    target = Path(os.environ.get("MNIST_LAB_SCREENSHOT")
-                  or tmp_path_factory.mktemp("screenshot") / "tensorboard.png")  # fmt: skip
+    target = Path(os.environ.get("MNIST_LAB_SCREENSHOT") or tmp_path_factory.mktemp("screenshot") / "tensorboard.png")
     sheet = Image.new("RGB", (max(p.width for p in pages), sum(p.height for p in pages)), "white")
     for i, page in enumerate(pages):
         sheet.paste(page, (0, sum(p.height for p in pages[:i])))
@@ -196,8 +225,10 @@ def screenshot(driver, checkbox: tuple[str, bool]) -> Image.Image:
 def test_scalars_dashboard_draws_train_loss_and_val_acc(browser, tensorboard_url, screenshots):
     open_dashboard(browser, tensorboard_url, "scalars&tagFilter=%5E(train%2Floss%7Cval%2Facc)%24")
     wanted = {"train/loss", "val/acc"}
-    wait_for(lambda: wanted <= set(browser.execute_script(DRAWN_SCALAR_CARDS)),
-             "the scalars dashboard to draw train/loss and val/acc")  # fmt: skip
+    wait_for(
+        lambda: wanted <= set(browser.execute_script(DRAWN_SCALAR_CARDS)),
+        "the scalars dashboard to draw train/loss and val/acc",
+    )
     # a few val/acc points make outlier-trimmed axes useless
     screenshots.append(screenshot(browser, ("Ignore outliers in chart scaling", False)))
 
@@ -221,8 +252,12 @@ def test_hparams_dashboard_lists_the_run_with_its_final_metrics(browser, tensorb
     # One row: the run (named after its folder under the logdir: "tensorboard"), the first few
     # hyperparameters in name order (batch_size always among them) and the final metrics, with
     # numbers written as JavaScript's toPrecision(5) does, which is Python's "#.5g".
-    row = ["tensorboard", f"{config.data.batch_size:#.5g}", f"{metrics['best_val_acc']:#.5g}",
-           f"{metrics['test_acc']:#.5g}"]  # fmt: skip
+    row = [
+        "tensorboard",
+        f"{config.data.batch_size:#.5g}",
+        f"{metrics['best_val_acc']:#.5g}",
+        f"{metrics['test_acc']:#.5g}",
+    ]
     open_dashboard(browser, tensorboard_url, "hparams")
 
     def cells() -> list[str]:

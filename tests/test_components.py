@@ -31,8 +31,11 @@ def test_model_sizes_match_their_descriptions():
     assert count(instantiate(config("model=mlp", "model.hidden=[]").model)) == 784 * 10 + 10
     cnn = instantiate(config("model=cnn").model)  # pytorch/examples: 1,199,882 parameters
     assert count(cnn) == 1_199_882
-    deep = instantiate(config("model=mlp", "model.hidden=[64,32]", "model.batch_norm=true",
-                              "model.dropout=0.1", "model.activation=tanh").model)  # fmt: skip
+    deep = instantiate(
+        config(
+            "model=mlp", "model.hidden=[64,32]", "model.batch_norm=true", "model.dropout=0.1", "model.activation=tanh"
+        ).model
+    )
     kinds = [type(m).__name__ for m in deep]
     assert kinds.count("Linear") == 3 and "BatchNorm1d" in kinds and "Tanh" in kinds and "Dropout" in kinds
 
@@ -73,8 +76,12 @@ def test_each_optimizer_takes_a_step_that_lowers_the_loss(optimizer):
 
 @pytest.mark.parametrize("scheduler", [s for s in options("scheduler") if s != "none"])
 def test_each_scheduler_moves_the_learning_rate(scheduler):
-    cfg = config(f"scheduler={scheduler}", "optimizer=sgd", "optimizer.lr=0.1",
-                 "scheduler.patience=0" if scheduler == "plateau" else "trainer.max_epochs=10")  # fmt: skip
+    cfg = config(
+        f"scheduler={scheduler}",
+        "optimizer=sgd",
+        "optimizer.lr=0.1",
+        "scheduler.patience=0" if scheduler == "plateau" else "trainer.max_epochs=10",
+    )
     opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     extra = {"total_steps": 100} if scheduler == "onecycle" else {}
     sched = instantiate(cfg.scheduler)(opt, **extra)
@@ -97,9 +104,15 @@ def test_step_schedule_halves_every_ten_epochs():
     assert lrs[0] == lrs[9] == 0.4 and lrs[10] == 0.2 and lrs[20] == 0.1
 
 
-@pytest.mark.parametrize("optimizer, chosen, fused", [
-    ("adam", [], True), ("adamw", [], True), ("adam", ["+optimizer.fused=false"], False), ("sgd", [], None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "optimizer, chosen, fused",
+    [
+        ("adam", [], True),
+        ("adamw", [], True),
+        ("adam", ["+optimizer.fused=false"], False),
+        ("sgd", [], None),
+    ],
+)
 def test_cpu_runs_use_the_fused_adam_kernel_unless_the_config_chooses(optimizer, chosen, fused):
     from mnist_lab.classifier import Classifier
 

@@ -17,8 +17,15 @@ def test_cpu_run_takes_the_eager_step_and_cuda_graph_on_is_refused(tmp_path, syn
     from mnist_lab.cuda_graph import graph_unsupported_reason
 
     assert graph_unsupported_reason(torch.optim.Adam, None, torch.device("cpu")) == "the model is not on a CUDA device"
-    result = run_cli("mnist_lab.train", *QUICK, "step.cuda_graph=on", f"hydra.run.dir={tmp_path / 'r'}",
-                     cwd=tmp_path, data_dir=synthetic_data_dir, check=False)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        "step.cuda_graph=on",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+        check=False,
+    )
     assert result.returncode != 0
     assert "step.cuda_graph=on but the model is not on a CUDA device; use step.cuda_graph=auto." in result.stderr
     assert "Traceback" not in result.stderr
@@ -27,18 +34,27 @@ def test_cpu_run_takes_the_eager_step_and_cuda_graph_on_is_refused(tmp_path, syn
 def run_on_gpu(tmp_path, name: str, *overrides: str) -> dict:
     """Real MNIST from $MNIST_LAB_DATA_DIR (or ./data)."""
     run_dir = tmp_path / name
-    run_cli("mnist_lab.train", "trainer.accelerator=gpu", "trainer.max_epochs=3", *overrides,
-            f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        "trainer.accelerator=gpu",
+        "trainer.max_epochs=3",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     return read_metrics(run_dir)
 
 
 @needs_cuda
-@pytest.mark.parametrize("overrides", [
-    ["model=mlp", "model.hidden=[64,128,64]", "model.batch_norm=true", "model.dropout=0.1"],
-    ["model=cnn", "optimizer=adamw", "optimizer.weight_decay=0.01", "scheduler=onecycle"],
-    ["model=mlp", "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
-    ["model=mlp", "optimizer=rmsprop", "optimizer.weight_decay=1e-4"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=mlp", "model.hidden=[64,128,64]", "model.batch_norm=true", "model.dropout=0.1"],
+        ["model=cnn", "optimizer=adamw", "optimizer.weight_decay=0.01", "scheduler=onecycle"],
+        ["model=mlp", "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
+        ["model=mlp", "optimizer=rmsprop", "optimizer.weight_decay=1e-4"],
+    ],
+)
 def test_graph_and_eager_steps_agree_over_three_seeds(tmp_path, overrides):
     """Real MNIST on the GPU: mean final test accuracy within 0.3 pp, loss curves alike."""
     graph, eager = [], []
@@ -73,15 +89,27 @@ def emulated_cuda_graph(monkeypatch):
     monkeypatch.setattr(step_factory, "graph_unsupported_reason", reason_ignoring_device)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
-    ["optimizer=adamw", "optimizer.weight_decay=0.01", "scheduler=onecycle", "model.batch_norm=true"],
-    ["optimizer=rmsprop", "optimizer.lr=0.001"],
-    ["optimizer=adam", "loss=mse", "scheduler=plateau", "scheduler.patience=0", "model.dropout=0.3"],
-    ["optimizer=adadelta", "loss=l1", "scheduler=cosine"],
-    ["model=cnn", "model.channels=[4,8]", "model.fc=[16]", "model.dropout=0", "model.conv_dropout=0",
-     "optimizer=rmsprop", "optimizer.momentum=0.9", "optimizer.centered=true", "scheduler=exponential"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
+        ["optimizer=adamw", "optimizer.weight_decay=0.01", "scheduler=onecycle", "model.batch_norm=true"],
+        ["optimizer=rmsprop", "optimizer.lr=0.001"],
+        ["optimizer=adam", "loss=mse", "scheduler=plateau", "scheduler.patience=0", "model.dropout=0.3"],
+        ["optimizer=adadelta", "loss=l1", "scheduler=cosine"],
+        [
+            "model=cnn",
+            "model.channels=[4,8]",
+            "model.fc=[16]",
+            "model.dropout=0",
+            "model.conv_dropout=0",
+            "optimizer=rmsprop",
+            "optimizer.momentum=0.9",
+            "optimizer.centered=true",
+            "scheduler=exponential",
+        ],
+    ],
+)
 def test_emulated_graph_step_matches_the_eager_step_on_cpu(
     tmp_path, synthetic_data_dir, emulated_cuda_graph, overrides, capsys
 ):
@@ -115,8 +143,10 @@ def test_a_failed_capture_falls_back_to_the_eager_step_from_the_same_start(
     monkeypatch.setattr(step_factory, "graph_optimizer_kwargs", lambda make_optimizer: {})
     overrides = ["optimizer=sgd", "optimizer.momentum=0.9", "scheduler=step"]
     fallback, eager = train_with_cuda_graph(tmp_path, synthetic_data_dir, overrides, "auto", "off")
-    assert "CUDA graph off: capturing the training step failed (operation not permitted when stream is capturing" \
+    assert (
+        "CUDA graph off: capturing the training step failed (operation not permitted when stream is capturing"
         in capsys.readouterr().out
+    )
     assert fallback["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-6)
 
 
@@ -153,8 +183,13 @@ def test_grouped_small_batches_train_exactly_like_one_batch_per_loop_step(tmp_pa
     run must be the same, step for step, as with one batch per loop step."""
     from mnist_lab import data, train
 
-    overrides = [*QUICK, "trainer.max_epochs=1", "data.batch_size=4", "scheduler=onecycle",
-                 f"data.data_dir={synthetic_data_dir}"]  # fmt: skip
+    overrides = [
+        *QUICK,
+        "trainer.max_epochs=1",
+        "data.batch_size=4",
+        "scheduler=onecycle",
+        f"data.data_dir={synthetic_data_dir}",
+    ]
     cfg = compose_train(*overrides)
     grouped = train.run(cfg, tmp_path / "grouped", [])
     monkeypatch.setattr(data, "SAMPLES_PER_CALL", 1)
@@ -191,8 +226,14 @@ def test_a_second_fit_of_the_same_module_captures_a_new_graph(tmp_path, syntheti
     data = MNISTDataModule(str(synthetic_data_dir), batch_size=96, val_size=500)
     graphs = []
     for _ in range(2):
-        trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         trainer.fit(module, datamodule=data)
         graphs.append(module.step.graph)
     assert graphs[0] is not None and graphs[1] is not None and graphs[1] is not graphs[0]

@@ -19,14 +19,19 @@ MLP = {"_target_": "mnist_lab.models.MLP", "hidden": [8]}
 LOSS = {"_target_": "torch.nn.CrossEntropyLoss"}
 
 
-@pytest.mark.parametrize("forged, why", [
-    ({"model": MLP, "loss": LOSS}, "Error(s) in loading state_dict for MLP"),  # weights of another shape
-    ({"model": {**MLP, "hidden": "wide"}, "loss": LOSS}, "TypeError: "),  # arguments the class refuses
-    ({"model": {"_target_": "torch.nn.Linear", "in_features": 1}, "loss": LOSS}, "TypeError: "),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "forged, why",
+    [
+        ({"model": MLP, "loss": LOSS}, "Error(s) in loading state_dict for MLP"),  # weights of another shape
+        ({"model": {**MLP, "hidden": "wide"}, "loss": LOSS}, "TypeError: "),  # arguments the class refuses
+        ({"model": {"_target_": "torch.nn.Linear", "in_features": 1}, "loss": LOSS}, "TypeError: "),
+    ],
+)
 def test_evaluate_on_a_forged_checkpoint_is_one_sentence(tmp_path, forged, why):
-    torch.save({"hyper_parameters": {"config": forged}, "state_dict": {"net.layers.0.weight": torch.zeros(3)}},
-               tmp_path / "forged.ckpt")  # fmt: skip
+    torch.save(
+        {"hyper_parameters": {"config": forged}, "state_dict": {"net.layers.0.weight": torch.zeros(3)}},
+        tmp_path / "forged.ckpt",
+    )
     result = run_cli("mnist_lab.evaluate", "ckpt_path=forged.ckpt", "device=cpu", cwd=tmp_path, check=False)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -53,13 +58,29 @@ def test_predict_on_a_huge_image_is_one_sentence(tmp_path, side):
         load_images([tmp_path / "huge.png"])
 
 
-@pytest.mark.parametrize("content", ["null", "[]", '"ok"', '{"status": "ok", "best_val_acc": "high"}',
-                                     '{"status": "ok", "val_acc": [0.5, {"x": 1}]}', '{"status": 3}'])  # fmt: skip
+@pytest.mark.parametrize(
+    "content",
+    [
+        "null",
+        "[]",
+        '"ok"',
+        '{"status": "ok", "best_val_acc": "high"}',
+        '{"status": "ok", "val_acc": [0.5, {"x": 1}]}',
+        '{"status": 3}',
+    ],
+)
 def test_the_report_makes_a_metrics_json_that_is_not_a_record_a_failed_row(tmp_path, content):
     from mnist_lab.report import write_report
 
-    good = {"status": "ok", "best_val_acc": 0.9, "test_acc": 0.9, "epochs": 1, "val_acc": [0.9],
-            "overrides": ["optimizer.lr=0.1"], "train_time_s": 1.0}  # fmt: skip
+    good = {
+        "status": "ok",
+        "best_val_acc": 0.9,
+        "test_acc": 0.9,
+        "epochs": 1,
+        "val_acc": [0.9],
+        "overrides": ["optimizer.lr=0.1"],
+        "train_time_s": 1.0,
+    }
     for job, text in (("0_optimizer.lr=0.1", json.dumps(good)), ("1_optimizer.lr=0.2", content)):
         (tmp_path / job).mkdir()
         (tmp_path / job / "metrics.json").write_text(text)

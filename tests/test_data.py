@@ -51,8 +51,7 @@ def test_drop_last_and_batch_size_one():
 
 def test_ranks_take_disjoint_equal_shards():
     x, y = torch.zeros(11, 1), torch.arange(11)
-    shards = [torch.cat([b[1] for b in DeviceBatches(x, y, 2, shuffle=True, rank=r, world_size=2)])
-              for r in range(2)]  # fmt: skip
+    shards = [torch.cat([b[1] for b in DeviceBatches(x, y, 2, shuffle=True, rank=r, world_size=2)]) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 5
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
 

@@ -49,14 +49,25 @@ if __name__ == "__main__":  # ddp_spawn's processes import this file again
 
 @pytest.mark.parametrize("strategy, batch_size", [("ddp", 8), ("ddp_spawn", 64)])  # 8: groups of 4 batches
 def test_two_processes_keep_identical_replicas_and_finish(tmp_path, synthetic_data_dir, strategy, batch_size):
-    args = [*QUICK, "trainer.devices=2", f"trainer.strategy={strategy}", f"data.batch_size={batch_size}",
-            "trainer.limit_train_batches=6", f"data.data_dir={synthetic_data_dir}"]  # fmt: skip
-    env = {**os.environ, "REPLICAS": str(tmp_path / "replicas.json"), "RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    args = [
+        *QUICK,
+        "trainer.devices=2",
+        f"trainer.strategy={strategy}",
+        f"data.batch_size={batch_size}",
+        "trainer.limit_train_batches=6",
+        f"data.data_dir={synthetic_data_dir}",
+    ]
+    env = {
+        **os.environ,
+        "REPLICAS": str(tmp_path / "replicas.json"),
+        "RUN_DIR": str(tmp_path / "run"),
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     script = tmp_path / "train_and_compare.py"
     script.write_text(TRAIN_AND_COMPARE_REPLICAS)
-    result = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=400)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     replicas = json.loads((tmp_path / "replicas.json").read_text())
     group = max(1, 32 // batch_size)
@@ -68,12 +79,24 @@ def test_two_processes_keep_identical_replicas_and_finish(tmp_path, synthetic_da
 
 def test_trainer_ddp_sim_trains_two_processes_and_records_once(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
-    result = run_cli("mnist_lab.train", *QUICK, "trainer=ddp_sim", "trainer.limit_train_batches=5",
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path, data_dir=synthetic_data_dir, timeout=400)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        "trainer=ddp_sim",
+        "trainer.limit_train_batches=5",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+        timeout=400,
+    )
     assert "Starting with 2 processes" in result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("[ok] test/acc ")
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "ok" and metrics["epochs"] == 2 and len(metrics["val_acc"]) == 2
     assert metrics["train_time_s"] > 0 and metrics["test_acc"] is not None
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
-        "checkpoints", "metrics.json", "tensorboard", "train.log"]
+        "checkpoints",
+        "metrics.json",
+        "tensorboard",
+        "train.log",
+    ]

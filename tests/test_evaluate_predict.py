@@ -22,8 +22,14 @@ MODELS = {"cnn": ["model=cnn_small", "model.fc=[64]"], "mlp": ["model=mlp"]}
 def trained_run(request, tmp_path_factory, synthetic_data_dir):
     """A finished run dir on the synthetic data, one per model type."""
     run_dir = tmp_path_factory.mktemp(request.param) / "run"
-    run_cli("mnist_lab.train", *QUICK, *MODELS[request.param], f"hydra.run.dir={run_dir}",
-            cwd=run_dir.parent, data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        *MODELS[request.param],
+        f"hydra.run.dir={run_dir}",
+        cwd=run_dir.parent,
+        data_dir=synthetic_data_dir,
+    )
     return run_dir
 
 
@@ -69,8 +75,7 @@ def predictions(stdout: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_evaluate_reproduces_the_runs_test_metrics(trained_run, synthetic_data_dir):
-    result = run_cli("mnist_lab.evaluate", f"ckpt_path={trained_run}", cwd=trained_run,
-                     data_dir=synthetic_data_dir)  # fmt: skip
+    result = run_cli("mnist_lab.evaluate", f"ckpt_path={trained_run}", cwd=trained_run, data_dir=synthetic_data_dir)
     metrics = read_metrics(trained_run)
     assert f"test/acc {metrics['test_acc']:.4f}" in result.stdout, result.stdout
     assert f"test/loss {metrics['test_loss']:.4f}" in result.stdout, result.stdout
@@ -83,8 +88,7 @@ def test_evaluate_reproduces_the_runs_test_metrics(trained_run, synthetic_data_d
 
 def test_evaluate_takes_a_ckpt_file(trained_run, synthetic_data_dir):
     last = trained_run / "checkpoints" / "last.ckpt"
-    result = run_cli("mnist_lab.evaluate", f"ckpt_path={last}", cwd=trained_run,
-                     data_dir=synthetic_data_dir)  # fmt: skip
+    result = run_cli("mnist_lab.evaluate", f"ckpt_path={last}", cwd=trained_run, data_dir=synthetic_data_dir)
     accuracy = re.search(r"test/acc ([01]\.\d{4})", result.stdout)
     assert accuracy and float(accuracy[1]) > 0.8, result.stdout
     assert (last.parent / "last.confusion_matrix.png").is_file()
@@ -93,9 +97,11 @@ def test_evaluate_takes_a_ckpt_file(trained_run, synthetic_data_dir):
 def test_evaluate_explains_a_path_that_is_not_a_checkpoint(trained_run):
     if "mlp" in str(trained_run):
         pytest.skip("the checks do not depend on the model; run them once")
-    for name, expected in [("metrics.json", "is not a PyTorch checkpoint"),
-                           ("missing.ckpt", "does not exist"),
-                           ("tensorboard", "is a directory with no checkpoints/best.ckpt")]:
+    for name, expected in [
+        ("metrics.json", "is not a PyTorch checkpoint"),
+        ("missing.ckpt", "does not exist"),
+        ("tensorboard", "is a directory with no checkpoints/best.ckpt"),
+    ]:
         with pytest.raises(CheckpointError, match=expected):
             load_checkpoint(trained_run / name, torch.device("cpu"))
     path = trained_run / "metrics.json"
@@ -112,8 +118,7 @@ def test_predict_prints_each_files_digit_and_probabilities(trained_run, tmp_path
         image = Image.new("L", (60 + 30 * i, 90), paper)
         image.paste(ink, (25, 15, 35 + 10 * i, 75))  # a bar: a "1" of some width
         image.save(digits / f"bar_{i}.png")
-    result = run_cli("mnist_lab.predict", f"ckpt_path={trained_run}", "images=digits/*.png",
-                     cwd=tmp_path)  # fmt: skip
+    result = run_cli("mnist_lab.predict", f"ckpt_path={trained_run}", "images=digits/*.png", cwd=tmp_path)
     found = predictions(result.stdout)
     assert sorted(found) == [f"digits/bar_{i}.png" for i in range(3)], result.stdout
     for ranked in found.values():
@@ -131,8 +136,7 @@ def test_predict_explains_bad_input(tmp_path, monkeypatch):
         load_images([Path("notes.png")])
     with pytest.raises(ImageError, match="blank.png looks blank"):
         load_images([Path("blank.png")])
-    result = run_cli("mnist_lab.predict", "ckpt_path=nowhere", "images=blank.png", cwd=tmp_path,
-                     check=False)  # fmt: skip
+    result = run_cli("mnist_lab.predict", "ckpt_path=nowhere", "images=blank.png", cwd=tmp_path, check=False)
     assert result.returncode == 1 and result.stderr.startswith("error: blank.png looks blank")
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -151,12 +155,19 @@ def test_preprocessing_recovers_mnist_digits_drawn_at_other_sizes_and_polarity(r
 def test_predict_reads_re_rendered_test_digits_with_a_trained_cnn(tmp_path, real_test_set):
     # 200 steps of Adam on real MNIST: about 95% test accuracy (10 of 10 here, when written)
     run_dir = tmp_path / "run"
-    run_cli("mnist_lab.train", *MODELS["cnn"], "trainer.max_epochs=1", "trainer.accelerator=cpu",
-            "trainer.limit_train_batches=200", "data.val_size=1000", f"data.data_dir={REAL_DATA}",
-            f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        *MODELS["cnn"],
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.limit_train_batches=200",
+        "data.val_size=1000",
+        f"data.data_dir={REAL_DATA}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     truth = write_digits(tmp_path / "digits", *real_test_set)
-    result = run_cli("mnist_lab.predict", f"ckpt_path={run_dir}", "images=digits/*.png",
-                     cwd=tmp_path)  # fmt: skip
+    result = run_cli("mnist_lab.predict", f"ckpt_path={run_dir}", "images=digits/*.png", cwd=tmp_path)
     found = predictions(result.stdout)
     assert sorted(found) == sorted(truth), result.stdout
     right = sum(found[path][0][0] == label for path, label in truth.items())
@@ -174,8 +185,9 @@ def test_a_checkpoint_naming_other_code_to_build_is_refused(trained_run, tmp_pat
     torch.save(checkpoint, forged)
     with pytest.raises(CheckpointError, match="asks to build 'os.mkdir' as its model"):
         load_checkpoint(forged, torch.device("cpu"))
-    result = run_cli("mnist_lab.evaluate", f"ckpt_path={forged}", cwd=tmp_path, data_dir=synthetic_data_dir,
-                     check=False)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.evaluate", f"ckpt_path={forged}", cwd=tmp_path, data_dir=synthetic_data_dir, check=False
+    )
     assert result.returncode == 1 and not marker.exists()
     assert result.stderr.strip().splitlines() == [
         f"error: {forged} asks to build 'os.mkdir' as its model, which is not a model or loss of "
@@ -184,17 +196,23 @@ def test_a_checkpoint_naming_other_code_to_build_is_refused(trained_run, tmp_pat
     ]
 
 
-@pytest.mark.parametrize("command, override, message", [
-    ("evaluate", "batch_size=0", "error: batch_size=0 is not a whole number of images ≥ 1; use e.g. batch_size=10000."),
-    ("evaluate", "device=tpu", "error: device=tpu is not a device here; use device=auto, cpu or cuda."),
-    ("predict", "top=0", "error: top=0 is not how many digits to list; use a whole number from 1 to 10."),
-    ("predict", "device=gpu", "error: device=gpu is not a device here; use device=auto, cpu or cuda."),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "command, override, message",
+    [
+        (
+            "evaluate",
+            "batch_size=0",
+            "error: batch_size=0 is not a whole number of images ≥ 1; use e.g. batch_size=10000.",
+        ),
+        ("evaluate", "device=tpu", "error: device=tpu is not a device here; use device=auto, cpu or cuda."),
+        ("predict", "top=0", "error: top=0 is not how many digits to list; use a whole number from 1 to 10."),
+        ("predict", "device=gpu", "error: device=gpu is not a device here; use device=auto, cpu or cuda."),
+    ],
+)
 def test_evaluate_and_predict_settings_get_one_sentence(trained_run, tmp_path, command, override, message):
     if "mlp" in str(trained_run):
         pytest.skip("the checks do not depend on the model; run them once")
     Image.new("L", (50, 50), 0).save(tmp_path / "digit.png")
     images = ["images=digit.png"] if command == "predict" else []
-    result = run_cli(f"mnist_lab.{command}", f"ckpt_path={trained_run}", *images, override,
-                     cwd=tmp_path, check=False)  # fmt: skip
+    result = run_cli(f"mnist_lab.{command}", f"ckpt_path={trained_run}", *images, override, cwd=tmp_path, check=False)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [message]

@@ -17,20 +17,27 @@ TINY = ["debug=tiny", "~callbacks.images"]  # conf/debug/tiny.yaml; the images a
 
 # What the issue asks of each study: (model target, optimizer, epochs, grid size).
 STUDIES = {
-    "mlp_lr": ("MLP", "Adam", 10, 3), "mlp_batch": ("MLP", "Adam", 10, 4),
-    "mlp_depth": ("MLP", "Adam", 10, 3), "mlp_width": ("MLP", "Adam", 10, 3),
-    "mlp_loss": ("MLP", "Adam", 10, 3), "mlp_loss_softmax": ("MLP", "Adam", 10, 3),
-    "softmax_batch": ("MLP", "SGD", 32, 5), "softmax_lr": ("MLP", "SGD", 128, 6),
-    "softmax_momentum": ("MLP", "SGD", 128, 5), "softmax_decay": ("MLP", "SGD", 128, 3),
+    "mlp_lr": ("MLP", "Adam", 10, 3),
+    "mlp_batch": ("MLP", "Adam", 10, 4),
+    "mlp_depth": ("MLP", "Adam", 10, 3),
+    "mlp_width": ("MLP", "Adam", 10, 3),
+    "mlp_loss": ("MLP", "Adam", 10, 3),
+    "mlp_loss_softmax": ("MLP", "Adam", 10, 3),
+    "softmax_batch": ("MLP", "SGD", 32, 5),
+    "softmax_lr": ("MLP", "SGD", 128, 6),
+    "softmax_momentum": ("MLP", "SGD", 128, 5),
+    "softmax_decay": ("MLP", "SGD", 128, 3),
     "softmax_adam": ("MLP", "Adam", 128, 2),
-    "cnn_example": ("CNN", "Adadelta", 14, 1), "cnn_example_lr": ("CNN", "SGD", 14, 5),
+    "cnn_example": ("CNN", "Adadelta", 14, 1),
+    "cnn_example_lr": ("CNN", "SGD", 14, 5),
     "cnn_example_gamma": ("CNN", "Adadelta", 14, 4),
     "cnn_example_regularization": ("CNN", "Adadelta", 14, 6),
     "cnn_example_adam": ("CNN", "Adam", 14, 3),
-    "cnn_small_arch": ("CNN", "SGD", 1, 3), "cnn_small_lr": ("CNN", "SGD", 1, 2),
+    "cnn_small_arch": ("CNN", "SGD", 1, 3),
+    "cnn_small_lr": ("CNN", "SGD", 1, 2),
     "cnn_small_batch": ("CNN", "SGD", 1, 2),
     "mlp4_wide": ("MLP", "SGD", 30, 1),
-}  # fmt: skip
+}
 
 
 def grid(name: str, extra: list[str] = ()) -> list[list[str]]:

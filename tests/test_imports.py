@@ -42,7 +42,9 @@ def test_no_import_circle():
 
 
 def test_the_report_and_the_error_sentences_start_without_lightning():
-    code = ("import sys, mnist_lab.report, mnist_lab.hydra_errors; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}))")  # fmt: skip
+    code = (
+        "import sys, mnist_lab.report, mnist_lab.hydra_errors; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -29,9 +29,16 @@ def sweep(tmp_path: Path, data_dir: Path, *overrides: str) -> tuple[Path, str]:
     """A two-job lr sweep (or ``overrides``' own); the data dir is passed in the config, as the
     environment of this process does not reach Ray's workers."""
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("mnist_lab.train", "-m", *overrides, *QUICK, "trainer.max_epochs=1",
-                     f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
-                     cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        *overrides,
+        *QUICK,
+        "trainer.max_epochs=1",
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
     return sweep_dir, result.stdout + result.stderr
 
 
@@ -49,6 +56,7 @@ def assert_every_job_reported(sweep_dir: Path, jobs: int, output: str) -> list[d
 
 def test_presets_are_the_plugins_launchers_with_our_settings():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+
         def launcher(name: str):
             overrides = [f"hydra/launcher={name}"]
             return compose("train", overrides=overrides, return_hydra_config=True).hydra.launcher
@@ -62,15 +70,13 @@ def test_presets_are_the_plugins_launchers_with_our_settings():
 
 
 def test_joblib_runs_jobs_in_worker_processes(tmp_path, synthetic_data_dir):
-    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "hydra/launcher=local_parallel",
-                              "optimizer.lr=0.001,0.01")  # fmt: skip
+    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "hydra/launcher=local_parallel", "optimizer.lr=0.001,0.01")
     assert "Joblib.Parallel(n_jobs=2," in output
     assert_every_job_reported(sweep_dir, 2, output)
 
 
 def test_submitit_local_runs_real_submitit_jobs(tmp_path, synthetic_data_dir):
-    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "hydra/launcher=submitit_local",
-                              "optimizer.lr=0.001,0.01")  # fmt: skip
+    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "hydra/launcher=submitit_local", "optimizer.lr=0.001,0.01")
     assert len(list((sweep_dir / ".submitit").glob("*/*_0_log.out"))) == 2  # submitit's job logs
     assert_every_job_reported(sweep_dir, 2, output)
 
@@ -89,13 +95,23 @@ def ray_cluster():
     log = Path(temp_dir) / "ray_start.log"
     with open(log, "w") as out:
         head = subprocess.Popen(
-            [str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-             f"--port={port}", f"--ray-client-server-port={free_port()}",
-             f"--dashboard-port={free_port()}", "--include-dashboard=false", "--num-cpus=2",
-             "--disable-usage-stats",
-             f"--temp-dir={temp_dir}"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                str(RAY),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-port={free_port()}",
+                "--include-dashboard=false",
+                "--num-cpus=2",
+                "--disable-usage-stats",
+                f"--temp-dir={temp_dir}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started" not in log.read_text():
@@ -112,16 +128,19 @@ def ray_cluster():
 
 
 def test_ray_launcher_runs_jobs_as_tasks_on_a_cluster(ray_cluster, tmp_path, synthetic_data_dir):
-    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "hydra/launcher=ray_cluster",
-                              f"hydra.launcher.ray.init.address={ray_cluster}",
-                              "optimizer.lr=0.001,0.01")  # fmt: skip
+    sweep_dir, output = sweep(
+        tmp_path,
+        synthetic_data_dir,
+        "hydra/launcher=ray_cluster",
+        f"hydra.launcher.ray.init.address={ray_cluster}",
+        "optimizer.lr=0.001,0.01",
+    )
     assert "Connecting to existing Ray cluster" in output and "(_run_job pid=" in output
     assert_every_job_reported(sweep_dir, 2, output)
 
 
 def test_optuna_search_maximizes_best_val_acc_and_gets_the_report(tmp_path, synthetic_data_dir):
-    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "hparams_search=optuna",
-                              "hydra.sweeper.n_trials=3")  # fmt: skip
+    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
     rows = assert_every_job_reported(sweep_dir, 3, output)
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"optimizer.lr", "data.batch_size", "model.hidden"}

@@ -23,12 +23,15 @@ class HostSyncCounter(TorchDispatchMode):
         return func(*args, **kwargs or {})
 
 
-@pytest.mark.parametrize("overrides", [
-    ["optimizer=adam", "scheduler=onecycle"],
-    ["optimizer=sgd", "optimizer.momentum=0.9", "loss=mse", "model.batch_norm=true"],
-    ["optimizer=rmsprop", "loss=l1", "model.dropout=0.2"],
-    ["optimizer=adamw", "model=cnn", "model.channels=[4,8]", "model.fc=[16]", "data.batch_size=8"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer=adam", "scheduler=onecycle"],
+        ["optimizer=sgd", "optimizer.momentum=0.9", "loss=mse", "model.batch_norm=true"],
+        ["optimizer=rmsprop", "loss=l1", "model.dropout=0.2"],
+        ["optimizer=adamw", "model=cnn", "model.channels=[4,8]", "model.fc=[16]", "data.batch_size=8"],
+    ],
+)
 def test_training_steps_make_no_host_sync_between_loss_checks(tmp_path, synthetic_data_dir, monkeypatch, overrides):
     from mnist_lab import classifier, train
 
@@ -41,8 +44,9 @@ def test_training_steps_make_no_host_sync_between_loss_checks(tmp_path, syntheti
         steps.append(self.epoch_log.steps)
 
     monkeypatch.setattr(classifier.Classifier, "training_step", counted_training_step)
-    cfg = compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", "trainer.max_epochs=1", "data.batch_size=32",
-                        *overrides)  # fmt: skip
+    cfg = compose_train(
+        *QUICK, f"data.data_dir={synthetic_data_dir}", "trainer.max_epochs=1", "data.batch_size=32", *overrides
+    )
     assert train.run(cfg, tmp_path, [])["status"] == "ok"
     assert steps[-1] >= 75
     check_every = inspect.signature(classifier.Classifier).parameters["check_every"].default

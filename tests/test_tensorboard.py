@@ -60,9 +60,16 @@ def test_train_loss_has_one_point_per_optimizer_step(events, metrics):
     assert per_epoch == pytest.approx(metrics["train_loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("tag, key", [("val/acc", "val_acc"), ("val/loss", "val_loss"),
-                                      ("train/acc", "train_acc"), ("lr", "lr"),
-                                      ("epoch_time_s", "epoch_time_s")])  # fmt: skip
+@pytest.mark.parametrize(
+    "tag, key",
+    [
+        ("val/acc", "val_acc"),
+        ("val/loss", "val_loss"),
+        ("train/acc", "train_acc"),
+        ("lr", "lr"),
+        ("epoch_time_s", "epoch_time_s"),
+    ],
+)
 def test_per_epoch_scalars_match_metrics_json(events, metrics, tag, key):
     steps, values = scalars(events, tag)
     assert one_per_epoch(steps), steps
@@ -108,23 +115,18 @@ def test_confusion_matrix_is_written_at_test(events):
 def hparams_plugin_data(events) -> dict[str, object]:
     content = events.PluginTagToContent("hparams")
     return {
-        "experiment": hparams_metadata.parse_experiment_plugin_data(
-            content[hparams_metadata.EXPERIMENT_TAG]
-        ),
+        "experiment": hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG]),
         "start": hparams_metadata.parse_session_start_info_plugin_data(
             content[hparams_metadata.SESSION_START_INFO_TAG]
         ),
-        "end": hparams_metadata.parse_session_end_info_plugin_data(
-            content[hparams_metadata.SESSION_END_INFO_TAG]
-        ),
+        "end": hparams_metadata.parse_session_end_info_plugin_data(content[hparams_metadata.SESSION_END_INFO_TAG]),
     }
 
 
 def test_hparams_hold_the_runs_settings_and_final_metrics(events, metrics):
     data = hparams_plugin_data(events)
     declared = {info.name for info in data["experiment"].hparam_infos}
-    assert {"model", "optimizer", "loss", "lr", "batch_size", "optimizer.lr",
-            "trainer.limit_train_batches"} <= declared  # fmt: skip
+    assert {"model", "optimizer", "loss", "lr", "batch_size", "optimizer.lr", "trainer.limit_train_batches"} <= declared
     values = data["start"].hparams
     assert values["model"].string_value == "MLP"
     assert values["optimizer"].string_value == "Adam"
@@ -169,8 +171,9 @@ def test_an_interrupted_run_still_writes_the_misclassified_grids(tmp_path):
     trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, loggers=[logger])
     images = TensorBoardImages()
     x = torch.zeros(3, 1, 28, 28)
-    images.mistakes.append((5, (x, torch.tensor([1, 2, 3]), torch.tensor([7, 2, 9]),
-                                torch.tensor([True, False, True]))))  # fmt: skip
+    images.mistakes.append(
+        (5, (x, torch.tensor([1, 2, 3]), torch.tensor([7, 2, 9]), torch.tensor([True, False, True])))
+    )
     images.on_exception(trainer, None, KeyboardInterrupt())
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     (grid,) = events.Images("val/misclassified")

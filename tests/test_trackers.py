@@ -40,11 +40,26 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed in finally
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -71,8 +86,10 @@ def mlflow_server(tmp_path_factory):
 
 def job_dirs(sweep: Path) -> dict[str, Path]:
     """{"optimizer.lr=0.001": job folder, ...}"""
-    return {next(o for o in read_metrics(job)["overrides"] if o.startswith("optimizer.lr=")): job
-            for job in sorted(sweep.glob("[0-9]_*"))}  # fmt: skip
+    return {
+        next(o for o in read_metrics(job)["overrides"] if o.startswith("optimizer.lr=")): job
+        for job in sorted(sweep.glob("[0-9]_*"))
+    }
 
 
 def tensorboard_steps(job: Path) -> tuple[list[int], list[float]]:
@@ -81,8 +98,9 @@ def tensorboard_steps(job: Path) -> tuple[list[int], list[float]]:
 
 
 def same(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6) or (math.isnan(x) and math.isnan(y))
-                                    for x, y in zip(a, b, strict=True))  # fmt: skip
+    return len(a) == len(b) and all(
+        math.isclose(x, y, rel_tol=1e-6) or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True)
+    )
 
 
 @pytest.mark.slow
@@ -90,8 +108,16 @@ def test_mlflow_server_gets_each_job_of_a_sweep(tmp_path, synthetic_data_dir, ml
     import mlflow
 
     sweep = tmp_path / "sweep"
-    run_cli("mnist_lab.train", "--multirun", *SWEEP, "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}",
-            f"hydra.sweep.dir={sweep}", cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        "--multirun",
+        *SWEEP,
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={mlflow_server}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
     client = mlflow.MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("sweep")  # named after the sweep dir, as typed
     assert experiment is not None
@@ -99,7 +125,11 @@ def test_mlflow_server_gets_each_job_of_a_sweep(tmp_path, synthetic_data_dir, ml
     report = runs.pop("report")  # the sweep's report files, beside the jobs' runs
     assert report.data.tags["kind"] == "report"
     assert {a.path for a in client.list_artifacts(report.info.run_id)} == {
-        "summary.csv", "summary.md", "curves.png", "time.png"}  # fmt: skip
+        "summary.csv",
+        "summary.md",
+        "curves.png",
+        "time.png",
+    }
     jobs = job_dirs(sweep)
     assert sorted(runs) == sorted(job.name for job in jobs.values())  # one run per job, named by it
     for override, job in jobs.items():
@@ -134,8 +164,13 @@ def test_mlflow_server_gets_each_job_of_a_sweep(tmp_path, synthetic_data_dir, ml
 def leet(run_folder: Path) -> list[dict]:
     """The records of an offline W&B run, read by W&B's own reader (``wandb leet inspect``)."""
     wandb_cli = Path(sys.executable).with_name("wandb")
-    result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_folder)],
-                            capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    result = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(run_folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
@@ -152,8 +187,16 @@ def column(rows: list[dict], key: str) -> list[float]:
 def test_wandb_offline_and_csv_get_each_job_of_a_sweep(tmp_path, synthetic_data_dir):
     """``logger=[wandb,csv]``: two trackers at once, no network (W&B offline)."""
     sweep = tmp_path / "sweep"
-    run_cli("mnist_lab.train", "--multirun", *SWEEP, "logger=[wandb,csv]", f"hydra.sweep.dir={sweep}",
-            cwd=tmp_path, data_dir=synthetic_data_dir, env={"WANDB_MODE": "offline"})  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        "--multirun",
+        *SWEEP,
+        "logger=[wandb,csv]",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+        env={"WANDB_MODE": "offline"},
+    )
     jobs = job_dirs(sweep)
     assert len(jobs) == 2
     for override, job in jobs.items():
@@ -187,8 +230,13 @@ def test_wandb_offline_and_csv_get_each_job_of_a_sweep(tmp_path, synthetic_data_
         rows = csv_rows(job)
         assert [int(row["step"]) for row in rows if row["train/loss"]] == steps
         assert same(column(rows, "train/loss"), losses)
-        for key, name in (("val/acc", "val_acc"), ("train/acc", "train_acc"), ("lr", "lr"),
-                          ("train/loss_epoch", "train_loss"), ("epoch_time_s", "epoch_time_s")):  # fmt: skip
+        for key, name in (
+            ("val/acc", "val_acc"),
+            ("train/acc", "train_acc"),
+            ("lr", "lr"),
+            ("train/loss_epoch", "train_loss"),
+            ("epoch_time_s", "epoch_time_s"),
+        ):
             assert same(column(rows, key), metrics[name]), key
         if metrics["status"] == "ok":
             assert same(column(rows, "test/acc"), [metrics["test_acc"]])
@@ -245,8 +293,16 @@ def test_a_missing_tracker_package_is_one_sentence(tmp_path, synthetic_data_dir)
     (hidden / "mlflow").mkdir(parents=True)
     (hidden / "mlflow" / "__init__.py").write_text("raise ImportError(\"No module named 'mlflow'\")\n")
     path = os.pathsep.join([str(hidden), *filter(None, [os.environ.get("PYTHONPATH")])])
-    result = run_cli("mnist_lab.train", *QUICK, "logger=[csv,mlflow]", f"hydra.run.dir={tmp_path / 'run'}",
-                     cwd=tmp_path, data_dir=synthetic_data_dir, check=False, env={"PYTHONPATH": path})  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        "logger=[csv,mlflow]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+        check=False,
+        env={"PYTHONPATH": path},
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: logger=mlflow needs the mlflow package, which the trackers extra installs: "

@@ -10,8 +10,14 @@ from tests.conftest import QUICK, read_metrics, run_cli
 
 def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
-    result = run_cli("mnist_lab.train", *QUICK, "optimizer.lr=0.01", f"hydra.run.dir={run_dir}",
-                     cwd=tmp_path, data_dir=synthetic_data_dir)  # fmt: skip
+    result = run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        "optimizer.lr=0.01",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "ok" and metrics["epochs"] == 2
     assert metrics["test_acc"] > 0.9 and metrics["best_val_acc"] > 0.9
@@ -33,29 +39,46 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, synthetic_da
 
 def test_batch_size_one_trains(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
-    run_cli("mnist_lab.train", *QUICK, "data.batch_size=1", "trainer.max_epochs=1", "model=linear",
-            "optimizer=sgd", "optimizer.lr=0.01", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-            data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        "data.batch_size=1",
+        "trainer.max_epochs=1",
+        "model=linear",
+        "optimizer=sgd",
+        "optimizer.lr=0.01",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "ok" and metrics["test_acc"] > 0.9
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model=cnn_small", "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
-    ["loss=mse", "model=mlp", "model.hidden=[64,32]", "optimizer=adamw", "scheduler=cosine"],
-    ["loss=l1", "optimizer=rmsprop", "scheduler=onecycle", "optimizer.lr=0.003"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=cnn_small", "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler=step"],
+        ["loss=mse", "model=mlp", "model.hidden=[64,32]", "optimizer=adamw", "scheduler=cosine"],
+        ["loss=l1", "optimizer=rmsprop", "scheduler=onecycle", "optimizer.lr=0.003"],
+    ],
+)
 def test_other_models_losses_and_schedules_learn(tmp_path, synthetic_data_dir, overrides):
     run_dir = tmp_path / "run"
-    run_cli("mnist_lab.train", *QUICK, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path,
-            data_dir=synthetic_data_dir)  # fmt: skip
+    run_cli(
+        "mnist_lab.train", *QUICK, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path, data_dir=synthetic_data_dir
+    )
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "ok" and metrics["test_acc"] > 0.8, metrics
 
 
 def test_help_lists_the_config_groups(tmp_path):
     out = run_cli("mnist_lab.train", "--help", cwd=tmp_path).stdout
-    groups = ("model: cnn, cnn_small", "optimizer: adadelta, adam", "loss: ce, l1, l1_logits, mse, mse_logits",
-              "scheduler:")  # fmt: skip
+    groups = (
+        "model: cnn, cnn_small",
+        "optimizer: adadelta, adam",
+        "loss: ce, l1, l1_logits, mse, mse_logits",
+        "scheduler:",
+    )
     for group in groups:
         assert group in out, out
