@@ -2,7 +2,7 @@
 refused, failed or mistyped command; a moved run dir resumes; the resume command round-trips.
 
 The commands on one finished run are forked from one runner process (tests/test_reliability.py
-``FORKING_RUNNER``), in order, each as ``python -m mnist_lab.train`` runs.
+``run_forked``), in order, each as ``python -m mnist_lab.train`` runs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import QUICK, read_metrics, run_cli
-from tests.test_reliability import FORKING_RUNNER
+from tests.test_reliability import run_forked
 
 TINY = [*QUICK, "trainer.max_epochs=1", "trainer.limit_train_batches=5"]
 
@@ -39,20 +39,7 @@ def fork_commands(commands: list[list[str]], cwd: Path, data_dir: Path) -> list[
                 "stderr": str(cwd / f"{i}.err"),
             }
         )
-    runner = subprocess.run(
-        [sys.executable, "-c", FORKING_RUNNER],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-    )
-    assert runner.returncode == 0, runner.stderr[-3000:]
-    codes = [json.loads(line) for line in runner.stdout.splitlines()]
-    return [
-        {"code": code, "stdout": Path(case["stdout"]).read_text(), "stderr": Path(case["stderr"]).read_text()}
-        for code, case in zip(codes, cases, strict=True)
-    ]
+    return run_forked(cases, cwd)
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:

@@ -353,6 +353,25 @@ CASES = {
 }
 
 
+def run_forked(cases: list[dict], cwd: Path) -> list[dict]:
+    """Run each case (args, cwd, env, stdout and stderr files) through FORKING_RUNNER, in order;
+    return each one's exit code, stdout and stderr."""
+    runner = subprocess.run(
+        [sys.executable, "-c", FORKING_RUNNER],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+    assert runner.returncode == 0, runner.stderr[-3000:]
+    codes = [json.loads(line) for line in runner.stdout.splitlines()]
+    return [
+        {"code": code, "stdout": Path(case["stdout"]).read_text(), "stderr": Path(case["stderr"]).read_text()}
+        for code, case in zip(codes, cases, strict=True)
+    ]
+
+
 def bad_caches(root: Path) -> None:
     """Parsed caches as another program, an older mnist_lab or a damaged disk leaves them."""
     arrays = synthetic_arrays()
@@ -433,25 +452,7 @@ def case_results(tmp_path_factory, synthetic_data_dir, mlp_run) -> dict[str, dic
                 "stderr": str(tmp / name / "stderr"),
             }
         )
-    runner = subprocess.run(
-        [sys.executable, "-c", FORKING_RUNNER],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp,
-    )
-    assert runner.returncode == 0, runner.stderr[-3000:]
-    codes = [json.loads(line) for line in runner.stdout.splitlines()]
-    return {
-        name: {
-            "code": code,
-            "stdout": Path(case["stdout"]).read_text(),
-            "stderr": Path(case["stderr"]).read_text(),
-            "fill": fill,
-        }
-        for name, case, code in zip(CASES, cases, codes, strict=True)
-    }
+    return {name: {**result, "fill": fill} for name, result in zip(CASES, run_forked(cases, tmp), strict=True)}
 
 
 @pytest.mark.slow
