@@ -29,6 +29,7 @@ from mnist_lab.packed_step import PackedBatches, PackedLoss, PackedStep
 # classes are checked where the pack is built (PackedNet, PackedOptimizer, JobSchedules).
 MUST_MATCH = (
     "data.data_dir",
+    "data.normalize",
     "data.batch_size",
     "data.val_size",
     "data.split_seed",
@@ -71,7 +72,7 @@ class Pack:
         self.step = PackedStep(self.net, self.loss, self.optimizer)
 
         data, first = cfgs[0].data, cfgs[0]
-        tensors = device_tensors(data.data_dir, self.device)
+        tensors = device_tensors(data.data_dir, self.device, data.get("normalize", True))
         train_rows, val_rows = (
             rows.to(self.device) for rows in split_indices(data.val_size, data.split_seed, len(tensors["train_x"]))
         )
@@ -93,7 +94,7 @@ class Pack:
         )
         self.epochs = first.trainer.max_epochs
         max_steps = OmegaConf.select(first, "trainer.max_steps", default=-1)
-        total = self.batches.batches * self.epochs  # as Classifier._total_steps
+        total = self.batches.batches * self.epochs  # as data.optimizer_steps counts them
         self.total_steps = min(total, max_steps) if max_steps and max_steps > 0 else total
         make_schedulers = [instantiate(cfg.scheduler) if cfg.get("scheduler") else None for cfg in cfgs]
         self.schedules = JobSchedules(make_optimizers, make_schedulers, self.total_steps)

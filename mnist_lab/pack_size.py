@@ -47,7 +47,7 @@ def solo_steps(cfg, device: torch.device) -> Iterator:
     if device.type == "cpu":
         skip_capture_check(optimizer)
     step = EagerStep(net, loss, optimizer)
-    tensors = device_tensors(cfg.data.data_dir, device)
+    tensors = device_tensors(cfg.data.data_dir, device, cfg.data.get("normalize", True))
     rows = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))[0].to(device)
     x, y = tensors["train_x"][rows], tensors["train_y"][rows]
     batches = DeviceBatches(x, y, cfg.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed)

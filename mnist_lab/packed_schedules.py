@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mnist_lab.classifier import PER_STEP_SCHEDULERS
 from mnist_lab.packed_optim import PackedOptimizer
+from mnist_lab.schedules import PER_STEP_SCHEDULERS
 
 # What a scheduler may change in its optimizer's param group, and the packed optimizer follows.
 SCHEDULED = ("lr", "momentum", "betas")

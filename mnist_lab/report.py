@@ -198,7 +198,8 @@ def _loss_events(run_dir: Path) -> list:
 
 def step_losses(job_dir: Path) -> tuple[list[int], list[float]]:
     """``train/loss`` at every step, from the job's TensorBoard events (finite values only)."""
-    points = [(e.step, e.value) for e in _loss_events(job_dir) if math.isfinite(e.value)]
+    last = {e.step: e.value for e in _loss_events(job_dir)}  # a resumed run rewrote the steps it redid
+    points = [(step, value) for step, value in sorted(last.items()) if math.isfinite(value)]
     return [s for s, _ in points], [v for _, v in points]
 
 
@@ -207,8 +208,6 @@ def load_steps(run_dir: str | os.PathLike):
     columns ``step`` and ``loss``, for a notebook. Read from its TensorBoard events, so it works
     whatever ``logger=`` was; NaN and inf stay in (a diverged run shows where). A resumed run
     rewrites the steps it redid: the last value of each step is kept."""
-    import pandas as pd  # here: the sweep report itself does not need it
-
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         raise ValueError(

@@ -125,10 +125,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | 
     loggers: list[Logger] = []
     try:
         check_config(cfg)
-        loggers = build_loggers(cfg, run_dir, sweep_dir)
-        start_trackers(loggers, record.hparams)
         resume = resume_path(cfg.ckpt_path, run_dir)
         check_checkpoint(cfg, resume)
+        loggers = build_loggers(cfg, run_dir, sweep_dir)  # after every check: a refused job starts no tracker run
+        start_trackers(loggers, record.hparams)
         if record.adopted:  # a resume that passed its checks: its settings are the run's now
             write_hydra_files(run_dir, cfg)
         return fit_and_test(cfg, run_dir, record, loggers, resume)

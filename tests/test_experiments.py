@@ -64,7 +64,8 @@ def test_study_settings_match_the_issue(name):
     assert cfg.model._target_.endswith(f".{model}")
     assert cfg.optimizer._target_.endswith(f".{optimizer}")
     assert cfg.trainer.max_epochs == epochs and len(grid(name)) == jobs
-    if name.startswith("mlp_"):  # one hidden layer of 128, ReLU, Adam, 80/20 split, batch 64
+    # hidden layers of 128 (mlp_lr: two, as lab 003's model), ReLU, Adam, 80/20 split, batch 64
+    if name.startswith("mlp_"):
         assert cfg.data.val_size == 0.2 and cfg.model.activation == "relu"
         assert cfg.model.hidden == ([128, 128] if name == "mlp_lr" else [128]) and cfg.data.batch_size == 64
         lab_003 = name != "mlp_loss_softmax"  # lab 003's lr 0.01 and x / 255 pixels (base/mlp.yaml)

@@ -36,3 +36,16 @@ def test_the_probe_times_real_packs(synthetic_data_dir):
 
     cfgs = [compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", f"seed={s}") for s in range(4)]
     assert probe_pack_size(cfgs, torch.device("cpu"), sizes=(2, 4, 8), steps=2, warmup=1) in (1, 2, 4)
+
+
+def test_a_pack_trains_on_the_pixels_its_jobs_ask_for(synthetic_data_dir):
+    """data.normalize=false (lab 003's x / 255) must reach the pack, and jobs differing in it do not share one."""
+    from mnist_lab.pack import Pack
+
+    base = [*QUICK, f"data.data_dir={synthetic_data_dir}"]
+    scaled = Pack(
+        [compose_train(*base, "data.normalize=false"), compose_train(*base, "data.normalize=false", "seed=1")]
+    )
+    assert 0 <= float(scaled.val_x.min()) and float(scaled.val_x.max()) <= 1
+    with pytest.raises(ValueError, match="must share data.normalize"):
+        Pack([compose_train(*base), compose_train(*base, "data.normalize=false")])

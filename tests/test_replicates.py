@@ -129,3 +129,16 @@ def test_load_gives_one_typed_row_per_job(seeded_sweep):
 def test_a_seed_changes_the_batch_order_but_not_the_split():
     cfg = compose_train("seed=3")
     assert cfg.data.shuffle_seed == 3 and cfg.data.split_seed == 0
+
+
+def test_a_resumed_job_that_rewrote_its_steps_counts_each_step_once(tmp_path):
+    """A run resumed from an earlier epoch writes the steps it redid again: the report (and its
+    mean curve over seeds) takes the last value of each step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(tmp_path / "tensorboard")
+    for step, value in [(1, 2.0), (2, 1.5), (3, 1.2), (2, 1.4), (3, 1.1), (4, 0.9)]:
+        writer.add_scalar("train/loss", value, step)
+    writer.close()
+    steps, losses = report.step_losses(tmp_path)
+    assert steps == [1, 2, 3, 4] and losses == pytest.approx([2.0, 1.4, 1.1, 0.9])

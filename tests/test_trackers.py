@@ -322,3 +322,23 @@ def test_load_steps_reads_every_step_of_a_run(tensorboard_run):
     assert same(epoch_means, metrics["train_loss"])  # metrics.json's per-epoch mean of these steps
     with pytest.raises(ValueError, match="not a run folder"):
         load_steps(tensorboard_run / "tensorboard")
+
+
+def test_a_job_refused_at_start_starts_no_tracker_run(tmp_path, monkeypatch, synthetic_data_dir):
+    """A checkpoint that is not there is refused before any tracker run is created."""
+    from mnist_lab import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    missing = tmp_path / "missing.ckpt"
+    cfg = compose_train(f"data.data_dir={synthetic_data_dir}", "logger=[mlflow,wandb]", f"ckpt_path={missing}")
+    with pytest.raises(Exception, match="ckpt_path"):
+        train.run(cfg, tmp_path / "run", [f"ckpt_path={missing}"])
+    assert not list((tmp_path / "run").glob("wandb/offline-run-*"))
+    database = tmp_path / "outputs" / "mlflow.db"
+    if database.exists():
+        import mlflow
+
+        client = mlflow.MlflowClient(f"sqlite:///{database}")
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
