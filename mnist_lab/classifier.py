@@ -93,7 +93,9 @@ class Classifier(L.LightningModule):
             make_scheduler=self.make_scheduler,
             world_size=trainer.world_size if trainer else 1,
             precision=trainer.precision if trainer else "32-true",
-            backward=self.manual_backward,
+            # Several processes: Lightning's backward, where DDP syncs the gradients. One: plain
+            # loss.backward(), without manual_backward's per-step hook calls on every callback.
+            backward=self.manual_backward if trainer and trainer.world_size > 1 else None,
             say=self.print,
         )
         if not self.make_scheduler:
