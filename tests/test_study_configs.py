@@ -42,6 +42,7 @@ def study_settings(name: str, conf_dir: Path = CONF_DIR) -> dict:
 # what each now composes to beyond its record. "grid" replaces hydra.sweeper.params entries.
 LAB_003 = {"optimizer.lr": 0.01, "data.normalize": False}  # the lab's lr and its x / 255 pixels
 LAB_002 = {"optimizer.momentum": 0.5, "data.val_size": 1000}  # momentum; 59,000 training images
+LAB_004 = {"data.val_size": 5000, "data.normalize": False}  # 55,000 training images, x / 255
 CHANGED = {
     "mlp_lr": {**LAB_003, "model.hidden": [128, 128]},
     "mlp_batch": LAB_003,
@@ -51,7 +52,11 @@ CHANGED = {
     "cnn_small_arch": LAB_002,
     "cnn_small_batch": LAB_002,
     "cnn_small_lr": LAB_002,
-    "softmax_batch": {"data.batch_size": 5000},  # the base's; every job of the grid sets its own
+    "softmax_batch": {**LAB_004, "data.batch_size": 5000},  # the base's; every job sets its own
+    "softmax_lr": {**LAB_004, "grid": {"optimizer.lr": "0.4,0.43,0.45,0.5,0.53,0.56,0.6"}},  # the lab's rates
+    "softmax_momentum": LAB_004,
+    "softmax_decay": LAB_004,
+    "softmax_adam": {**LAB_004, "optimizer.betas": [0.9, 0.99]},  # the lab's Adam betas
 }
 RENAMED = {"mlp_loss_softmax": "mlp_loss"}  # the softmax-probability mlp_loss, unchanged
 MOVED = {"early_stopping.patience": "callbacks.early_stopping.patience"}  # keys moved since 3eb508a
