@@ -52,9 +52,11 @@ def settings_line(cfg: DictConfig) -> str:
         return str(get(f"{key}._target_")).rsplit(".", 1)[-1]
 
     shape = get("model.hidden") if get("model.hidden") is not None else get("model.channels")
-    shape = f" {list(shape)}" if shape is not None else ""
+    model = f"{name('model')} {list(shape)}" if shape is not None else name("model")
+    if shape is not None and len(shape) == 0 and name("model") == "MLP":
+        model = "softmax regression"
     return (
-        f"train {name('model')}{shape} · {name('optimizer')} lr={get('optimizer.lr')} · {name('loss')} · "
+        f"train {model} · {name('optimizer')} lr={get('optimizer.lr')} · {name('loss')} · "
         f"batch {get('data.batch_size')} · epochs {get('trainer.max_epochs')} · seed {get('seed')}"
     )
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from mnist_lab.console import settings_line
 from tests.conftest import QUICK, compose_train, read_metrics, run_cli
 
 
@@ -131,3 +132,11 @@ def test_the_training_batches_repeat_from_epoch_to_epoch_only_when_overfitting(s
         trainer.current_epoch = epoch
         first_batches.append(next(iter(data.train_dataloader()))[1])
     assert torch.equal(*first_batches) == bool(overfit_batches)
+
+
+@pytest.mark.parametrize(
+    "overrides, model",
+    [([], "MLP [128]"), (["model=linear"], "softmax regression"), (["model=cnn"], "CNN [32, 64]")],
+)
+def test_the_settings_line_names_the_model(overrides, model):
+    assert settings_line(compose_train(*overrides)).startswith(f"train {model} · ")
