@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
 from mnist_lab.atomic_files import replaced_atomically
+from mnist_lab.report_figures import curve_axes, save_curves, save_png, time_axes
 
 SEED_KEY = "seed"
 METRICS = ("best_val_acc", "test_acc", "final_train_loss", "train_time_s")
@@ -173,8 +173,7 @@ def plot_curves(
 ) -> None:
     """Mean val acc per epoch (band ±1 std) and mean train loss per step (band: lowest to highest
     seed) of each point."""
-    fig = Figure(figsize=(13, 5.5), layout="constrained")
-    acc_ax, loss_ax = fig.subplots(1, 2)
+    fig, acc_ax, loss_ax = curve_axes()
     for label, point in zip(labels_of(points["point"]), points["point"], strict=True):
         group = jobs[jobs["point"] == point]
         color = acc_ax.plot([], [])[0].get_color()
@@ -194,28 +193,17 @@ def plot_curves(
     acc_ax.set(xlabel="epoch", ylabel="val accuracy", title="val accuracy per epoch: mean over seeds, band ±1 std")
     loss_title = "train loss per step: mean over seeds, band lowest to highest"
     loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=loss_title)
-    for ax in (acc_ax, loss_ax):
-        ax.grid(alpha=0.3)
-    fig.legend(
-        *acc_ax.get_legend_handles_labels(),
-        loc="outside lower center",
-        ncols=min(3, max(1, len(points))),
-        fontsize="small",
-    )
-    with replaced_atomically(sweep_dir / "curves.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    save_curves(fig, acc_ax, loss_ax, sweep_dir)
 
 
 def plot_times(points: pd.DataFrame, sweep_dir: Path) -> None:
-    fig = Figure(figsize=(9, 1.5 + 0.35 * len(points)), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = time_axes(len(points))
     means = points["train_time_s_mean"].fillna(0).to_numpy()
     ax.barh(range(len(points)), means, xerr=points["train_time_s_std"].fillna(0).to_numpy(), capsize=3)
     ax.set_yticks(range(len(points)), labels_of(points["point"]), fontsize="small")
     ax.invert_yaxis()  # the table's order: best mean val acc at the top
     ax.set(xlabel="train_time_s, mean ± std over seeds", title="train time per grid point")
-    with replaced_atomically(sweep_dir / "time.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    save_png(fig, sweep_dir / "time.png")
 
 
 def print_table(points: pd.DataFrame, sweep_dir: Path) -> None:

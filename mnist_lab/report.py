@@ -28,7 +28,6 @@ from pathlib import Path
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from matplotlib.figure import Figure  # the OO API: renders with Agg, no GUI backend, no pyplot
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -37,6 +36,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnist_lab import replicates
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.metrics_file import METRICS_FILE
+from mnist_lab.report_figures import plot_job_curves, plot_job_times, thin
 
 COLUMNS = (
     "job",
@@ -51,8 +51,6 @@ COLUMNS = (
     "error",
 )
 REPORT_FILES = ("summary.csv", "summary.md", "curves.png", "time.png")  # written into the sweep dir
-MAX_POINTS = 2000  # a longer per-step loss line is drawn as the mean of consecutive steps
-STATUS_COLORS = {"ok": "tab:blue", "diverged": "tab:orange", "failed": "tab:red"}
 logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per events file read
 
 
@@ -220,18 +218,6 @@ def load_steps(run_dir: str | os.PathLike):
     return frame.drop(columns="wall_time").sort_values("step").reset_index(drop=True)
 
 
-def thin(steps: list[int], values: list[float]) -> tuple[list[float], list[float]]:
-    """At most MAX_POINTS points: the mean of each run of consecutive steps (readable, and fast)."""
-    k = max(1, math.ceil(len(values) / MAX_POINTS))
-    if k == 1:
-        return steps, values
-    chunks = range(0, len(values), k)
-    return (
-        [sum(steps[i : i + k]) / len(steps[i : i + k]) for i in chunks],
-        [sum(values[i : i + k]) / len(values[i : i + k]) for i in chunks],
-    )
-
-
 def labels_of(rows: list[dict]) -> list[str]:
     """Legend labels: the overrides that differ between jobs (all of them if none differ)."""
     shared = set.intersection(*(set(r["override_list"]) for r in rows)) if len(rows) > 1 else set()
@@ -263,54 +249,6 @@ def write_tables(rows: list[dict], sweep_dir: Path) -> None:
         tmp.write_text(f"# Sweep {sweep_dir}\n\n" + "\n".join(lines) + "\n")
 
 
-def plot_curves(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
-    fig = Figure(figsize=(13, 5.5), layout="constrained")
-    acc_ax, loss_ax = fig.subplots(1, 2)
-    longest, shortest = 0, math.inf
-    for row, label in zip(rows, labels, strict=True):
-        if row["val_acc"]:
-            acc_ax.plot(range(1, len(row["val_acc"]) + 1), row["val_acc"], marker="o", label=label)
-        else:
-            acc_ax.plot([], [], label=label)  # keep the colours of both panels in step
-        steps, losses = step_losses(row["job_dir"])
-        if steps:
-            longest, shortest = max(longest, steps[-1]), min(shortest, steps[-1])
-            loss_ax.plot(*thin(steps, losses), linewidth=0.8, alpha=0.85, label=label)
-        else:
-            loss_ax.plot([], [])
-    acc_ax.set(xlabel="epoch", ylabel="val accuracy", title="validation accuracy per epoch")
-    loss_title = f"train loss per step (lines longer than {MAX_POINTS} steps: block means)"
-    loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=loss_title)
-    if longest > 20 * shortest:  # a batch-size sweep: batch 1 takes 256x the steps of batch 256
-        loss_ax.set_xscale("log")
-    for ax in (acc_ax, loss_ax):
-        ax.grid(alpha=0.3)
-    fig.legend(
-        *acc_ax.get_legend_handles_labels(),
-        loc="outside lower center",
-        ncols=min(3, max(1, len(rows))),
-        fontsize="small",
-    )
-    with replaced_atomically(sweep_dir / "curves.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
-def plot_times(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
-    fig = Figure(figsize=(9, 1.5 + 0.35 * len(rows)), layout="constrained")
-    ax = fig.subplots()
-    times = [row["train_time_s"] or 0.0 for row in rows]
-    colors = [STATUS_COLORS.get(row["status"], "tab:gray") for row in rows]
-    bars = ax.barh(range(len(rows)), times, color=colors)
-    bar_labels = [f"{t:.1f}s {row['status']}" for t, row in zip(times, rows, strict=True)]
-    ax.bar_label(bars, bar_labels, padding=3, fontsize="small")
-    ax.set_yticks(range(len(rows)), labels, fontsize="small")
-    ax.invert_yaxis()  # the table's order: best val acc at the top
-    ax.set(xlabel="train_time_s (training and validation epochs)", title="train time per job")
-    ax.margins(x=0.2)
-    with replaced_atomically(sweep_dir / "time.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
 def print_table(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
     """The summary in the terminal; jobs named by the overrides that differ between them."""
     table = Table(title=f"sweep {sweep_dir}")
@@ -339,8 +277,8 @@ def write_report(sweep_dir: str | os.PathLike, show: bool = True) -> list[dict]:
     rows.sort(key=lambda r: -r["best_val_acc"] if r["best_val_acc"] is not None else math.inf)
     labels = labels_of(rows)
     write_tables(rows, sweep_dir)
-    plot_curves(rows, labels, sweep_dir)
-    plot_times(rows, labels, sweep_dir)
+    plot_job_curves(rows, labels, sweep_dir, step_losses)
+    plot_job_times(rows, labels, sweep_dir)
     if show:
         print_table(rows, labels, sweep_dir)
     return rows
