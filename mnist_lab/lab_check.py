@@ -1,0 +1,138 @@
+"""Does a study reproduce its lab? ``python -m mnist_lab.lab_check <sweep dir> [<sweep dir> ...]``
+
+The labs' own numbers (``LAB_NUMBERS``, quoted in docs/studies.md with where each comes from)
+against the sweeps given: for each lab number that a sweep ran (jobs with ``experiment=<study>``
+and the point's overrides), ours over the seeds (mean ± std, 95 % t-interval,
+``replicates.describe``) and the verdict:
+
+- *reproduced*: the lab's number lies in our 95 % interval;
+- *within 1 point*: it does not, but lies less than one point (0.01) from our mean. Every lab
+  leaves part of its set-up unsaid (initialization at least; each study's base file lists what
+  we inferred), so a small offset is not read as a failure;
+- *not reproduced*: otherwise;
+- *one seed*: a single job has no interval: no verdict.
+
+Prints a Markdown table, one row per lab number found, to paste into docs/studies.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from mnist_lab.replicates import describe
+from mnist_lab.report import load
+
+WITHIN = 0.01  # one point of accuracy
+
+
+@dataclass(frozen=True)
+class LabNumber:
+    lab: str
+    study: str
+    what: str  # the row's name in the table
+    metric: str  # our column it compares with: best_val_acc or test_acc
+    value: float
+    point: dict = field(default_factory=dict)  # the overrides that select the jobs
+
+
+# Lab 003 prints val accuracy after each epoch: its best epoch, as our best_val_acc. Labs 000,
+# 001 (val), 002 and 004 report one final accuracy.
+LAB_NUMBERS = (
+    LabNumber("003", "mlp_loss", "MSE on raw outputs", "best_val_acc", 0.9310, {"loss": "mse_logits"}),
+    LabNumber("003", "mlp_loss", "L1 on raw outputs", "best_val_acc", 0.1102, {"loss": "l1_logits"}),
+    LabNumber("003", "mlp_loss", "CE", "best_val_acc", 0.9681, {"loss": "ce"}),
+    LabNumber("003", "mlp_lr", "lr 0.001", "best_val_acc", 0.9772, {"optimizer.lr": 0.001}),
+    LabNumber("003", "mlp_lr", "lr 0.01", "best_val_acc", 0.9698, {"optimizer.lr": 0.01}),
+    LabNumber("003", "mlp_lr", "lr 0.1", "best_val_acc", 0.4158, {"optimizer.lr": 0.1}),
+    LabNumber("003", "mlp_batch", "batch 16", "best_val_acc", 0.9685, {"data.batch_size": 16}),
+    LabNumber("003", "mlp_batch", "batch 64", "best_val_acc", 0.9664, {"data.batch_size": 64}),
+    LabNumber("003", "mlp_batch", "batch 256", "best_val_acc", 0.9657, {"data.batch_size": 256}),
+    LabNumber("003", "mlp_depth", "1 hidden layer", "best_val_acc", 0.9665, {"model.hidden": (128,)}),
+    LabNumber("003", "mlp_depth", "2 hidden layers", "best_val_acc", 0.9654, {"model.hidden": (128, 128)}),
+    LabNumber("003", "mlp_depth", "3 hidden layers", "best_val_acc", 0.9663, {"model.hidden": (128, 128, 128)}),
+    LabNumber("003", "mlp_width", "width 32", "best_val_acc", 0.9576, {"model.hidden": (32,)}),
+    LabNumber("003", "mlp_width", "width 64", "best_val_acc", 0.9645, {"model.hidden": (64,)}),
+    LabNumber("003", "mlp_width", "width 128", "best_val_acc", 0.9680, {"model.hidden": (128,)}),
+    LabNumber("002", "cnn_small_lr", "lr 0.01", "test_acc", 0.9705, {"optimizer.lr": 0.01}),
+    LabNumber("002", "cnn_small_lr", "lr 0.001", "test_acc", 0.9157, {"optimizer.lr": 0.001}),
+    LabNumber("002", "cnn_small_batch", "batch 64", "test_acc", 0.9655, {"data.batch_size": 64}),
+    LabNumber("002", "cnn_small_arch", "2 convs", "test_acc", 0.9718, {"model": "cnn_small_2conv"}),
+    LabNumber("004", "softmax_lr", "lr 0.53", "test_acc", 0.9253, {"optimizer.lr": 0.53}),
+    LabNumber("004", "softmax_adam", "its own Adam, lr 0.01", "test_acc", 0.9264, {"optimizer.lr": 0.01}),
+    LabNumber("001", "mlp4_wide", "784-2352-1568-784-10", "best_val_acc", 0.9728),
+    LabNumber("000", "cnn_example", "the pytorch/examples CNN", "test_acc", 0.9941),
+)
+
+
+def matches(value, wanted) -> bool:
+    if isinstance(wanted, float):
+        return isinstance(value, int | float) and math.isclose(value, wanted, rel_tol=1e-9)
+    return value == wanted
+
+
+def jobs_of(jobs: pd.DataFrame, number: LabNumber) -> pd.DataFrame:
+    """The jobs of ``number``'s study and point."""
+    keep = [
+        row.get("experiment") == number.study and all(matches(row.get(k), v) for k, v in number.point.items())
+        for _, row in jobs.iterrows()
+    ]
+    return jobs[keep]
+
+
+def verdict(value: float, ours: dict) -> str:
+    if ours["n"] < 2:
+        return "one seed"
+    if ours["ci_low"] <= value <= ours["ci_high"]:
+        return "reproduced"
+    return "within 1 point" if abs(value - ours["mean"]) < WITHIN else "not reproduced"
+
+
+def compare(jobs: pd.DataFrame) -> list[dict]:
+    """One row per lab number that ``jobs`` ran: the lab's value, ours, and the verdict."""
+    rows = []
+    for number in LAB_NUMBERS:
+        mine = jobs_of(jobs, number)
+        if mine.empty:
+            continue
+        ours = describe(mine[number.metric].tolist())
+        rows.append({"number": number, **ours, "verdict": verdict(number.value, ours)})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| lab | study: point | lab | ours (n seeds) | 95 % interval | verdict |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        number = row["number"]
+        metric = "val" if number.metric == "best_val_acc" else "test"
+        std = f" ± {100 * row['std']:.2f}" if row["n"] > 1 else ""
+        interval = f"{100 * row['ci_low']:.2f} – {100 * row['ci_high']:.2f}" if row["n"] > 1 else ""
+        lines.append(
+            f"| {number.lab} | `{number.study}`: {number.what} | {100 * number.value:.2f} % {metric} "
+            f"| {100 * row['mean']:.2f}{std} % ({row['n']}) | {interval} | {row['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m mnist_lab.lab_check <sweep dir> [<sweep dir> ...]")
+        return 0 if argv else 2
+    try:
+        jobs = pd.concat([load(sweep_dir) for sweep_dir in argv], ignore_index=True)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    rows = compare(jobs)
+    if not rows:
+        print("error: none of these sweeps ran a study with a lab number (LAB_NUMBERS).", file=sys.stderr)
+        return 1
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

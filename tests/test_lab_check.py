@@ -1,0 +1,75 @@
+"""``mnist_lab.lab_check`` on hand-made job folders: it picks the jobs of each lab number's study
+and point, and its verdict follows the rule of docs/studies.md (interval from a t table here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_lab import lab_check
+
+T_975_DF2 = 4.302652729911275  # two-sided 95 % quantile of Student's t, df 2 (a printed table)
+
+
+def make_job(sweep: Path, number: int, overrides: list[str], val: float, test: float) -> None:
+    job = sweep / str(number)
+    job.mkdir(parents=True)
+    metrics = {"status": "ok", "best_val_acc": val, "test_acc": test, "overrides": overrides}
+    (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def sweeps(tmp_path) -> list[Path]:
+    """An mlp_loss sweep (three losses x three seeds) and a one-seed softmax_lr sweep."""
+    val = {"mse_logits": [0.930, 0.934, 0.932], "l1_logits": [0.09, 0.14, 0.12], "ce": [0.960, 0.962, 0.961]}
+    number = 0
+    for loss, values in val.items():
+        for seed, v in enumerate(values):
+            make_job(tmp_path / "loss", number, ["experiment=mlp_loss", f"loss={loss}", f"seed={seed}"], v, 0.5)
+            number += 1
+    for lr in (0.5, 0.53):
+        make_job(tmp_path / "lr", number, ["experiment=softmax_lr", f"optimizer.lr={lr}"], 0.5, 0.92 + lr / 100)
+        number += 1
+    return [tmp_path / "loss", tmp_path / "lr"]
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    x = np.array(values)
+    half = T_975_DF2 * x.std(ddof=1) / np.sqrt(len(x))
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+def test_each_lab_number_gets_its_jobs_and_the_verdict_of_the_rule(sweeps, capsys):
+    assert lab_check.main([str(s) for s in sweeps]) == 0
+    rows = {line.split("|")[2].strip(): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {
+        "`mlp_loss`: MSE on raw outputs",
+        "`mlp_loss`: L1 on raw outputs",
+        "`mlp_loss`: CE",
+        "`softmax_lr`: lr 0.53",
+    }
+    mean, low, high = interval([0.930, 0.934, 0.932])  # the lab's 0.9310 lies inside
+    assert low < 0.9310 < high and rows["`mlp_loss`: MSE on raw outputs"].endswith(
+        f"| {100 * mean:.2f} ± 0.20 % (3) | {100 * low:.2f} – {100 * high:.2f} | reproduced |"
+    )
+    assert rows["`mlp_loss`: L1 on raw outputs"].endswith("| reproduced |")  # 0.1102 inside a wide interval
+    mean, low, high = interval([0.960, 0.962, 0.961])  # 0.9681 above it, but within a point
+    assert high < 0.9681 and abs(0.9681 - mean) < 0.01
+    assert rows["`mlp_loss`: CE"].endswith("| within 1 point |")
+    assert "| 92.53 % (1) |  | one seed |" in rows["`softmax_lr`: lr 0.53"]  # lr 0.5 is not a lab number
+
+
+def test_far_from_the_lab_is_not_reproduced():
+    ours = {"n": 3, "mean": 0.90, "ci_low": 0.895, "ci_high": 0.905}
+    assert lab_check.verdict(0.9253, ours) == "not reproduced"
+    assert lab_check.verdict(0.903, ours) == "reproduced"
+    assert lab_check.verdict(0.907, ours) == "within 1 point"
+
+
+def test_sweeps_without_a_lab_number_get_one_sentence(tmp_path, capsys):
+    make_job(tmp_path, 0, ["optimizer.lr=0.1"], 0.5, 0.5)
+    assert lab_check.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("error: none of these sweeps ran a study with a lab number")
