@@ -54,6 +54,15 @@ class EpochLog:
         self.time_s: float | None = None  # None while the clock runs
         self.started = time.perf_counter()
 
+    @classmethod
+    def finished(cls, losses: torch.Tensor, correct: int, images: int, time_s: float) -> EpochLog:
+        """An epoch already trained elsewhere (one job of a pack), from its per-step losses, correct
+        predictions, images seen and seconds: what ``history_row`` reads."""
+        epoch = cls(len(losses), losses.device)
+        epoch.buffer, epoch.steps, epoch.seen, epoch.time_s = losses, len(losses), images, time_s
+        epoch.correct = torch.tensor(correct, device=losses.device)
+        return epoch
+
     def record(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> int | None:
         """Store one step; every ``check_every`` steps, check. Returns the step at which the
         loss went bad if this check found one, else None."""

@@ -6,6 +6,13 @@ its own seed, its loss, optimizer and scheduler, its batch order), then stacks t
 (``JobSchedules``) and ``PackedBatches``. ``train_epoch`` runs one epoch of ``PackedStep`` and
 steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives job i's net back as an
 ordinary ``models.py`` module.
+
+A job whose loss goes bad (NaN, inf, or above its ``step.divergence_threshold``, checked every
+``step.check_every`` steps as ``epoch_log.EpochLog`` checks a solo run) is frozen: its lr is
+set to 0 and its parameters and batch-norm statistics are put back after every later step, so
+its net stays as it was when the check found it (what its checkpoints hold), and the other jobs
+train on. The jobs never mix (each has its own slice of every tensor), so a frozen job's NaNs
+cannot reach them.
 """
 
 from __future__ import annotations
@@ -100,6 +107,14 @@ class Pack:
         self.schedules = JobSchedules(make_optimizers, make_schedulers, self.total_steps)
         self.schedules.apply(self.optimizer)
         self.steps_done = 0
+        self.check_every = min(int(cfg.step.check_every) for cfg in cfgs)
+        self.threshold = torch.tensor([float(cfg.step.divergence_threshold) for cfg in cfgs], device=self.device)
+        self.active = torch.ones(self.models, dtype=torch.bool, device=self.device)
+        self.diverged_at: list[int | None] = [None] * self.models  # run-wide step (1-based) of the bad loss
+        self.stopped_at: list[int | None] = [None] * self.models  # steps the job had made when frozen
+        self._frozen: list[int] = []
+        self._snapshots: list[torch.Tensor] = []
+        self._tables: dict[str, torch.Tensor] = {}  # this epoch's per-step schedule
 
     @property
     def models(self) -> int:
@@ -113,18 +128,65 @@ class Pack:
         torch.manual_seed(self.cfgs[0].seed * 1_000_003 + self.epoch)
         self.net.train()
         tables = self.schedules.epoch_tables(steps, self.device)
+        if "lr" in tables:
+            tables["lr"].mul_(self.active)
+        self._tables = tables
         losses = torch.zeros(steps, self.models, device=self.device)
         correct = torch.zeros(self.models, dtype=torch.long, device=self.device)
+        checked = 0
         for k, (x, y) in enumerate(self.batches):
             if k == steps:
                 break
             for name, table in tables.items():
                 self.optimizer.set(name, table[k])
             losses[k], step_correct = self.step(x, y)
-            correct += step_correct
+            correct += step_correct * self.active
+            if self._frozen:
+                self._restore_frozen()
+            if (k + 1) % self.check_every == 0:
+                self._check(losses, checked, k + 1)
+                checked = k + 1
+        self._check(losses, checked, steps)
         self.steps_done += steps
         self.epoch += 1
         return losses, correct
+
+    def _check(self, losses: torch.Tensor, start: int, end: int) -> None:
+        """Freeze each active job with a bad loss among this epoch's steps ``start:end`` (one
+        host sync, as ``EpochLog.check``)."""
+        if end <= start:
+            return
+        window = losses[start:end]
+        bad = (~torch.isfinite(window) | (window > self.threshold)) & self.active
+        if not bool(bad.any()):
+            return
+        for i in bad.any(dim=0).nonzero().flatten().tolist():
+            self.diverged_at[i] = self.steps_done + start + int(bad[:, i].nonzero()[0]) + 1
+            self.stopped_at[i] = self.steps_done + end
+            self.freeze(i)
+
+    def _job_tensors(self) -> list[torch.Tensor]:
+        """Every parameter and buffer that holds one slice per job (models first)."""
+        return [t for t in (*self.net.parameters(), *self.net.buffers()) if t.dim() and t.shape[0] == self.models]
+
+    def freeze(self, i: int) -> None:
+        """Stop job ``i``: lr 0 from now on, and its weights put back after every step."""
+        self.active[i] = False
+        self._frozen.append(i)
+        with torch.no_grad():
+            self._snapshots = [t[self._frozen].clone() for t in self._job_tensors()]
+        self._mask_lr()
+
+    def _mask_lr(self) -> None:
+        self.optimizer.hyper["lr"].mul_(self.active)
+        if "lr" in self._tables:
+            self._tables["lr"].mul_(self.active)
+
+    @torch.no_grad()
+    def _restore_frozen(self) -> None:
+        index = torch.tensor(self._frozen, device=self.device)
+        for tensor, snapshot in zip(self._job_tensors(), self._snapshots, strict=True):
+            tensor.index_copy_(0, index, snapshot)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +201,7 @@ class Pack:
         self.schedules.end_epoch(val_acc)
         if not self.schedules.per_step:
             self.schedules.apply(self.optimizer)
+            self._mask_lr()
 
     def fit(self, after_epoch: Callable[[int], None] | None = None) -> torch.Tensor:
         """Train to the end; every optimizer step's loss, ``[steps, M]``. ``after_epoch(epoch)``

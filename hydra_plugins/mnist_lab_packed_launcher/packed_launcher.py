@@ -1,0 +1,39 @@
+"""``hydra/launcher=packed`` (conf/hydra/launcher/packed.yaml): the Launcher class Hydra
+instantiates. Hydra takes launchers only from the ``hydra_plugins`` package, and imports every
+module of it when any Hydra app starts, so this one imports no torch: the work is done in
+``mnist_lab.packed_launcher``, imported when a sweep launches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class PackedLauncher(Launcher):
+    """Args:
+    pack_size: "auto" (a short timing probe per group of jobs that can share a pack picks the
+        size that trains the most jobs per second, one job alone included), or the most jobs
+        per pack (1: no packing).
+    """
+
+    def __init__(self, pack_size: int | str = "auto") -> None:
+        super().__init__()
+        if pack_size != "auto" and not (isinstance(pack_size, int) and not isinstance(pack_size, bool) and pack_size >= 1):
+            raise ValueError(f"hydra.launcher.pack_size={pack_size!r} must be auto or a whole number of at least 1")
+        self.pack_size = pack_size
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+        self.config: DictConfig | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from mnist_lab.packed_launcher import PackedLaunch
+
+        launch = PackedLaunch(self.pack_size, self.hydra_context, self.task_function, self.config)
+        return launch.launch(job_overrides, initial_job_idx)

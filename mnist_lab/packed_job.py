@@ -1,0 +1,154 @@
+"""One job of a pack, written as its solo run writes itself.
+
+The pack trains; each job keeps the ``Classifier`` its solo run would train (its net refilled
+from the pack, ``Pack.solo_net``), and its outputs go through the solo run's own code:
+``run_dir.claim_run_dir`` and ``write_hydra_files`` (its folder and ``.hydra/``), ``RunRecord``
+(``metrics.json``: the same hooks, called at the same points of training),
+``epoch_log.history_row`` (a row of the history), ``trackers`` (TensorBoard's ``train/loss`` at
+every step and the per-epoch scalars under the solo run's tags, and any ``logger=``), and
+``evaluate.evaluate`` (the test of the best weights). Not written: the TensorBoard images
+(``callbacks.images``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lab.classifier import Classifier
+from mnist_lab.data import DeviceBatches, device_tensors
+from mnist_lab.epoch_log import EpochLog, history_row
+from mnist_lab.evaluate import evaluate
+from mnist_lab.packed_checkpoint import save_checkpoint, solo_checkpoint
+from mnist_lab.run_dir import claim_run_dir, write_hydra_files
+from mnist_lab.run_record import RunRecord
+from mnist_lab.trackers import build_loggers, close_trackers, log_step_losses, start_trackers
+from mnist_lab.train import hparams_of
+
+
+class PackedJob:
+    """Job ``index`` of a pack, recorded in ``run_dir`` as a solo run of ``cfg`` would be."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path, index: int):
+        self.cfg, self.run_dir, self.sweep_dir, self.index = cfg, run_dir, sweep_dir, index
+        self.record = RunRecord(run_dir, overrides, hparams_of(cfg, overrides))
+        self.module: Classifier | None = None
+        self.loggers: list = []
+        self.best_val_acc: float | None = None
+        self.best_weights: dict | None = None
+        self.checkpoints = run_dir / "checkpoints"
+        self.global_step = 0  # optimizer steps the job has made
+
+    def claim(self) -> None:
+        """Make the run dir this job's and write ``.hydra/`` (inside the job's Hydra context, as
+        ``train.run`` does); a ``ConfigError`` if it is another run's, with nothing written."""
+        claim_run_dir(self.cfg, self.run_dir, self.record, self.sweep_dir)
+        write_hydra_files(self.run_dir, self.cfg)
+
+    def start(self, pack) -> None:
+        """Its trackers and the record's start of training; a failure is recorded and raised."""
+        cfg = self.cfg
+        try:
+            self.module = Classifier(
+                net=pack.solo_net(self.index),
+                loss=instantiate(cfg.loss),
+                optimizer=instantiate(cfg.optimizer),
+                scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+                **cfg.step,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            ).to(pack.device)
+            self.loggers = build_loggers(cfg, self.run_dir, self.sweep_dir)
+            start_trackers(self.loggers, self.record.hparams)
+        except Exception as error:
+            self.fail(error)
+            raise
+        self.record.on_train_start(None, self.module)
+
+    @property
+    def trainer(self) -> SimpleNamespace:
+        """What ``RunRecord.finish`` reads of a Trainer: its first logger (TensorBoard)."""
+        return SimpleNamespace(logger=self.loggers[0] if self.loggers else None)
+
+    def end_epoch(self, pack, epoch: int, first_step: int, losses: torch.Tensor, stats: dict) -> None:
+        """Record one finished epoch: ``losses`` are the job's per-step losses (on the CPU),
+        ``stats`` its correct count, images seen, val loss and acc, lr and the epoch's seconds."""
+        module = self.module
+        pack.net.copy_into(self.index, module.net)
+        module.diverged_at = pack.diverged_at[self.index]
+        log_step_losses(self.loggers, first_step, losses.tolist())
+        finished = EpochLog.finished(losses, stats["correct"], stats["images"], stats["time_s"])
+        val = {"val/loss": stats["val_loss"], "val/acc": stats["val_acc"]}
+        row = history_row(finished, val, stats["lr"])
+        for key, value in row.items():
+            module.history[key].append(value)
+        global_step = self.global_step = first_step + len(losses)
+        scalars = {
+            **val,
+            "train/loss_epoch": row["train_loss"],
+            "train/acc": row["train_acc"],
+            "lr": row["lr"],
+            "epoch_time_s": row["epoch_time_s"],
+            "epoch": epoch,
+        }
+        for logger in self.loggers:  # at the epoch's last step counted from 0, where Lightning logs them
+            logger.log_metrics(scalars, step=global_step - 1)
+        self._save(epoch, global_step, pack.models, row["val_acc"])
+        self.record.on_train_epoch_start(None, module)  # metrics.json with this epoch's row
+
+    def _save(self, epoch: int, global_step: int, pack_size: int, val_acc: float) -> None:
+        """``last.ckpt`` every epoch; ``best.ckpt`` when val/acc beats every earlier epoch (as the
+        checkpoint callback: strictly, so the first of equal epochs stays the best)."""
+        node = (self.cfg.get("callbacks") or {}).get("checkpoint")
+        improved = math.isfinite(val_acc) and (self.best_val_acc is None or val_acc > self.best_val_acc)
+        if improved:
+            self.best_val_acc = val_acc
+            self.best_weights = copy.deepcopy(self.module.net.state_dict())
+        if node is None:
+            return
+        checkpoint = solo_checkpoint(self.module, epoch, global_step, self.record.data.get("train_time_s", 0.0), pack_size)
+        if improved:
+            save_checkpoint(checkpoint, self.checkpoints / "best.ckpt")
+        if node.get("save_last"):
+            save_checkpoint(checkpoint, self.checkpoints / "last.ckpt")
+
+    def finish(self) -> dict:
+        """Test the best weights (not after a divergence, as the solo run) and write the final
+        record; return it."""
+        module = self.module
+        self.record.on_train_end(None, module)
+        test = None
+        if module.diverged_at is None:
+            if self.best_weights is not None:
+                module.net.load_state_dict(self.best_weights)
+            test = self._test()
+            for logger in self.loggers:
+                logger.log_metrics(test, step=self.global_step)
+        data = self.record.finish(self.trainer, module, test)
+        self._close()
+        return data
+
+    def _test(self) -> dict:
+        data, device = self.cfg.data, self.module.device
+        tensors = device_tensors(data.data_dir, device, data.get("normalize", True))
+        batches = DeviceBatches(tensors["test_x"], tensors["test_y"], data.eval_batch_size)
+        results = evaluate(self.module.net, self.module.loss, batches, device)
+        return {"test/loss": results["test_loss"], "test/acc": results["test_acc"]}
+
+    def fail(self, error: BaseException) -> None:
+        """Record status "failed" (with the history so far, if training started)."""
+        self.record.fail(error, self.module if self.module is not None and self.record.train_started else None)
+        self._close()
+
+    def interrupt(self, stop: KeyboardInterrupt) -> None:
+        self.record.interrupt(stop, self.module if self.module is not None and self.record.train_started else None)
+        self._close()
+
+    def _close(self) -> None:
+        artifacts = {self.checkpoints / "best.ckpt": "checkpoints", self.record.path: None}
+        close_trackers(self.loggers, self.record.data, artifacts)

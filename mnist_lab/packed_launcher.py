@@ -1,0 +1,183 @@
+"""``hydra/launcher=packed``: a sweep's jobs that share a network shape train together, as packs.
+
+Like Hydra's BasicLauncher (``hydra/_internal/core_plugins/basic_launcher.py``), it composes
+every job's config with ``config_loader.load_sweep_config``, gives each its number, and sets each
+job up with Hydra's own ``run_job`` (its folder, ``HydraConfig``, job logging and callbacks).
+Then, unlike it, it splits the jobs into packs (``pack_groups``: what must match, and what a
+pack cannot do) and trains each pack as one model on one device (``packed_training``); each
+packed job is recorded as its solo run (``packed_job``). A job that cannot pack, a pack's
+remainder of one, and the jobs of a pack that ``Pack`` refuses run through ``run_job`` with the
+task function, exactly as with the basic launcher.
+
+For a packed job, ``run_job`` runs a task function that claims its folder and writes
+``.hydra/`` (as ``train.run`` does first); its training comes after, with its pack, and its
+``JobReturn`` gets the result then. Hydra's ``on_job_end`` callbacks therefore see a packed job
+before it has trained (this project's ``SweepReport`` reads the jobs at ``on_multirun_end``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict, read_write
+
+from mnist_lab.console import settings_line
+from mnist_lab.metrics_file import first_line
+from mnist_lab.pack import Pack
+from mnist_lab.pack_groups import DEVICES, split_into_packs
+from mnist_lab.pack_size import probe_pack_size
+from mnist_lab.packed_job import PackedJob
+from mnist_lab.packed_training import train_pack
+from mnist_lab.train import EXIT_INTERRUPTED, raise_terminated, summary_line
+
+log = logging.getLogger(__name__)
+
+
+def pack_device(cfg: DictConfig) -> torch.device:
+    """The device ``trainer.accelerator`` names (auto: the GPU when there is one)."""
+    name = DEVICES[str(cfg.trainer.accelerator)]
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class PackedLaunch:
+    """What ``hydra/launcher=packed`` does (``hydra_plugins/mnist_lab_packed_launcher``, the
+    Launcher Hydra instantiates, hands its settings and ``launch`` calls here)."""
+
+    def __init__(self, pack_size: int | str, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig):
+        self.pack_size, self.hydra_context, self.task_function, self.config = (
+            pack_size,
+            hydra_context,
+            task_function,
+            config,
+        )
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, raise_terminated)  # as train.main: SIGTERM is handled like Ctrl-C
+        configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
+        tasks = [self._task_config(config) for config in configs]
+        units = split_into_packs(tasks, self._pack_size)
+        packs = [unit for unit in units if len(unit) > 1]
+        log.info(
+            f"Launching {len(configs)} jobs locally: {sum(map(len, packs))} in {len(packs)} packs, "
+            f"{len(units) - len(packs)} alone"
+        )
+        returns: dict[int, JobReturn] = {}
+        for unit in units:
+            if len(unit) == 1:
+                returns[unit[0]] = self._run_alone(configs[unit[0]])
+            else:
+                returns.update(self._run_pack(unit, configs, tasks))
+        return [returns[n] for n in range(len(configs))]
+
+    def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
+        """The job's whole config, as BasicLauncher composes it."""
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        return sweep_config
+
+    @staticmethod
+    def _task_config(sweep_config: DictConfig) -> DictConfig:
+        """The job's config without the ``hydra`` node: what its task function gets."""
+        task = copy.deepcopy(sweep_config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        return task
+
+    def _pack_size(self, cfgs: list[DictConfig]) -> int:
+        if self.pack_size != "auto":
+            return self.pack_size
+        size = probe_pack_size(cfgs, pack_device(cfgs[0]))
+        log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} (timing probe)")
+        return size
+
+    def _run_alone(self, config: DictConfig) -> JobReturn:
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def _run_pack(self, unit: list[int], configs: list[DictConfig], tasks: list[DictConfig]) -> dict[int, JobReturn]:
+        cfgs = [tasks[i] for i in unit]
+        try:
+            pack = Pack(cfgs, pack_device(cfgs[0]))
+        except Exception as error:  # noqa: BLE001 - what Pack refuses trains as it would unpacked
+            log.info(f"jobs {', '.join(map(str, unit))} train one by one: {first_line(error)}")
+            return {i: self._run_alone(configs[i]) for i in unit}
+        jobs: dict[int, PackedJob] = {}
+
+        def claim(k: int):
+            def task(cfg: DictConfig) -> float | None:
+                hydra_cfg = HydraConfig.get()
+                job = PackedJob(
+                    cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task), Path(hydra_cfg.sweep.dir), k
+                )
+                print(f"{settings_line(cfg)} (packed: {len(unit)} jobs)", flush=True)
+                try:
+                    job.claim()
+                except Exception as error:  # noqa: BLE001 - as train.main: one bad job must not end the sweep
+                    print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
+                    return math.nan
+                jobs[k] = job
+                return None
+
+            return task
+
+        returns = {}
+        for k, i in enumerate(unit):
+            self.task_function, task_function = claim(k), self.task_function
+            try:
+                returns[i] = self._run_alone(configs[i])
+            finally:
+                self.task_function = task_function
+        results = self._train(pack, jobs)
+        for k, i in enumerate(unit):
+            if k in results:
+                best = results[k].get("best_val_acc")
+                returns[i].return_value = best if best is not None else math.nan
+                returns[i].status = JobStatus.COMPLETED
+        return returns
+
+    @staticmethod
+    def _train(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
+        """Each job's final record; an error fails the pack's jobs, not the sweep (as train.main)."""
+        try:
+            results = train_pack(pack, jobs)
+        except KeyboardInterrupt as stop:
+            print(
+                f"interrupted: {len(jobs)} packed jobs recorded as interrupted; a packed sweep cannot be "
+                "resumed yet: run the jobs again with hydra/launcher=basic and ckpt_path unset.",
+                file=sys.stderr,
+            )
+            stopped_by = next((job.record.data.get("stopped_by") for job in jobs.values()), "SIGINT")
+            sys.exit(EXIT_INTERRUPTED.get(stopped_by, 130))
+        except Exception as error:  # noqa: BLE001 - recorded in every job's metrics.json
+            for job in jobs.values():
+                print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
+            return {k: job.record.data for k, job in jobs.items()}
+        for job in jobs.values():
+            print(summary_line(job.record.data))
+        return results
