@@ -111,7 +111,9 @@ class PackedJob:
             self.best_weights = copy.deepcopy(self.module.net.state_dict())
         if node is None:
             return
-        checkpoint = solo_checkpoint(self.module, epoch, global_step, self.record.data.get("train_time_s", 0.0), pack_size)
+        checkpoint = solo_checkpoint(
+            self.module, epoch, global_step, self.record.data.get("train_time_s", 0.0), pack_size
+        )
         if improved:
             save_checkpoint(checkpoint, self.checkpoints / "best.ckpt")
         if node.get("save_last"):

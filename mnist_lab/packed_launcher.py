@@ -56,7 +56,9 @@ class PackedLaunch:
     """What ``hydra/launcher=packed`` does (``hydra_plugins/mnist_lab_packed_launcher``, the
     Launcher Hydra instantiates, hands its settings and ``launch`` calls here)."""
 
-    def __init__(self, pack_size: int | str, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig):
+    def __init__(
+        self, pack_size: int | str, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ):
         self.pack_size, self.hydra_context, self.task_function, self.config = (
             pack_size,
             hydra_context,
@@ -133,7 +135,11 @@ class PackedLaunch:
             def task(cfg: DictConfig) -> float | None:
                 hydra_cfg = HydraConfig.get()
                 job = PackedJob(
-                    cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task), Path(hydra_cfg.sweep.dir), k
+                    cfg,
+                    Path(hydra_cfg.runtime.output_dir),
+                    list(hydra_cfg.overrides.task),
+                    Path(hydra_cfg.sweep.dir),
+                    k,
                 )
                 print(f"{settings_line(cfg)} (packed: {len(unit)} jobs)", flush=True)
                 try:
@@ -166,7 +172,7 @@ class PackedLaunch:
         """Each job's final record; an error fails the pack's jobs, not the sweep (as train.main)."""
         try:
             results = train_pack(pack, jobs)
-        except KeyboardInterrupt as stop:
+        except KeyboardInterrupt:
             print(
                 f"interrupted: {len(jobs)} packed jobs recorded as interrupted; a packed sweep cannot be "
                 "resumed yet: run the jobs again with hydra/launcher=basic and ckpt_path unset.",

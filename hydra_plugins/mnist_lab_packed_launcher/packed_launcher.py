@@ -22,7 +22,9 @@ class PackedLauncher(Launcher):
 
     def __init__(self, pack_size: int | str = "auto") -> None:
         super().__init__()
-        if pack_size != "auto" and not (isinstance(pack_size, int) and not isinstance(pack_size, bool) and pack_size >= 1):
+        if pack_size != "auto" and not (
+            isinstance(pack_size, int) and not isinstance(pack_size, bool) and pack_size >= 1
+        ):
             raise ValueError(f"hydra.launcher.pack_size={pack_size!r} must be auto or a whole number of at least 1")
         self.pack_size = pack_size
         self.hydra_context: HydraContext | None = None

@@ -1,0 +1,151 @@
+"""``hydra/launcher=packed``: the same sweep run with the basic and the packed launcher leaves the
+same job folders, records, report rows, TensorBoard curves and usable checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_lab import report
+from tests.conftest import QUICK, read_metrics, run_cli
+
+pytestmark = pytest.mark.slow
+
+# Three jobs (2,500 training images at batch 64: 40 steps an epoch), learning slowly enough that
+# their numbers differ; with hydra.launcher.pack_size=2 the first two train as a pack and the
+# third, a pack's remainder of one, alone through the normal path.
+GRID = ["optimizer.lr=0.00001,0.00002,0.00003"]
+STEPS = 80
+HISTORY = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+SAME = ("status", "best_val_acc", "test_acc", "final_train_loss", "epochs", "diverged_at_step", "error")
+
+
+def sweep(tmp_path, data_dir, name: str, *launcher: str) -> tuple:
+    sweep_dir = tmp_path / name
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        *QUICK,
+        *GRID,
+        *launcher,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        data_dir=data_dir,
+    )
+    return sweep_dir, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory, synthetic_data_dir):
+    tmp_path = tmp_path_factory.mktemp("packed_launcher")
+    basic, _ = sweep(tmp_path, synthetic_data_dir, "basic")
+    packed, output = sweep(
+        tmp_path, synthetic_data_dir, "packed", "hydra/launcher=packed", "hydra.launcher.pack_size=2"
+    )
+    return basic, packed, output
+
+
+def test_two_jobs_train_as_a_pack_and_the_remainder_alone(sweeps):
+    _, packed, output = sweeps
+    assert "Launching 3 jobs locally: 2 in 1 packs, 1 alone" in output
+    assert output.count("(packed: 2 jobs)") == 2
+    assert "sweep: 3 jobs, 3 ok, 0 diverged, 0 failed" in output
+    for job in ("0_optimizer.lr=1e-05", "1_optimizer.lr=2e-05"):  # packed checkpoints say so
+        assert torch.load(packed / job / "checkpoints" / "last.ckpt", weights_only=True)["packed"] == 2
+    assert "packed" not in torch.load(packed / "2_optimizer.lr=3e-05" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_packed_jobs_give_the_basic_sweeps_folders_records_and_report_rows(sweeps):
+    basic, packed, _ = sweeps
+    basic_rows, packed_rows = report.load(basic), report.load(packed)
+    assert list(packed_rows.columns) == list(basic_rows.columns)
+    assert list(packed_rows["job"]) == list(basic_rows["job"]) and len(basic_rows) == 3
+    assert (packed / "summary.csv").is_file() and (packed / "curves.png").is_file()
+    for job in basic_rows["job"]:
+        ours, theirs = read_metrics(packed / job), read_metrics(basic / job)
+        assert theirs["status"] == "ok" and theirs["test_acc"] < 1, "the jobs should still be learning"
+        for key in SAME:
+            expected = theirs.get(key)
+            assert ours.get(key) == (pytest.approx(expected, rel=1e-4) if isinstance(expected, float) else expected), (
+                job,
+                key,
+            )
+        for key in HISTORY:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (job, key)
+        assert ours["overrides"] == theirs["overrides"] and ours["run_dir"] == str(packed / job)
+        for name in ("config.yaml", "overrides.yaml"):
+            assert yaml.safe_load((packed / job / ".hydra" / name).read_text()) == yaml.safe_load(
+                (basic / job / ".hydra" / name).read_text()
+            )
+        hydra_yaml = yaml.safe_load((packed / job / ".hydra" / "hydra.yaml").read_text())
+        assert hydra_yaml["hydra"]["runtime"]["output_dir"] == str(packed / job)
+
+
+def scalars(job_dir) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_packed_jobs_write_the_solo_runs_tensorboard_scalars(sweeps):
+    basic, packed, _ = sweeps
+    job = "1_optimizer.lr=2e-05"
+    ours, theirs = scalars(packed / job), scalars(basic / job)
+    assert set(ours) == set(theirs)
+    assert [s for s, _ in ours["train/loss"]] == list(range(1, STEPS + 1))
+    torch.testing.assert_close(
+        torch.tensor([v for _, v in ours["train/loss"]]),
+        torch.tensor([v for _, v in theirs["train/loss"]]),
+        rtol=1e-5,
+        atol=0,
+    )
+    for tag in ("val/acc", "val/loss", "train/acc", "train/loss_epoch", "lr", "test/acc", "test/loss"):
+        assert [s for s, _ in ours[tag]] == [s for s, _ in theirs[tag]][: len(ours[tag])], tag
+        assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs[tag]][: len(ours[tag])], rel=1e-4), tag
+    steps, losses = report.step_losses(packed / job)
+    assert steps == list(range(1, STEPS + 1)) and len(report.load_steps(packed / job)) == STEPS
+
+
+def test_packed_checkpoints_are_solo_checkpoints_that_evaluate_and_predict_load(sweeps, tmp_path, synthetic_data_dir):
+    basic, packed, _ = sweeps
+    job = "0_optimizer.lr=1e-05"
+    for name in ("best.ckpt", "last.ckpt"):
+        ours = torch.load(packed / job / "checkpoints" / name, weights_only=True)
+        theirs = torch.load(basic / job / "checkpoints" / name, weights_only=True)
+        assert (ours["epoch"], ours["global_step"]) == (theirs["epoch"], theirs["global_step"])
+        assert ours["hyper_parameters"]["config"]["optimizer"] == theirs["hyper_parameters"]["config"]["optimizer"]
+        assert ours["state_dict"].keys() == theirs["state_dict"].keys()
+        for key, value in theirs["state_dict"].items():
+            if key.startswith("net."):
+                torch.testing.assert_close(ours["state_dict"][key], value, rtol=1e-4, atol=1e-5)
+    result = run_cli("mnist_lab.evaluate", f"ckpt_path='{packed / job}'", cwd=tmp_path, data_dir=synthetic_data_dir)
+    assert f"test/acc {read_metrics(packed / job)['test_acc']:.4f}" in result.stdout
+    digit = torch.zeros(28, 28, dtype=torch.uint8)
+    digit[8:20, 12:16] = 255
+    from PIL import Image
+
+    Image.fromarray(digit.numpy()).save(tmp_path / "digit.png")
+    result = run_cli("mnist_lab.predict", f"ckpt_path='{packed / job}'", "images=digit.png", cwd=tmp_path)
+    assert result.stdout.startswith("digit.png")
+
+
+def test_a_packed_checkpoint_is_not_resumed_and_its_record_stays(sweeps, tmp_path, synthetic_data_dir):
+    _, packed, _ = sweeps
+    job_dir = packed / "0_optimizer.lr=1e-05"
+    before = (job_dir / "metrics.json").read_text()
+    result = run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        "optimizer.lr=0.00001",
+        f"hydra.run.dir='{job_dir}'",
+        "ckpt_path=last",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+        check=False,
+    )
+    assert result.returncode == 1 and "was written by a packed sweep" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert json.loads((job_dir / "metrics.json").read_text()) == json.loads(before)
