@@ -149,3 +149,21 @@ def test_a_packed_checkpoint_is_not_resumed_and_its_record_stays(sweeps, tmp_pat
     assert result.returncode == 1 and "was written by a packed sweep" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert json.loads((job_dir / "metrics.json").read_text()) == json.loads(before)
+
+
+def test_the_default_pack_size_is_probed_and_the_sweep_runs(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        *QUICK,
+        "trainer.max_epochs=1",
+        "seed=1,2",
+        "hydra/launcher=packed",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
+    output = result.stdout + result.stderr
+    assert "for 2 jobs of train MLP [128]" in output and "(timing probe)" in output
+    assert "sweep: 2 jobs, 2 ok, 0 diverged, 0 failed" in output

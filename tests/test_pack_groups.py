@@ -1,0 +1,63 @@
+"""Which jobs of a sweep share a pack (``pack_groups``), from their composed configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnist_lab.pack_groups import split_into_packs, why_solo
+from tests.conftest import QUICK, compose_train
+
+
+@pytest.fixture(scope="module")
+def job(synthetic_data_dir):
+    def compose(*overrides: str):
+        return compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", *overrides)
+
+    return compose
+
+
+def test_jobs_differing_only_in_what_may_differ_share_a_pack(job):
+    cfgs = [
+        job("optimizer.lr=0.01"),
+        job("seed=3", "optimizer.betas=[0.8,0.9]", "loss=mse"),
+        job("model.dropout=0.3", "optimizer.weight_decay=0.1"),
+    ]
+    assert split_into_packs(cfgs, 8) == [[0, 1, 2]]
+
+
+def test_jobs_differing_in_what_must_match_go_to_separate_packs(job):
+    cfgs = [
+        job(),
+        job("data.batch_size=32"),
+        job("seed=1"),
+        job("model.hidden=[64]"),
+        job("optimizer=sgd"),
+        job("data.batch_size=32", "seed=2"),
+        job("optimizer=adam", "optimizer.amsgrad=true"),
+        job("scheduler=step"),
+    ]
+    assert split_into_packs(cfgs, 8) == [[0, 2], [1, 5], [3], [4], [6], [7]]
+
+
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        (["ckpt_path=last"], "resumes"),
+        (["trainer=ddp_sim"], "one CPU or GPU"),
+        (["step.cuda_graph=on"], "cuda_graph"),
+        (["trainer.limit_train_batches=3"], "limit_train_batches"),
+        (["callbacks.early_stopping.patience=2"], "early stopping"),
+        (["trainer.precision=bf16-mixed"], "precision"),
+        (["optimizer.lr=-1"], "refused"),
+    ],
+)
+def test_jobs_a_pack_cannot_reproduce_train_alone(job, overrides, reason):
+    cfg = job(*overrides)
+    assert reason in why_solo(cfg)
+    assert split_into_packs([job(), cfg, job("seed=1")], 8) == [[0, 2], [1]]
+
+
+def test_a_packs_remainder_of_one_trains_alone(job):
+    cfgs = [job(f"seed={s}") for s in range(5)]
+    assert split_into_packs(cfgs, 2) == [[0, 1], [2, 3], [4]]
+    assert split_into_packs(cfgs, lambda group: 1) == [[0], [1], [2], [3], [4]]

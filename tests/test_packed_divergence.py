@@ -1,0 +1,62 @@
+"""A job of a pack whose loss diverges is frozen and recorded as diverged; the rest of its pack
+trains on as if it had never been there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import QUICK, compose_train, read_metrics, run_cli
+
+# An MLP with Adam: lr 1e6 sends the loss past step.divergence_threshold at its second step; lr
+# 1e-4 and 2e-4 learn slowly (the synthetic digits are easy).
+BASE = [*QUICK, "model.hidden=[32]", "trainer.max_epochs=3", "step.check_every=10"]
+JOBS = [["seed=1", "optimizer.lr=0.0001"], ["seed=2", "optimizer.lr=1e6"], ["seed=3", "optimizer.lr=0.0002"]]
+
+
+def test_a_diverging_job_is_frozen_and_the_rest_of_its_pack_trains_as_without_it(synthetic_data_dir):
+    from mnist_lab.pack import Pack
+
+    cfgs = [compose_train(*BASE, f"data.data_dir={synthetic_data_dir}", *job) for job in JOBS]
+    pack = Pack(cfgs)
+    frozen_job = []  # job 1's weights at the end of each epoch
+    losses = pack.fit(lambda epoch: frozen_job.append(pack.solo_net(1).state_dict()))
+    assert pack.diverged_at[0] is None and pack.diverged_at[2] is None
+    assert 1 <= pack.diverged_at[1] <= 10, "found by the first check, after step.check_every=10 steps"
+    assert pack.stopped_at[1] == 10
+    assert float(pack.optimizer.hyper["lr"][1]) == 0.0 and pack.active.tolist() == [True, False, True]
+    assert all(bool(torch.isfinite(value).all()) for value in frozen_job[0].values()), "frozen where the check found it"
+    for later in frozen_job[1:]:  # frozen during the first epoch: never changed again
+        for name, value in later.items():
+            torch.testing.assert_close(value, frozen_job[0][name], rtol=0, atol=0, equal_nan=True)
+    alone = Pack([cfgs[0], cfgs[2]]).fit()
+    torch.testing.assert_close(losses[:, [0, 2]], alone, rtol=1e-5, atol=0)
+    assert alone[-1].max() < alone[0].min(), "the other jobs should learn, or equal curves prove little"
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_records_the_diverged_job_and_finishes_the_others(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        *BASE,
+        "trainer.max_epochs=2",
+        "hydra/launcher=packed",
+        "hydra.launcher.pack_size=3",
+        "+seed_lr=[1,0.0001],[2,1e6],[3,0.0002]",
+        "seed=${seed_lr[0]}",
+        "optimizer.lr=${seed_lr[1]}",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
+    assert "sweep: 3 jobs, 2 ok, 1 diverged, 0 failed" in result.stdout, result.stdout + result.stderr
+    records = {path.parent.name.split("_")[0]: read_metrics(path.parent) for path in sweep_dir.glob("*/metrics.json")}
+    diverged = records["1"]
+    assert diverged["status"] == "diverged" and 1 <= diverged["diverged_at_step"] <= 10
+    assert diverged["epochs"] == 1 and diverged.get("test_acc") is None
+    checkpoint = torch.load(sweep_dir / records["1"]["run_dir"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["diverged_at"] == diverged["diverged_at_step"]
+    for job in ("0", "2"):
+        assert records[job]["status"] == "ok" and records[job]["epochs"] == 2 and records[job]["test_acc"] > 0.5
