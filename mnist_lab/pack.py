@@ -190,11 +190,19 @@ class Pack:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each job's loss and accuracy ``[M]`` on one set of images (validation, test)."""
+        """Each job's loss and accuracy ``[M]`` on one set of images (validation, test), in chunks
+        of ``data.eval_batch_size / M`` images: the memory of one solo run's evaluation batch."""
         self.net.eval()
-        logits = self.net(x.expand(self.models, *x.shape))
-        ys = y.expand(self.models, *y.shape)
-        return self.loss(logits, ys), (logits.argmax(dim=-1) == ys).float().mean(dim=1)
+        chunk = max(1, int(self.cfgs[0].data.get("eval_batch_size", len(x))) // self.models)
+        loss_sum = torch.zeros(self.models, device=self.device)
+        correct = torch.zeros(self.models, device=self.device)
+        for start in range(0, len(x), chunk):
+            xs, ys = x[start : start + chunk], y[start : start + chunk]
+            logits = self.net(xs.expand(self.models, *xs.shape))
+            ys = ys.expand(self.models, *ys.shape)
+            loss_sum += self.loss(logits, ys) * len(xs)  # each job's mean over the chunk
+            correct += (logits.argmax(dim=-1) == ys).sum(dim=1)
+        return loss_sum / len(x), correct / len(x)
 
     def end_epoch(self, val_acc: list[float] | None = None) -> None:
         """Step the per-epoch schedules (as ``Classifier.on_train_epoch_end``)."""

@@ -175,7 +175,7 @@ class PackedLaunch:
         except KeyboardInterrupt:
             print(
                 f"interrupted: {len(jobs)} packed jobs recorded as interrupted; a packed sweep cannot be "
-                "resumed yet: run the jobs again with hydra/launcher=basic and ckpt_path unset.",
+                "resumed yet: run it again with another hydra.sweep.dir.",
                 file=sys.stderr,
             )
             stopped_by = next((job.record.data.get("stopped_by") for job in jobs.values()), "SIGINT")
