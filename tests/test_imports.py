@@ -48,3 +48,13 @@ def test_the_report_and_the_error_sentences_start_without_lightning():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_packed_launcher_plugin_imports_no_torch():
+    """Hydra imports every module of hydra_plugins when any Hydra app starts (evaluate too)."""
+    code = (
+        "import sys, hydra_plugins.mnist_lab_packed_launcher.packed_launcher; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'mnist_lab'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
