@@ -16,25 +16,27 @@ from pathlib import Path
 import lightning as L
 
 from mnist_lab.classifier import Classifier
+from mnist_lab.run_record import RunRecord
 from mnist_lab.train import AtomicCheckpointIO
 
 PACKED_KEY = "packed"  # in the checkpoint: how many jobs trained in its pack
 
 
-def solo_checkpoint(module: Classifier, epoch: int, global_step: int, train_time_s: float, pack_size: int) -> dict:
-    """The checkpoint a solo run would save at the end of ``epoch`` (0-based), weights only."""
-    return {
+def solo_checkpoint(module: Classifier, record: RunRecord, epoch: int, global_step: int, pack_size: int) -> dict:
+    """The checkpoint a solo run would save at the end of ``epoch`` (0-based), weights only; the
+    history, divergence and train time added by the solo run's own hooks."""
+    checkpoint = {
         "epoch": epoch,
         "global_step": global_step,
         "pytorch-lightning_version": L.__version__,
         "state_dict": module.state_dict(),
         "hparams_name": None,
         "hyper_parameters": dict(module.hparams),
-        "train_time_s": train_time_s,
-        "history": module.history,
-        "diverged_at": module.diverged_at,
         PACKED_KEY: pack_size,
     }
+    module.on_save_checkpoint(checkpoint)
+    record.on_save_checkpoint(None, module, checkpoint)
+    return checkpoint
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:

@@ -102,22 +102,22 @@ class PackedJob:
         self.record.on_train_epoch_start(None, module)  # metrics.json with this epoch's row
 
     def _save(self, epoch: int, global_step: int, pack_size: int, val_acc: float) -> None:
-        """``last.ckpt`` every epoch; ``best.ckpt`` when val/acc beats every earlier epoch (as the
-        checkpoint callback: strictly, so the first of equal epochs stays the best)."""
-        node = (self.cfg.get("callbacks") or {}).get("checkpoint")
+        """As ``callbacks.checkpoint`` (``RunDirCheckpoint``): ``last.ckpt`` every epoch, and the
+        best (``<filename>.ckpt``) when val/acc beats every earlier epoch, strictly, so the first
+        of equal epochs stays the best."""
         improved = math.isfinite(val_acc) and (self.best_val_acc is None or val_acc > self.best_val_acc)
+        node = (self.cfg.get("callbacks") or {}).get("checkpoint")
+        if node is None:  # ~callbacks.checkpoint: no files, and the test uses the last weights
+            return
         if improved:
             self.best_val_acc = val_acc
             self.best_weights = copy.deepcopy(self.module.net.state_dict())
-        if node is None:
-            return
-        checkpoint = solo_checkpoint(
-            self.module, epoch, global_step, self.record.data.get("train_time_s", 0.0), pack_size
-        )
+        checkpoint = solo_checkpoint(self.module, self.record, epoch, global_step, pack_size)
+        folder = self.run_dir / node.get("dirpath", "checkpoints")
         if improved:
-            save_checkpoint(checkpoint, self.checkpoints / "best.ckpt")
+            save_checkpoint(checkpoint, folder / f"{node.get('filename', 'best')}.ckpt")
         if node.get("save_last"):
-            save_checkpoint(checkpoint, self.checkpoints / "last.ckpt")
+            save_checkpoint(checkpoint, folder / "last.ckpt")
 
     def finish(self) -> dict:
         """Test the best weights (not after a divergence, as the solo run) and write the final

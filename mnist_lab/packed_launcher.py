@@ -111,10 +111,12 @@ class PackedLaunch:
         log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} (timing probe)")
         return size
 
-    def _run_alone(self, config: DictConfig) -> JobReturn:
+    def _run_alone(self, config: DictConfig, task_function: TaskFunction | None = None) -> JobReturn:
+        """The job through Hydra's ``run_job``, as BasicLauncher runs it (with the sweep's task
+        function, or ``task_function``)."""
         ret = run_job(
             hydra_context=self.hydra_context,
-            task_function=self.task_function,
+            task_function=task_function or self.task_function,
             config=config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
@@ -152,13 +154,7 @@ class PackedLaunch:
 
             return task
 
-        returns = {}
-        for k, i in enumerate(unit):
-            self.task_function, task_function = claim(k), self.task_function
-            try:
-                returns[i] = self._run_alone(configs[i])
-            finally:
-                self.task_function = task_function
+        returns = {i: self._run_alone(configs[i], claim(k)) for k, i in enumerate(unit)}
         results = self._train(pack, jobs)
         for k, i in enumerate(unit):
             if k in results:
