@@ -167,3 +167,23 @@ def test_the_default_pack_size_is_probed_and_the_sweep_runs(tmp_path, synthetic_
     output = result.stdout + result.stderr
     assert "for 2 jobs of train MLP [128]" in output and "(timing probe)" in output
     assert "sweep: 2 jobs, 2 ok, 0 diverged, 0 failed" in output
+
+
+def test_a_second_packed_sweep_into_the_sweep_dir_is_refused_before_it_writes(sweeps, tmp_path, synthetic_data_dir):
+    _, packed, _ = sweeps
+    before = {path: path.stat().st_mtime_ns for path in packed.rglob("*") if path.is_file()}
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        *QUICK,
+        "seed=5,6",
+        "hydra/launcher=packed",
+        f"hydra.sweep.dir={packed}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+        check=False,
+    )
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {packed} already holds a sweep (its multirun.yaml)"
+    )
+    assert {path: path.stat().st_mtime_ns for path in packed.rglob("*") if path.is_file()} == before
