@@ -47,6 +47,7 @@ MUST_MATCH = (
     "trainer.precision",
     "trainer.accelerator",
     "trainer.devices",
+    "step.check_every",  # one check for the whole pack, at its jobs' interval
 )
 
 

@@ -1,18 +1,23 @@
 """Which jobs of a sweep can share a pack: ``why_solo`` says why a job trains alone, ``pack_key``
 groups the others by everything a pack's jobs must share.
 
-A job packs only if the pack reproduces all of its run: one process on one device, float32, no
-checkpoint to resume, no Lightning debugging or limits (``trainer.limit_*``, ``fast_dev_run``,
-``overfit_batches``, a profiler), no early stopping, the eager step (``step.cuda_graph=on``
-asks for the graph step), and a net, loss and optimizer the packed classes implement. Anything
-else runs as it does without packing, through the job's normal path.
+A job packs only if the pack reproduces all of its run: one process on the CPU (no pack has run
+on a GPU yet), float32, no checkpoint to resume, no Lightning debugging or limits
+(``trainer.limit_*``, ``max_steps``, ``fast_dev_run``, ``overfit_batches``, a profiler), no early
+stopping, the default callbacks (checkpoints as ``conf/callbacks/default.yaml`` writes them, no
+added callback), the eager step (``step.cuda_graph=on`` asks for the graph step), no dropout (a
+pack draws one dropout stream for all its jobs, so a job's masks would depend on which jobs share
+its pack), and a net, loss and optimizer the packed classes implement. Anything else runs as it
+does without packing, through the job's normal path.
 """
 
 from __future__ import annotations
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab import CONF_DIR
 from mnist_lab.config_checks import check_config, check_required
 from mnist_lab.pack import MUST_MATCH
 from mnist_lab.packed_optim import HYPERPARAMETERS, IMPLEMENTATION, optimizer_class, settings_of, unpackable_reason
@@ -20,9 +25,10 @@ from mnist_lab.packed_step import loss_setting
 
 PACKED_MODELS = ("mnist_lab.models.MLP", "mnist_lab.models.CNN")
 DEVICES = {"cpu": "cpu", "auto": "auto", "gpu": "cuda", "cuda": "cuda"}  # trainer.accelerator -> pack device
-# trainer settings a pack follows; any other trainer setting must keep its default (null/false/0)
-TRAINER_KEYS = {"accelerator", "devices", "strategy", "max_epochs", "max_steps", "precision", "deterministic"}
+# trainer settings a pack follows; any other trainer setting must keep its default (null/false/0/-1)
+TRAINER_KEYS = {"accelerator", "devices", "strategy", "max_epochs", "precision"}
 PER_JOB_MODEL_KEYS = ("dropout", "conv_dropout")  # the net's shape is the rest
+DEFAULT_CALLBACKS = OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml")
 
 
 def why_solo(cfg: DictConfig) -> str | None:
@@ -37,11 +43,13 @@ def why_solo(cfg: DictConfig) -> str | None:
         return "it resumes a checkpoint"
     if str(trainer.get("accelerator")) not in DEVICES or trainer.get("devices") not in (1, "1"):
         return "it is not on one CPU or GPU"
+    if DEVICES[str(trainer.accelerator)] == "cuda" or (trainer.accelerator == "auto" and torch.cuda.is_available()):
+        return "it runs on a GPU, where no pack has run yet"
     if trainer.get("strategy", "auto") != "auto":
         return f"trainer.strategy={trainer.strategy}"
     if str(trainer.get("precision")) not in ("32-true", "32"):
         return f"trainer.precision={trainer.precision}"
-    extra = [key for key, value in trainer.items() if key not in TRAINER_KEYS and value not in (None, False, 0)]
+    extra = [key for key, value in trainer.items() if key not in TRAINER_KEYS and value not in (None, False, 0, -1)]
     if extra:
         return f"trainer.{extra[0]} is set"
     if cfg.step.cuda_graph == "on":
@@ -49,9 +57,14 @@ def why_solo(cfg: DictConfig) -> str | None:
     callbacks = cfg.get("callbacks") or {}
     if (callbacks.get("early_stopping") or {}).get("patience") is not None:
         return "early stopping is on"
+    added = sorted(set(callbacks) - set(DEFAULT_CALLBACKS))
+    if added:
+        return f"it adds callbacks.{added[0]}"
     checkpoint = callbacks.get("checkpoint")
-    if checkpoint is not None and (checkpoint.get("monitor"), checkpoint.get("mode")) != ("val/acc", "max"):
-        return "its checkpoints follow another metric"
+    if checkpoint is not None and checkpoint != DEFAULT_CALLBACKS.checkpoint:
+        return "its checkpoints are not the default ones"
+    if any(cfg.model.get(key) for key in PER_JOB_MODEL_KEYS):
+        return "dropout is on"
     if cfg.model.get("_target_") not in PACKED_MODELS:
         return f"{cfg.model.get('_target_')} has no packed form"
     try:

@@ -20,7 +20,7 @@ def test_jobs_differing_only_in_what_may_differ_share_a_pack(job):
     cfgs = [
         job("optimizer.lr=0.01"),
         job("seed=3", "optimizer.betas=[0.8,0.9]", "loss=mse"),
-        job("model.dropout=0.3", "optimizer.weight_decay=0.1"),
+        job("optimizer.weight_decay=0.1", "step.divergence_threshold=100"),
     ]
     assert split_into_packs(cfgs, 8) == [[0, 1, 2]]
 
@@ -35,8 +35,9 @@ def test_jobs_differing_in_what_must_match_go_to_separate_packs(job):
         job("data.batch_size=32", "seed=2"),
         job("optimizer=adam", "optimizer.amsgrad=true"),
         job("scheduler=step"),
+        job("step.check_every=10"),
     ]
-    assert split_into_packs(cfgs, 8) == [[0, 2], [1, 5], [3], [4], [6], [7]]
+    assert split_into_packs(cfgs, 8) == [[0, 2], [1, 5], [3], [4], [6], [7], [8]]
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,11 @@ def test_jobs_differing_in_what_must_match_go_to_separate_packs(job):
         (["callbacks.early_stopping.patience=2"], "early stopping"),
         (["trainer.precision=bf16-mixed"], "precision"),
         (["optimizer.lr=-1"], "refused"),
+        (["model.dropout=0.3"], "dropout"),
+        (["++trainer.max_steps=50"], "max_steps"),
+        (["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging"], "callbacks.swa"),
+        (["callbacks.checkpoint.filename=top"], "checkpoints"),
+        (["+callbacks.checkpoint.save_top_k=0"], "checkpoints"),
     ],
 )
 def test_jobs_a_pack_cannot_reproduce_train_alone(job, overrides, reason):
@@ -61,3 +67,9 @@ def test_a_packs_remainder_of_one_trains_alone(job):
     cfgs = [job(f"seed={s}") for s in range(5)]
     assert split_into_packs(cfgs, 2) == [[0, 1], [2, 3], [4]]
     assert split_into_packs(cfgs, lambda group: 1) == [[0], [1], [2], [3], [4]]
+
+
+def test_no_pack_runs_on_a_gpu_yet(job, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # trainer.accelerator=auto picks the GPU
+    assert "GPU" in why_solo(job("trainer.accelerator=auto"))
+    assert why_solo(job("trainer.accelerator=cpu")) is None
