@@ -1,9 +1,9 @@
 """Does a study reproduce its lab? ``python -m mnist_lab.lab_check <sweep dir> [<sweep dir> ...]``
 
 The labs' own numbers (``LAB_NUMBERS``, quoted in docs/studies.md with where each comes from)
-against the sweeps given: for each lab number that a sweep ran (jobs with ``experiment=<study>``
-and the point's overrides), ours over the seeds (mean ± std, 95 % t-interval,
-``replicates.describe``) and the verdict:
+against the sweeps given: for each lab number that a sweep ran (finished jobs with
+``experiment=<study>``, the point's overrides and no other override but the seed), ours over
+the seeds (mean ± std, 95 % t-interval, ``replicates.describe``) and the verdict:
 
 - *reproduced*: the lab's number lies in our 95 % interval;
 - *within 1 point*: it does not, but lies less than one point (0.01) from our mean. Every lab
@@ -74,10 +74,20 @@ def matches(value, wanted) -> bool:
     return value == wanted
 
 
+def point_keys(point: str) -> set[str]:
+    """The override keys of a job's point (its overrides but the seed), e.g. {"experiment", "loss"}."""
+    return {override.lstrip("+~").split("=", 1)[0] for override in point.split()}
+
+
 def jobs_of(jobs: pd.DataFrame, number: LabNumber) -> pd.DataFrame:
-    """The jobs of ``number``'s study and point."""
+    """The finished jobs (ok or diverged) of ``number``'s study run at exactly its point: the
+    study and the point's overrides, nothing else but the seed."""
+    keys = {"experiment", *number.point}
     keep = [
-        row.get("experiment") == number.study and all(matches(row.get(k), v) for k, v in number.point.items())
+        row["status"] in ("ok", "diverged")
+        and point_keys(row["point"]) == keys
+        and row.get("experiment") == number.study
+        and all(matches(row.get(k), v) for k, v in number.point.items())
         for _, row in jobs.iterrows()
     ]
     return jobs[keep]

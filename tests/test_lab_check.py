@@ -14,22 +14,26 @@ from mnist_lab import lab_check
 T_975_DF2 = 4.302652729911275  # two-sided 95 % quantile of Student's t, df 2 (a printed table)
 
 
-def make_job(sweep: Path, number: int, overrides: list[str], val: float, test: float) -> None:
+def make_job(sweep: Path, number: int, overrides: list[str], val: float, test: float, status: str = "ok") -> None:
     job = sweep / str(number)
     job.mkdir(parents=True)
-    metrics = {"status": "ok", "best_val_acc": val, "test_acc": test, "overrides": overrides}
+    metrics = {"status": status, "best_val_acc": val, "test_acc": test, "overrides": overrides}
     (job / "metrics.json").write_text(json.dumps(metrics))
 
 
 @pytest.fixture
 def sweeps(tmp_path) -> list[Path]:
-    """An mlp_loss sweep (three losses x three seeds) and a one-seed softmax_lr sweep."""
+    """An mlp_loss sweep (three losses x three seeds, and jobs that must not count) and a one-seed
+    softmax_lr sweep."""
     val = {"mse_logits": [0.930, 0.934, 0.932], "l1_logits": [0.09, 0.14, 0.12], "ce": [0.960, 0.962, 0.961]}
     number = 0
     for loss, values in val.items():
         for seed, v in enumerate(values):
             make_job(tmp_path / "loss", number, ["experiment=mlp_loss", f"loss={loss}", f"seed={seed}"], v, 0.5)
             number += 1
+    make_job(tmp_path / "loss", number, ["experiment=mlp_loss", "loss=ce", "seed=9"], 0.1, 0.1, "failed")
+    make_job(tmp_path / "loss", number + 1, ["experiment=mlp_loss", "loss=ce", "trainer.max_epochs=1"], 0.1, 0.1)
+    number += 2
     for lr in (0.5, 0.53):
         make_job(tmp_path / "lr", number, ["experiment=softmax_lr", f"optimizer.lr={lr}"], 0.5, 0.92 + lr / 100)
         number += 1
