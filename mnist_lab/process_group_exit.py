@@ -2,10 +2,12 @@
 
 Lightning destroys the process group at exit for NCCL only. With gloo (DDP on CPUs, as
 ``trainer=ddp_sim``), a process that leaves with its group alive tears the group's threads down
-during interpreter shutdown, and about one exit in ten aborts there ("terminate called without
-an active exception", SIGABRT): ``ddp_spawn`` then reports the whole fit as failed although it
-finished. Destroying the group first, from an ``atexit`` handler as Lightning does for NCCL,
-makes the exit clean. Lightning has no public hook for this, hence this small callback.
+during interpreter shutdown, and that can abort ("terminate called without an active
+exception", SIGABRT): ``ddp_spawn`` then reports the whole fit as failed although it finished.
+Measured with ``tests/test_ddp.py``'s ddp_spawn case run again and again (2026-11-30, 2-core
+CPU, torch 2.14.1): 2 aborts in 25 runs without this callback, none in 20 with it. Destroying
+the group first, from an ``atexit`` handler as Lightning does for NCCL, makes the exit clean.
+Lightning has no public hook for this, hence this small callback.
 """
 
 from __future__ import annotations
