@@ -28,6 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mnist_lab import NUM_CLASSES
 from mnist_lab.data import grouping, optimizer_steps, ungroup
 from mnist_lab.epoch_log import EpochLog, empty_history, history_row
+from mnist_lab.process_group_exit import destroy_process_group_at_exit
 from mnist_lab.schedules import PER_STEP_SCHEDULERS, build_scheduler, step_at_epoch_end
 from mnist_lab.step import EagerStep, Step, ready_for_eager
 from mnist_lab.step_factory import make_step
@@ -75,6 +76,10 @@ class Classifier(L.LightningModule):
         )
         self.history = empty_history()  # a row per finished epoch: metrics.json's lists
         self.diverged_at: int | None = None  # global step of the first NaN/inf/too-large loss
+
+    def setup(self, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            destroy_process_group_at_exit()  # gloo's teardown at exit can abort: process_group_exit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

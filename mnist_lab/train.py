@@ -37,7 +37,6 @@ from mnist_lab.classifier import Classifier
 from mnist_lab.config_checks import ConfigError, check_config, check_required, out_of_memory_message
 from mnist_lab.console import print_config, quiet_lightning, settings_line
 from mnist_lab.hydra_errors import hydra_errors_as_sentences, override_for_shell
-from mnist_lab.process_group_exit import ProcessGroupExit
 from mnist_lab.run_dir import claim_run_dir, resume_path, write_hydra_files
 from mnist_lab.run_record import RunRecord, Terminated, first_line
 from mnist_lab.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
@@ -96,7 +95,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], loggers: list[Logger]) -> L.Trainer:
-    callbacks = [*build_callbacks(cfg, run_dir), *callbacks, ProcessGroupExit()]
+    callbacks = [*build_callbacks(cfg, run_dir), *callbacks]
     return L.Trainer(
         **cfg.trainer,
         plugins=[AtomicCheckpointIO()],
