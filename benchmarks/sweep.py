@@ -8,12 +8,18 @@
 
 Each time is the training steps only (no validation, checkpoints or Lightning), after
 ``--warmup`` steps; the ratio is one-by-one time / packed time (above 1: packing is faster).
+``--repeats`` times the whole comparison again (one-by-one and packed interleaved) and prints
+each repeat's ratios, so a machine whose speed drifts shows as a spread. ``--written-out`` also
+times packs whose optimizer takes the path it takes off the CPU (``PackedOptimizer.grouped =
+False``: the formulas written out with hyperparameters as tensors), for comparison. The size
+``mnist_lab.pack_size.probe_pack_size`` picks for the grid's first jobs is printed too.
 A pack size is kept only where it is never more than 10 % slower than one-by-one
 (``ratio >= 1 / 1.1``, ``mnist_lab.pack_size.SLACK``): the printed rule picks the fastest such
 size (``mnist_lab.pack_size`` makes the same choice from a short probe).
 
     python -m benchmarks.sweep [--grid softmax_seeds mlp_lr cnn_small_lr mlp_batch] [--steps 200]
                                [--sizes 2,4,8,16] [--device cpu|cuda] [--data-dir data]
+                               [--repeats 1] [--threads N] [--written-out]
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mnist_lab import train
-from mnist_lab.pack_size import SLACK, packed_steps, solo_steps, timed
+from mnist_lab.pack import Pack
+from mnist_lab.pack_size import SLACK, probe_pack_size, solo_steps, timed
 
 SEEDS = [f"seed={s}" for s in range(1, 6)]
 GRIDS = {
@@ -66,6 +73,32 @@ def split(cfgs, size: int) -> list[list]:
     return [group[i : i + size] for group in by_batch.values() for i in range(0, len(group), size)]
 
 
+def packed_steps(cfgs, device: torch.device, grouped: bool | None = None):
+    """``pack_size.packed_steps``, optionally with the optimizer's other path."""
+    pack = Pack(cfgs, device)
+    if grouped is not None:
+        pack.optimizer.grouped = grouped
+    pack.net.train()
+    while True:
+        for x, y in pack.batches:
+            yield pack.step(x, y)
+
+
+def compare(cfgs, sizes: list[int], args, device: torch.device) -> dict:
+    """One repeat: the grid one by one, then in packs of each size (and the other path)."""
+    one_by_one = sum(timed(solo_steps(cfg, device), args.steps, args.warmup, device) for cfg in cfgs)
+    row = {"one_by_one_s": round(one_by_one, 3)}
+    for size in sizes:
+        for label, grouped in [("", None), ("written_out_", False)][: 2 if args.written_out else 1]:
+            packed = sum(
+                timed(packed_steps(pack, device, grouped), args.steps, args.warmup, device)
+                for pack in split(cfgs, size)
+            )
+            row[f"{label}packs_of_{size}_s"] = round(packed, 3)
+            row[f"{label}ratio_{size}"] = round(one_by_one / packed, 2)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", nargs="+", default=list(GRIDS), choices=list(GRIDS))
@@ -75,28 +108,26 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_LAB_DATA_DIR", "data"))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--written-out", action="store_true", help="also time the optimizer's off-CPU path")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.set_float32_matmul_precision("high")
     results = []
     for grid in args.grid:
         cfgs = configs(*GRIDS[grid], args.data_dir, args.device)
-        one_by_one = sum(timed(solo_steps(cfg, device), args.steps, args.warmup, device) for cfg in cfgs)
-        row = {"grid": grid, "jobs": len(cfgs), "steps": args.steps, "one_by_one_s": round(one_by_one, 3)}
-        for size in (int(s) for s in args.sizes.split(",")):
-            packed = sum(
-                timed(packed_steps(pack, device), args.steps, args.warmup, device) for pack in split(cfgs, size)
-            )
-            row[f"packs_of_{size}_s"] = round(packed, 3)
-            row[f"ratio_{size}"] = round(one_by_one / packed, 2)
-        fine = {
-            size: ratio
-            for key, ratio in row.items()
-            if key.startswith("ratio_")
-            for size in [int(key.split("_")[1])]
-            if ratio >= 1 / SLACK
-        }
+        sizes = [int(s) for s in args.sizes.split(",")]
+        row = {"grid": grid, "jobs": len(cfgs), "steps": args.steps, "threads": torch.get_num_threads()}
+        repeats = [compare(cfgs, sizes, args, device) for _ in range(args.repeats)]
+        for key in repeats[0]:
+            row[key] = [r[key] for r in repeats] if args.repeats > 1 else repeats[0][key]
+        worst = {size: min(r[f"ratio_{size}"] for r in repeats) for size in sizes}
+        fine = {size: ratio for size, ratio in worst.items() if ratio >= 1 / SLACK}
         row["rule_pack_size"] = max(fine, key=fine.get) if fine else 1
+        row["probe_pack_size"] = probe_pack_size(split(cfgs, len(cfgs))[0], device)
         results.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

@@ -9,6 +9,16 @@ own single-tensor implementation (``torch/optim/{sgd,adam,rmsprop,adadelta}.py``
 branch), operation by operation: ``tests/test_packed_optim.py`` checks it against torch.optim,
 step by step. Hyperparameters are kept in float64 and cast to the parameters' dtype where torch
 would use a Python number (a double), so each model computes what its solo optimizer computes.
+
+On the CPU a step takes another road, for speed: there reading the hyperparameters costs no
+device sync, so the models are grouped by their hyperparameters' values and each group is
+stepped by torch's own functional optimizer (``torch.optim.adam.adam``, ``sgd.sgd``, ...) on the
+group's slices of the stacked tensors: the fused kernel for Adam and AdamW (one pass per tensor,
+as a solo run on the CPU steps them), torch's multi-tensor (``foreach``) code for the others. A
+pack of one grid cell's seeds is then one call per step, with torch's formulas and kernels
+rather than a dozen float64 ops plus ten elementwise passes per tensor written out here (what
+``benchmarks/sweep.py`` measured as most of a packed MLP step). The written-out formulas remain
+the path on other devices, where grouping would read the hyperparameters back every step.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+from torch.optim import adadelta, adam, adamw, rmsprop, sgd
 
 # What each optimizer class reads from its config, per model (``betas`` becomes beta1, beta2).
 HYPERPARAMETERS = {
@@ -95,6 +106,10 @@ class PackedOptimizer:
                 self.hyper[name] = torch.tensor([float(s[name]) for s in settings], dtype=torch.float64, device=device)
         self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
         self.steps = 0  # every model of a pack has made the same number of steps
+        self.grouped = device.type == "cpu"
+        # as a solo run on the CPU steps Adam and AdamW (step.eager_optimizer_kwargs): fused,
+        # unless the config says otherwise
+        self.fused = self.cls in (torch.optim.Adam, torch.optim.AdamW) and settings[0].get("fused") is not False
 
     def set(self, name: str, values: torch.Tensor | Sequence[float]) -> None:
         """Change one hyperparameter of every model (a scheduler's lr, momentum or betas)."""
@@ -151,6 +166,9 @@ class PackedOptimizer:
             torch.optim.RMSprop: self._rmsprop,
             torch.optim.Adadelta: self._adadelta,
         }[self.cls]
+        if self.grouped:
+            self._step_by_groups()
+            return
         coefficients = self._coefficients()
         for param, state in zip(self.params, self.state, strict=True):
             if param.grad is not None:
@@ -214,3 +232,71 @@ class PackedOptimizer:
         delta = state["acc_delta"].add(c["eps"]).sqrt_().div_(std).mul_(grad)
         state["acc_delta"].mul_(c["rho"]).addcmul_(delta * c["one_minus_rho"], delta)
         param.sub_(delta * c["lr"])
+
+    # ------------------------------------------------------------------ the CPU path
+
+    def _groups(self) -> list[tuple[dict[str, float], list[slice]]]:
+        """The models grouped by their hyperparameters' values: each group's values (Python
+        floats, as a solo optimizer holds them) and its models as runs of consecutive indices."""
+        names = list(self.hyper)
+        rows = torch.stack([self.hyper[n] for n in names], dim=1).tolist()
+        runs: dict[tuple, list[slice]] = {}
+        start = 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i] != rows[start]:
+                runs.setdefault(tuple(rows[start]), []).append(slice(start, i))
+                start = i
+        return [(dict(zip(names, key, strict=True)), slices) for key, slices in runs.items()]
+
+    def _state_tensor(self, state: dict, name: str, param: torch.Tensor) -> torch.Tensor:
+        if name not in state:
+            state[name] = torch.zeros_like(param)
+        return state[name]
+
+    def _step_by_groups(self) -> None:
+        """One call of torch's functional optimizer per group of models with equal
+        hyperparameters, on the group's slices of every parameter and state tensor."""
+        stepped = [(p, s) for p, s in zip(self.params, self.state, strict=True) if p.grad is not None]
+        first_sgd_step = self.cls is torch.optim.SGD and any("momentum_buffer" not in s for _, s in stepped)
+        for h, slices in self._groups():
+            cut = [(p, s, run) for p, s in stepped for run in slices]
+            params, grads = [p[run] for p, _, run in cut], [p.grad[run] for p, _, run in cut]
+
+            def sliced(name: str, cut=cut) -> list[torch.Tensor]:
+                return [self._state_tensor(s, name, p)[run] for p, s, run in cut]
+
+            # torch counts steps per tensor and adds one before using it; every model has made
+            # self.steps steps, this one included
+            steps = list(torch.full((len(cut),), float(self.steps - 1)).unbind())
+            if self.cls in (torch.optim.Adam, torch.optim.AdamW):
+                update = adamw.adamw if self.cls is torch.optim.AdamW else adam.adam
+                max_sqs = sliced("max_exp_avg_sq") if self.amsgrad else []
+                extra = {} if self.cls is torch.optim.AdamW else {"decoupled_weight_decay": self.decoupled}
+                update(
+                    params, grads, sliced("exp_avg"), sliced("exp_avg_sq"), max_sqs, steps,
+                    foreach=not self.fused, fused=self.fused or None, amsgrad=self.amsgrad,
+                    beta1=h["beta1"], beta2=h["beta2"], lr=h["lr"], weight_decay=h["weight_decay"],
+                    eps=h["eps"], maximize=False, **extra,
+                )  # fmt: skip
+            elif self.cls is torch.optim.SGD:
+                buffers = [None] * len(cut) if first_sgd_step else sliced("momentum_buffer")
+                sgd.sgd(
+                    params, grads, buffers, foreach=True, weight_decay=h["weight_decay"],
+                    momentum=h["momentum"], lr=h["lr"], dampening=h["dampening"],
+                    nesterov=bool(h["nesterov"]), maximize=False,
+                )  # fmt: skip
+                if first_sgd_step:  # torch's first buffer is the (weight-decayed) gradient itself
+                    for (p, s, run), buffer in zip(cut, buffers, strict=True):
+                        if buffer is not None:
+                            self._state_tensor(s, "momentum_buffer", p)[run] = buffer
+            elif self.cls is torch.optim.RMSprop:
+                rmsprop.rmsprop(
+                    params, grads, sliced("square_avg"), sliced("grad_avg"), sliced("momentum_buffer"), steps,
+                    foreach=True, lr=h["lr"], alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"],
+                    momentum=h["momentum"], centered=bool(h["centered"]),
+                )  # fmt: skip
+            else:
+                adadelta.adadelta(
+                    params, grads, sliced("square_avg"), sliced("acc_delta"), steps, foreach=True,
+                    lr=h["lr"], rho=h["rho"], eps=h["eps"], weight_decay=h["weight_decay"], maximize=False,
+                )  # fmt: skip

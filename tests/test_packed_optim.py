@@ -33,8 +33,11 @@ SHAPES = [(5, 3), (3,), (2, 3, 3, 3)]
 CASES = [(cls, False) for cls in HYPERPARAMETERS] + [(torch.optim.Adam, True), (torch.optim.AdamW, True)]
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["cpu_path", "device_path"])
 @pytest.mark.parametrize("cls, amsgrad", CASES, ids=lambda v: getattr(v, "__name__", f"amsgrad={v}"))
-def test_each_model_of_a_pack_steps_as_torch_optim_steps_it_alone(cls, amsgrad):
+def test_each_model_of_a_pack_steps_as_torch_optim_steps_it_alone(cls, amsgrad, grouped):
+    """Both roads: torch's functional optimizers per group of equal hyperparameters (the CPU's),
+    and the written-out formulas with hyperparameters as tensors (other devices')."""
     settings = [{**kw, "amsgrad": True} if amsgrad else kw for kw in HYPERPARAMETERS[cls]]
     models = len(settings)
     torch.manual_seed(0)
@@ -42,6 +45,7 @@ def test_each_model_of_a_pack_steps_as_torch_optim_steps_it_alone(cls, amsgrad):
     solos = [[p[i].detach().clone().requires_grad_() for p in packed] for i in range(models)]
     solo_optimizers = [cls(params, foreach=False, **kw) for params, kw in zip(solos, settings, strict=True)]
     packed_optimizer = PackedOptimizer(packed, [functools.partial(cls, **kw) for kw in settings])
+    packed_optimizer.grouped = grouped
     for _ in range(30):
         grads = [torch.randn_like(p) for p in packed]
         for i, optimizer in enumerate(solo_optimizers):
