@@ -52,6 +52,10 @@ GRIDS = {
     # experiment=mlp_batch's grid with 5 seeds (batch sizes pack separately)
     "mlp_batch": (["experiment=mlp_batch"], [[f"data.batch_size={b}", s] for b in (1, 16, 64, 256) for s in SEEDS]),
 }
+# each batch size of the mlp_batch study alone (its ratio per batch size)
+GRIDS.update(
+    {f"mlp_batch_{b}": (["experiment=mlp_batch", f"data.batch_size={b}"], [[s] for s in SEEDS]) for b in (1, 16, 64, 256)}
+)
 
 
 def configs(shared: list[str], jobs: list[list[str]], data_dir: str, device: str):
