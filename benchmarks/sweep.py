@@ -54,7 +54,10 @@ GRIDS = {
 }
 # each batch size of the mlp_batch study alone (its ratio per batch size)
 GRIDS.update(
-    {f"mlp_batch_{b}": (["experiment=mlp_batch", f"data.batch_size={b}"], [[s] for s in SEEDS]) for b in (1, 16, 64, 256)}
+    {
+        f"mlp_batch_{b}": (["experiment=mlp_batch", f"data.batch_size={b}"], [[s] for s in SEEDS])
+        for b in (1, 16, 64, 256)
+    }
 )
 
 
