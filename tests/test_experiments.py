@@ -29,10 +29,10 @@ STUDIES = {
     "softmax_decay": ("MLP", "SGD", 128, 3),
     "softmax_adam": ("MLP", "Adam", 128, 2),
     "cnn_example": ("CNN", "Adadelta", 14, 1),
-    "cnn_example_lr": ("CNN", "SGD", 14, 5),
-    "cnn_example_gamma": ("CNN", "Adadelta", 14, 4),
-    "cnn_example_regularization": ("CNN", "Adadelta", 14, 6),
-    "cnn_example_adam": ("CNN", "Adam", 14, 3),
+    "mlp512_lr": ("MLP", "SGD", 14, 10),
+    "mlp512_gamma": ("MLP", "SGD", 14, 4),
+    "mlp512_regularization": ("MLP", "SGD", 14, 8),
+    "mlp512_adam": ("MLP", "Adam", 14, 9),
     "cnn_small_arch": ("CNN", "SGD", 1, 3),
     "cnn_small_lr": ("CNN", "SGD", 1, 2),
     "cnn_small_batch": ("CNN", "SGD", 1, 2),
@@ -74,8 +74,10 @@ def test_study_settings_match_the_issue(name):
         assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.5 and cfg.data.batch_size == 32
     if name.startswith("softmax_") and name != "softmax_adam":
         assert cfg.model.hidden == [] and cfg.optimizer.momentum == 0.9
-    if name.startswith("cnn_example"):
+    if name.startswith(("cnn_example", "mlp512")):
         assert cfg.scheduler._target_.endswith(".StepLR")
+    if name.startswith("mlp512"):  # lab 000's base network, the pytorch/examples batch and schedule
+        assert cfg.model.hidden == [512, 256] and cfg.data.batch_size == 64 and cfg.scheduler.step_size == 1
 
 
 def test_softmax_decay_schedules_are_constant_halving_and_exponential():
