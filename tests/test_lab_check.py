@@ -77,3 +77,24 @@ def test_sweeps_without_a_lab_number_get_one_sentence(tmp_path, capsys):
     make_job(tmp_path, 0, ["optimizer.lr=0.1"], 0.5, 0.5)
     assert lab_check.main([str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: none of these sweeps ran a study with a lab number")
+
+
+def test_lab_000_base_network_compares_only_the_14_epoch_runs(tmp_path, capsys):
+    """Lab 000 prints test acc after every epoch; a sweep over trainer.max_epochs holds shorter
+    runs too, and only the 14-epoch ones answer the lab's final number."""
+    sweep, number = tmp_path / "gamma", 0
+    for epochs, tests in ((1, [0.69, 0.70, 0.66]), (14, [0.8907, 0.8916, 0.8930])):
+        for seed, test in enumerate(tests):
+            overrides = [
+                "experiment=mlp512_gamma",
+                "scheduler.gamma=0.85",
+                f"trainer.max_epochs={epochs}",
+                f"seed={seed}",
+            ]
+            make_job(sweep, number, overrides, 0.5, test)
+            number += 1
+    assert lab_check.main([str(sweep)]) == 0
+    [row] = capsys.readouterr().out.splitlines()[2:]
+    mean, low, high = interval([0.8907, 0.8916, 0.8930])
+    assert row.startswith("| 000 | `mlp512_gamma`: γ 0.85 | 89.15 % test |")
+    assert row.endswith(f"| {100 * mean:.2f} ± 0.12 % (3) | {100 * low:.2f} – {100 * high:.2f} | reproduced |")
