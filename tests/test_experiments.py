@@ -24,7 +24,7 @@ STUDIES = {
     "mlp_loss": ("MLP", "Adam", 10, 3),
     "mlp_loss_softmax": ("MLP", "Adam", 10, 3),
     "softmax_batch": ("MLP", "SGD", 32, 5),
-    "softmax_lr": ("MLP", "SGD", 128, 6),
+    "softmax_lr": ("MLP", "SGD", 128, 7),
     "softmax_momentum": ("MLP", "SGD", 128, 5),
     "softmax_decay": ("MLP", "SGD", 128, 3),
     "softmax_adam": ("MLP", "Adam", 128, 2),
