@@ -39,6 +39,9 @@ class LabNumber:
     point: dict = field(default_factory=dict)  # the overrides that select the jobs
 
 
+# trainer.max_epochs=14 '~callbacks.checkpoint': a run that tests its weights after epoch 14.
+LAST_WEIGHTS_AFTER_14 = {"trainer.max_epochs": 14, "callbacks.checkpoint": None}
+
 # Lab 003 prints val accuracy after each epoch: its best epoch, as our best_val_acc. Labs 000
 # (section 3), 001 (val), 002 and 004 report one final accuracy.
 LAB_NUMBERS = (
@@ -66,9 +69,9 @@ LAB_NUMBERS = (
     LabNumber("001", "mlp4_wide", "784-2352-1568-784-10", "best_val_acc", 0.9728),
     LabNumber("000", "cnn_example", "the pytorch/examples CNN", "test_acc", 0.9941),
     # Lab 000's base network prints test accuracy after every epoch: its 14th, against runs of
-    # 14 epochs that test their last weights (trainer.max_epochs=14 '~callbacks.checkpoint').
+    # 14 epochs that test their last weights.
     *(
-        LabNumber("000", study, what, "test_acc", value, {**point, "trainer.max_epochs": 14})
+        LabNumber("000", study, what, "test_acc", value, {**point, **LAST_WEIGHTS_AFTER_14})
         for study, what, value, point in (
             ("mlp512_lr", "lr 1e-4, γ 0.7", 0.5016, {"optimizer.lr": 0.0001, "scheduler.gamma": 0.7}),
             ("mlp512_gamma", "γ 0.85", 0.8915, {"scheduler.gamma": 0.85}),
@@ -86,9 +89,14 @@ def matches(value, wanted) -> bool:
     return value == wanted
 
 
+# Where MNIST lives is no part of a set-up (Hydra's job dirnames leave it out too).
+NOT_SET_UP = {"data.data_dir"}
+
+
 def point_keys(point: str) -> set[str]:
-    """The override keys of a job's point (its overrides but the seed), e.g. {"experiment", "loss"}."""
-    return {override.lstrip("+~").split("=", 1)[0] for override in point.split()}
+    """The override keys of a job's point (its overrides but the seed and NOT_SET_UP), e.g.
+    {"experiment", "loss"}."""
+    return {override.lstrip("+~").split("=", 1)[0] for override in point.split()} - NOT_SET_UP
 
 
 def jobs_of(jobs: pd.DataFrame, number: LabNumber) -> pd.DataFrame:
