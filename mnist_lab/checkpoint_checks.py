@@ -52,11 +52,6 @@ def check_checkpoint(cfg: DictConfig, path: Path | None) -> None:
             f"ckpt_path={path} is not a checkpoint written by mnist_lab.train ({reason}); "
             "give a .ckpt file from a run's checkpoints/ folder."
         )
-    if checkpoint.get("packed"):  # packed_checkpoint.PACKED_KEY: weights only, no optimizer or loop state
-        raise ConfigError(
-            f"ckpt_path={path} was written by a packed sweep (hydra/launcher=packed), whose checkpoints "
-            "hold weights only and cannot be resumed yet; start a new run without ckpt_path."
-        )
     difference = model_difference(config["model"], cfg.model)
     if difference:
         raise ConfigError(

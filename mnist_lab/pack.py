@@ -76,6 +76,7 @@ class Pack:
         self.net = PackedNet(solos).to(self.device)
         self.loss = PackedLoss([instantiate(cfg.loss) for cfg in cfgs]).to(self.device)
         make_optimizers = [instantiate(cfg.optimizer) for cfg in cfgs]
+        self.make_optimizers = make_optimizers  # each job's solo optimizer (its checkpoints' format)
         self.optimizer = PackedOptimizer(self.net.parameters(), make_optimizers)
         self.step = PackedStep(self.net, self.loss, self.optimizer)
 

@@ -25,7 +25,7 @@ from mnist_lab.classifier import Classifier
 from mnist_lab.data import DeviceBatches, device_tensors
 from mnist_lab.epoch_log import EpochLog, history_row
 from mnist_lab.evaluate import evaluate
-from mnist_lab.packed_checkpoint import save_checkpoint, solo_checkpoint
+from mnist_lab.packed_checkpoint import SoloTrainerState, save_checkpoint, solo_checkpoint
 from mnist_lab.run_dir import claim_run_dir, write_hydra_files
 from mnist_lab.run_record import RunRecord
 from mnist_lab.trackers import build_loggers, close_trackers, log_step_losses, start_trackers
@@ -42,6 +42,8 @@ class PackedJob:
         self.loggers: list = []
         self.best_val_acc: float | None = None
         self.best_weights: dict | None = None
+        self.trainer_state: SoloTrainerState | None = None  # what its checkpoints hold of a Trainer
+        self.last_saved: Path | None = None
         self.checkpoints = run_dir / "checkpoints"
         self.global_step = 0  # optimizer steps the job has made
 
@@ -63,6 +65,8 @@ class PackedJob:
                 **cfg.step,
                 config=OmegaConf.to_container(cfg, resolve=True),
             ).to(pack.device)
+            if (cfg.get("callbacks") or {}).get("checkpoint") is not None:
+                self.trainer_state = SoloTrainerState(cfg, self.run_dir)
             self.loggers = build_loggers(cfg, self.run_dir, self.sweep_dir)
             start_trackers(self.loggers, self.record.hparams)
         except Exception as error:
@@ -76,8 +80,10 @@ class PackedJob:
         return SimpleNamespace(logger=self.loggers[0] if self.loggers else None)
 
     def end_epoch(self, pack, epoch: int, first_step: int, losses: torch.Tensor, stats: dict) -> None:
-        """Record one finished epoch: ``losses`` are the job's per-step losses (on the CPU),
-        ``stats`` its correct count, images seen, val loss and acc, lr and the epoch's seconds."""
+        """Record one finished epoch (called after the pack's schedulers made their epoch step,
+        as a solo run checkpoints after its own): ``losses`` are the job's per-step losses (on
+        the CPU), ``stats`` its correct count, images seen, val loss and acc, lr and the epoch's
+        seconds."""
         module = self.module
         pack.net.copy_into(self.index, module.net)
         module.diverged_at = pack.diverged_at[self.index]
@@ -98,26 +104,35 @@ class PackedJob:
         }
         for logger in self.loggers:  # at the epoch's last step counted from 0, where Lightning logs them
             logger.log_metrics(scalars, step=global_step - 1)
-        self._save(epoch, global_step, pack.models, row["val_acc"])
+        self._save(pack, epoch, global_step, row["val_acc"])
         self.record.on_train_epoch_start(None, module)  # metrics.json with this epoch's row
 
-    def _save(self, epoch: int, global_step: int, pack_size: int, val_acc: float) -> None:
+    def _save(self, pack, epoch: int, global_step: int, val_acc: float) -> None:
         """As ``callbacks.checkpoint`` (``RunDirCheckpoint``): ``last.ckpt`` every epoch, and the
         best (``<filename>.ckpt``) when val/acc beats every earlier epoch, strictly, so the first
-        of equal epochs stays the best."""
+        of equal epochs stays the best; each with the callback's state as it is when written."""
         improved = math.isfinite(val_acc) and (self.best_val_acc is None or val_acc > self.best_val_acc)
         node = (self.cfg.get("callbacks") or {}).get("checkpoint")
         if node is None:  # ~callbacks.checkpoint: no files, and the test uses the last weights
             return
+        folder = Path(self.trainer_state.checkpoint.dirpath)
+        best_path = folder / f"{node.get('filename', 'best')}.ckpt"
         if improved:
             self.best_val_acc = val_acc
             self.best_weights = copy.deepcopy(self.module.net.state_dict())
-        checkpoint = solo_checkpoint(self.module, self.record, epoch, global_step, pack_size)
-        folder = self.run_dir / node.get("dirpath", "checkpoints")
-        if improved:
-            save_checkpoint(checkpoint, folder / f"{node.get('filename', 'best')}.ckpt")
+        best = (best_path, self.best_val_acc) if self.best_val_acc is not None else None
+
+        def checkpoint(last: Path | None) -> dict:
+            callbacks = self.trainer_state.callbacks(best, val_acc, last)
+            return solo_checkpoint(
+                self.module, self.record, pack, self.index, self.trainer_state, epoch, global_step, callbacks
+            )
+
+        if improved:  # Lightning saves the best first, its state naming the last file as it was
+            save_checkpoint(checkpoint(self.last_saved), best_path)
         if node.get("save_last"):
-            save_checkpoint(checkpoint, folder / "last.ckpt")
+            self.last_saved = folder / "last.ckpt"
+            save_checkpoint(checkpoint(self.last_saved), self.last_saved)
 
     def finish(self) -> dict:
         """Test the best weights (not after a divergence, as the solo run) and write the final

@@ -300,3 +300,25 @@ class PackedOptimizer:
                     params, grads, sliced("square_avg"), sliced("acc_delta"), steps, foreach=True,
                     lr=h["lr"], rho=h["rho"], eps=h["eps"], weight_decay=h["weight_decay"], maximize=False,
                 )  # fmt: skip
+
+    # ------------------------------------------------------------------ state export (checkpoints)
+
+    def job_state_tensors(self, i: int) -> dict[str, list[torch.Tensor]]:
+        """Job ``i``'s optimizer state as torch's optimizer of its class would hold it: for each
+        state name torch keeps for the job's settings, one ``[M, ...]`` tensor per parameter
+        (every model's, in the packed layout: ``packed_checkpoint`` cuts out job ``i`` as it
+        cuts its weights). Empty before the first step."""
+        if not self.steps or not all(self.state):
+            return {}
+        h = {name: float(values[i]) for name, values in self.hyper.items()}
+        unused = set()
+        if self.cls in (torch.optim.SGD, torch.optim.RMSprop) and h["momentum"] == 0:
+            unused.add("momentum_buffer")  # torch keeps no buffer without momentum
+        if self.cls is torch.optim.RMSprop and not h["centered"]:
+            unused.add("grad_avg")
+        names = [name for name in self.state[0] if name not in unused]
+        return {name: [state[name] for state in self.state] for name in names}
+
+    def job_step_count(self) -> torch.Tensor | None:
+        """torch's per-parameter ``step`` (a float32 scalar), or None for SGD, which keeps none."""
+        return None if self.cls is torch.optim.SGD else torch.tensor(float(self.steps), dtype=torch.float32)

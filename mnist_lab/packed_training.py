@@ -1,8 +1,8 @@
 """Train one pack to the end and record each of its jobs as a solo run (``PackedJob``).
 
 Per epoch, as a solo run's epoch: the training steps (``Pack.train_epoch``, which freezes a
-job whose loss goes bad), validation of every job, the jobs' history rows, step losses,
-scalars and checkpoints, then the schedules' epoch step. A job frozen for divergence is
+job whose loss goes bad), validation of every job, the schedules' epoch step, then the jobs'
+history rows, step losses, scalars and checkpoints. A job frozen for divergence is
 finished there (status "diverged", no test); the others train on. At the end each job tests its
 best weights and writes its final record.
 """
@@ -40,6 +40,7 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
             val_loss, val_acc = (t.tolist() for t in pack.evaluate(pack.val_x, pack.val_y))
             lrs = pack.schedules.current()["lr"]  # before the epoch's scheduler step, as the solo row
             losses, correct = losses.cpu(), correct.tolist()
+            pack.end_epoch(val_acc if pack.schedules.plateau else None)  # before the checkpoints, as solo
             for i, job in list(live.items()):
                 steps = (pack.stopped_at[i] or pack.steps_done) - first_step
                 stats = {
@@ -53,7 +54,6 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
                 job.end_epoch(pack, pack.epoch - 1, first_step, losses[:steps, i], stats)
                 if pack.diverged_at[i] is not None:
                     results[i] = live.pop(i).finish()
-            pack.end_epoch(val_acc if pack.schedules.plateau else None)
         for i in list(live):
             results[i] = live.pop(i).finish()
     except KeyboardInterrupt as stop:
