@@ -95,18 +95,14 @@ class SoloTrainerState:
     def loops(self, epoch: int, global_step: int) -> dict:
         """The fit loop's state at the end of training epoch ``epoch`` (0-based), as saved there."""
         fit = self.trainer.fit_loop
-        _set(fit.epoch_progress, ready=epoch + 1, started=epoch + 1, processed=epoch + 1, completed=epoch)
-        batches = fit.epoch_loop.batch_progress
-        _set(batches, ready=self.train_batches, started=self.train_batches, processed=self.train_batches,
-             completed=self.train_batches, total_factor=epoch + 1)
-        batches.is_last_batch = True
+        _set(fit.epoch_progress, epoch + 1)
+        fit.epoch_progress.current.completed = fit.epoch_progress.total.completed = epoch  # saved inside the epoch
+        _set(fit.epoch_loop.batch_progress, self.train_batches, epochs=epoch + 1)
+        fit.epoch_loop.batch_progress.is_last_batch = True
         fit.epoch_loop._batches_that_stepped = (epoch + 1) * self.train_batches
-        steps = fit.epoch_loop.manual_optimization.optim_step_progress
-        _set(steps, ready=global_step, completed=global_step)
-        val = fit.epoch_loop.val_loop.batch_progress
-        _set(val, ready=self.val_batches, started=self.val_batches, processed=self.val_batches,
-             completed=self.val_batches)
-        val.is_last_batch = True
+        _set(fit.epoch_loop.manual_optimization.optim_step_progress, global_step)
+        _set(fit.epoch_loop.val_loop.batch_progress, self.val_batches)
+        fit.epoch_loop.val_loop.batch_progress.is_last_batch = True
         return {
             "fit_loop": fit.state_dict(),
             "validate_loop": self.trainer.validate_loop.state_dict(),
@@ -130,12 +126,12 @@ class SoloTrainerState:
         return {callback.state_key: callback.state_dict()}
 
 
-def _set(progress, total_factor: int = 1, **values: int) -> None:
-    """A Lightning progress counter: ``current`` to ``values``, ``total`` to ``values`` times
-    ``total_factor`` (the epochs so far, for counts that restart each epoch)."""
-    for key, value in values.items():
-        setattr(progress.current, key, value)
-        setattr(progress.total, key, value * total_factor)
+def _set(progress, count: int, epochs: int = 1) -> None:
+    """A Lightning progress counter: each count of ``current`` to ``count``, of ``total`` to
+    ``count * epochs`` (the epochs so far, for counts that restart each epoch)."""
+    for key in vars(progress.current):
+        setattr(progress.current, key, count)
+        setattr(progress.total, key, count * epochs)
 
 
 def solo_checkpoint(
