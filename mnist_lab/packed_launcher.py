@@ -18,6 +18,7 @@ before it has trained (this project's ``SweepReport`` reads the jobs at ``on_mul
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import signal
@@ -33,7 +34,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from mnist_lab.console import settings_line
-from mnist_lab.metrics_file import first_line
+from mnist_lab.metrics_file import METRICS_FILE, first_line
 from mnist_lab.pack import Pack
 from mnist_lab.pack_groups import DEVICES, split_into_packs
 from mnist_lab.pack_size import probe_pack_size
@@ -42,6 +43,23 @@ from mnist_lab.packed_training import train_pack
 from mnist_lab.train import EXIT_INTERRUPTED, raise_terminated, summary_line
 
 log = logging.getLogger(__name__)
+
+
+FINISHED = ("ok", "diverged")  # a resumed sweep leaves these jobs as they are
+
+
+def job_dir(config: DictConfig) -> Path:
+    """A job's folder (``hydra.sweep.dir``/``hydra.sweep.subdir``), from its composed config."""
+    return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+
+
+def read_record(path: Path) -> dict:
+    """A job's metrics.json, or {} if there is none or it is not a record."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def pack_device(cfg: DictConfig) -> torch.device:
@@ -74,6 +92,10 @@ class PackedLaunch:
             signal.signal(signal.SIGTERM, raise_terminated)  # as train.main: SIGTERM is handled like Ctrl-C
         configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
         tasks = [self._task_config(config) for config in configs]
+        for config, task in zip(configs, tasks, strict=True):
+            if task.get("ckpt_path") == "last" and not (job_dir(config) / METRICS_FILE).exists():
+                with open_dict(task):  # a resumed sweep's job that never started: nothing to resume, it packs
+                    task.ckpt_path = None
         units = split_into_packs(tasks, self._pack_size)
         packs = [unit for unit in units if len(unit) > 1]
         log.info(
@@ -83,7 +105,8 @@ class PackedLaunch:
         returns: dict[int, JobReturn] = {}
         for unit in units:
             if len(unit) == 1:
-                returns[unit[0]] = self._run_alone(configs[unit[0]])
+                resumed = tasks[unit[0]].get("ckpt_path") == "last"
+                returns[unit[0]] = self._run_alone(configs[unit[0]], self._resume if resumed else None)
             else:
                 returns.update(self._run_pack(unit, configs, tasks))
         return [returns[n] for n in range(len(configs))]
@@ -124,6 +147,19 @@ class PackedLaunch:
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
+    def _resume(self, cfg: DictConfig) -> float | None:
+        """A job of a resumed sweep (``ckpt_path=last``): a finished one (status ok or diverged)
+        is left exactly as it is (its record, checkpoints and events); the others resume alone
+        from their last.ckpt, a packed job's too (it holds its solo run's full state), through
+        the sweep's task function."""
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        record = read_record(run_dir / METRICS_FILE)
+        if record.get("status") not in FINISHED:
+            return self.task_function(cfg)
+        print(f"{summary_line(record)} (finished: left as it was)", flush=True)
+        best = record.get("best_val_acc")
+        return best if isinstance(best, float) else math.nan
+
     def _run_pack(self, unit: list[int], configs: list[DictConfig], tasks: list[DictConfig]) -> dict[int, JobReturn]:
         cfgs = [tasks[i] for i in unit]
         try:
@@ -163,15 +199,14 @@ class PackedLaunch:
                 returns[i].status = JobStatus.COMPLETED
         return returns
 
-    @staticmethod
-    def _train(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
+    def _train(self, pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
         """Each job's final record; an error fails the pack's jobs, not the sweep (as train.main)."""
         try:
             results = train_pack(pack, jobs)
         except KeyboardInterrupt:
             print(
-                f"interrupted: {len(jobs)} packed jobs recorded as interrupted; a packed sweep cannot be "
-                "resumed yet: run it again with another hydra.sweep.dir.",
+                f"interrupted: {len(jobs)} packed jobs recorded as interrupted; resume with: the same command, "
+                f"hydra.sweep.dir={self.config.hydra.sweep.dir} ckpt_path=last",
                 file=sys.stderr,
             )
             stopped_by = next((job.record.data.get("stopped_by") for job in jobs.values()), "SIGINT")

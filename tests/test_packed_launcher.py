@@ -3,7 +3,10 @@ same job folders, records, report rows, TensorBoard curves and usable checkpoint
 
 from __future__ import annotations
 
-import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,23 +135,86 @@ def test_packed_checkpoints_are_solo_checkpoints_that_evaluate_and_predict_load(
     assert result.stdout.startswith("digit.png")
 
 
-def test_a_packed_checkpoint_is_not_resumed_and_its_record_stays(sweeps, tmp_path, synthetic_data_dir):
+# `python -m mnist_lab.train ...` that kills itself with SIGKILL (kill -9) once packed jobs have
+# ended KILL_AFTER epochs between them (their checkpoints and records written).
+KILLED_IN_A_PACK = """
+import os, runpy, signal, sys
+from mnist_lab.packed_job import PackedJob
+
+end_epoch, ended = PackedJob.end_epoch, []
+
+def end_epoch_then_kill(self, *args):
+    end_epoch(self, *args)
+    ended.append(self.index)
+    if len(ended) == int(os.environ["KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+PackedJob.end_epoch = end_epoch_then_kill
+sys.argv[0] = "mnist_lab.train"
+runpy.run_module("mnist_lab.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps_results(
+    sweeps, tmp_path, synthetic_data_dir
+):
+    basic, packed, _ = sweeps
+    sweep_dir = tmp_path / "killed"
+    args = ["-m", *QUICK, *GRID, "hydra/launcher=packed", "hydra.launcher.pack_size=2", f"hydra.sweep.dir={sweep_dir}"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_A_PACK, *args],
+        cwd=tmp_path,
+        env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir), "KILL_AFTER": "2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    jobs = ["0_optimizer.lr=1e-05", "1_optimizer.lr=2e-05", "2_optimizer.lr=3e-05"]
+    for job in jobs[:2]:  # the pack's two jobs, at the end of their first epoch of two
+        assert read_metrics(sweep_dir / job)["epochs"] == 1
+        last = torch.load(sweep_dir / job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["packed"] == 2 and (last["epoch"], last["global_step"]) == (0, STEPS // 2)
+        assert last["optimizer_states"][0]["state"] and last["loops"]["fit_loop"]["epoch_progress"]
+    assert not (sweep_dir / jobs[2]).exists()
+
+    run_cli("mnist_lab.train", *args, "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir)
+    for job in jobs:
+        ours, theirs = read_metrics(sweep_dir / job), read_metrics(packed / job)
+        for key in SAME:
+            expected = theirs.get(key)
+            assert ours.get(key) == (pytest.approx(expected, rel=1e-4) if isinstance(expected, float) else expected), (
+                job,
+                key,
+            )
+        for key in HISTORY:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (job, key)
+        losses = report.step_losses(sweep_dir / job)
+        assert losses[0] == list(range(1, STEPS + 1))
+        for uninterrupted in (packed, basic):  # the packed sweep, and each job's solo run
+            torch.testing.assert_close(
+                torch.tensor(losses[1]), torch.tensor(report.step_losses(uninterrupted / job)[1]), rtol=1e-5, atol=0
+            )
+
+
+def test_a_finished_packed_sweep_resumed_is_left_as_it_was(sweeps, tmp_path, synthetic_data_dir):
     _, packed, _ = sweeps
-    job_dir = packed / "0_optimizer.lr=1e-05"
-    before = (job_dir / "metrics.json").read_text()
+    kept = [p for p in packed.rglob("*") if p.is_file() and (p.name == "metrics.json" or p.suffix == ".ckpt")]
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept}
     result = run_cli(
         "mnist_lab.train",
+        "-m",
         *QUICK,
-        "optimizer.lr=0.00001",
-        f"hydra.run.dir='{job_dir}'",
+        *GRID,
+        "hydra/launcher=packed",
+        "hydra.launcher.pack_size=2",
+        f"hydra.sweep.dir={packed}",
         "ckpt_path=last",
         cwd=tmp_path,
         data_dir=synthetic_data_dir,
-        check=False,
     )
-    assert result.returncode == 1 and "was written by a packed sweep" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert json.loads((job_dir / "metrics.json").read_text()) == json.loads(before)
+    assert result.stdout.count("(finished: left as it was)") == 3
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == before
 
 
 def test_the_default_pack_size_is_probed_and_the_sweep_runs(tmp_path, synthetic_data_dir):
