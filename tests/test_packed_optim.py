@@ -58,6 +58,16 @@ def test_each_model_of_a_pack_steps_as_torch_optim_steps_it_alone(cls, amsgrad, 
         for i in range(models):
             for param, solo in zip(packed, solos[i], strict=True):
                 torch.testing.assert_close(param[i].detach(), solo.detach(), rtol=1e-6, atol=1e-6)
+    for i, optimizer in enumerate(solo_optimizers):  # what a checkpoint holds: torch's own state, per model
+        exported = packed_optimizer.job_state_tensors(i)
+        step = packed_optimizer.job_step_count()
+        states = optimizer.state_dict()["state"]
+        for n in range(len(SHAPES)):
+            state = states.get(n, {})  # torch keeps nothing for SGD without momentum
+            assert set(state) == set(exported) | ({"step"} if step is not None else set()), (i, sorted(state))
+            for name, value in state.items():
+                ours = step if name == "step" else exported[name][n][i]
+                torch.testing.assert_close(ours, value, rtol=1e-6, atol=1e-6)
 
 
 def test_a_models_lr_can_change_between_steps():
