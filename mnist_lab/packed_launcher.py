@@ -13,6 +13,10 @@ For a packed job, ``run_job`` runs a task function that claims its folder and wr
 ``.hydra/`` (as ``train.run`` does first); its training comes after, with its pack, and its
 ``JobReturn`` gets the result then. Hydra's ``on_job_end`` callbacks therefore see a packed job
 before it has trained (this project's ``SweepReport`` reads the jobs at ``on_multirun_end``).
+
+A resumed sweep (``ckpt_path=last``) leaves its finished jobs as they are, resumes each other
+job that has a record alone, from its last.ckpt (``_resume``), and packs the jobs that never
+started (docs/packed_sweeps.md, *Resuming a killed packed sweep*).
 """
 
 from __future__ import annotations

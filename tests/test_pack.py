@@ -49,3 +49,20 @@ def test_a_pack_trains_on_the_pixels_its_jobs_ask_for(synthetic_data_dir):
     assert 0 <= float(scaled.val_x.min()) and float(scaled.val_x.max()) <= 1
     with pytest.raises(ValueError, match="must share data.normalize"):
         Pack([compose_train(*base), compose_train(*base, "data.normalize=false")])
+
+
+def test_a_weights_only_packed_checkpoint_of_an_earlier_version_is_refused_in_one_sentence(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mnist_lab.checkpoint_checks import check_checkpoint
+    from mnist_lab.config_checks import ConfigError
+
+    cfg = compose_train(*QUICK, "ckpt_path=last")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    weights_only = {"state_dict": {}, "hyper_parameters": {"config": config}, "epoch": 0, "packed": 2}
+    path = tmp_path / "last.ckpt"
+    torch.save(weights_only, path)
+    with pytest.raises(ConfigError, match=r"packed sweep of an earlier version.*start a new run without ckpt_path\.$"):
+        check_checkpoint(cfg, path)
+    torch.save({**weights_only, "optimizer_states": [{}]}, path)  # a packed checkpoint in full resumes
+    check_checkpoint(cfg, path)
