@@ -213,8 +213,8 @@ def test_a_finished_packed_sweep_resumed_is_left_as_it_was(sweeps, tmp_path, syn
         cwd=tmp_path,
         data_dir=synthetic_data_dir,
     )
-    assert result.stdout.count("(finished: left as it was)") == 3
     assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == before
+    assert result.stdout.count("(finished: left as it was)") == 3
 
 
 def test_the_default_pack_size_is_probed_and_the_sweep_runs(tmp_path, synthetic_data_dir):
