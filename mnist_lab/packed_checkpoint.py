@@ -52,10 +52,11 @@ def optimizer_state(pack, i: int) -> dict:
     for key, value in pack.schedules.optimizers[i].param_groups[0].items():  # lr and what the scheduler added
         if key != "params" and (key in SCHEDULED or key not in group):
             group[key] = value
-    step = pack.optimizer.job_step_count()
+    exported = pack.optimizer.job_state_tensors(i)
+    step = pack.optimizer.job_step_count() if exported else None  # no state at all before the first step
     state: dict[int, dict] = {n: {} if step is None else {"step": step.clone()} for n in group["params"]}
     params = pack.optimizer.params
-    for name, tensors in pack.optimizer.job_state_tensors(i).items():
+    for name, tensors in exported.items():
         # Cut job i's slice out in the solo layout (transposed linear weights, ...) as its
         # weights are cut: the state tensors stand in for the pack's parameters meanwhile.
         weights = [p.data for p in params]
