@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hydra.core.override_parser.types import Quote, QuotedString
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 
 from mnist_lab import CONF_DIR
 from mnist_lab.metrics_file import first_line
@@ -98,6 +98,8 @@ def hydra_error_sentence(error: HydraException, argv: list[str]) -> str:
         if typed:
             return f"{old} is now {new}; write {new}={typed[0]}."
     cause = error.__cause__
+    if isinstance(error, InstantiationException) and isinstance(cause, ValueError):
+        return str(cause)  # a plugin's own sentence (hydra.launcher.pack_size=0), not Hydra's wrapping
     full_key = getattr(cause, "full_key", None)
     parent = getattr(cause, "parent_node", None)
     if full_key and parent is not None and hasattr(parent, "keys"):

@@ -253,3 +253,19 @@ def test_a_second_packed_sweep_into_the_sweep_dir_is_refused_before_it_writes(sw
         f"error: {packed} already holds a sweep (its multirun.yaml)"
     )
     assert {path: path.stat().st_mtime_ns for path in packed.rglob("*") if path.is_file()} == before
+
+
+def test_a_bad_pack_size_is_one_sentence(tmp_path, synthetic_data_dir):
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        *QUICK,
+        "hydra/launcher=packed",
+        "hydra.launcher.pack_size=0",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: hydra.launcher.pack_size=0 must be auto or a whole number of at least 1."

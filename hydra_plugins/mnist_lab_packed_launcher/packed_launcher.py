@@ -25,7 +25,7 @@ class PackedLauncher(Launcher):
         if pack_size != "auto" and not (
             isinstance(pack_size, int) and not isinstance(pack_size, bool) and pack_size >= 1
         ):
-            raise ValueError(f"hydra.launcher.pack_size={pack_size!r} must be auto or a whole number of at least 1")
+            raise ValueError(f"hydra.launcher.pack_size={pack_size!r} must be auto or a whole number of at least 1.")
         self.pack_size = pack_size
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
