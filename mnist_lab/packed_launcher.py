@@ -199,7 +199,8 @@ class PackedLaunch:
         for k, i in enumerate(unit):
             if k in results:
                 best = results[k].get("best_val_acc")
-                returns[i].return_value = best if best is not None else math.nan
+                failed = results[k].get("status") == "failed"  # as train.main: a failed job scores NaN
+                returns[i].return_value = best if best is not None and not failed else math.nan
                 returns[i].status = JobStatus.COMPLETED
         return returns
 
@@ -217,7 +218,8 @@ class PackedLaunch:
             sys.exit(EXIT_INTERRUPTED.get(stopped_by, 130))
         except Exception as error:  # noqa: BLE001 - recorded in every job's metrics.json
             for job in jobs.values():
-                print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
+                if job.record.data.get("status") == "failed":  # not a job that had diverged before
+                    print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
             return {k: job.record.data for k, job in jobs.items()}
         for job in jobs.values():
             print(summary_line(job.record.data))
