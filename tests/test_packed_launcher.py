@@ -52,6 +52,18 @@ def sweeps(tmp_path_factory, synthetic_data_dir):
     return basic, packed, output
 
 
+def assert_same_record(ours: dict, theirs: dict, job: str) -> None:
+    """Two jobs' metrics.json: the same values (floats to 1e-4) and per-epoch history."""
+    for key in SAME:
+        expected = theirs.get(key)
+        assert ours.get(key) == (pytest.approx(expected, rel=1e-4) if isinstance(expected, float) else expected), (
+            job,
+            key,
+        )
+    for key in HISTORY:
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (job, key)
+
+
 def test_two_jobs_train_as_a_pack_and_the_remainder_alone(sweeps):
     _, packed, output = sweeps
     assert "Launching 3 jobs locally: 2 in 1 packs, 1 alone" in output
@@ -71,14 +83,7 @@ def test_packed_jobs_give_the_basic_sweeps_folders_records_and_report_rows(sweep
     for job in basic_rows["job"]:
         ours, theirs = read_metrics(packed / job), read_metrics(basic / job)
         assert theirs["status"] == "ok" and theirs["test_acc"] < 1, "the jobs should still be learning"
-        for key in SAME:
-            expected = theirs.get(key)
-            assert ours.get(key) == (pytest.approx(expected, rel=1e-4) if isinstance(expected, float) else expected), (
-                job,
-                key,
-            )
-        for key in HISTORY:
-            assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (job, key)
+        assert_same_record(ours, theirs, job)
         assert ours["overrides"] == theirs["overrides"] and ours["run_dir"] == str(packed / job)
         for name in ("config.yaml", "overrides.yaml"):
             assert yaml.safe_load((packed / job / ".hydra" / name).read_text()) == yaml.safe_load(
@@ -106,8 +111,8 @@ def test_packed_jobs_write_the_solo_runs_tensorboard_scalars(sweeps):
         atol=0,
     )
     for tag in ("val/acc", "val/loss", "train/acc", "train/loss_epoch", "lr", "test/acc", "test/loss"):
-        assert [s for s, _ in ours[tag]] == [s for s, _ in theirs[tag]][: len(ours[tag])], tag
-        assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs[tag]][: len(ours[tag])], rel=1e-4), tag
+        assert [s for s, _ in ours[tag]] == [s for s, _ in theirs[tag]], tag
+        assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs[tag]], rel=1e-4), tag
     steps, losses = report.step_losses(packed / job)
     assert steps == list(range(1, STEPS + 1)) and len(report.load_steps(packed / job)) == STEPS
 
@@ -181,14 +186,7 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
     run_cli("mnist_lab.train", *args, "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir)
     for job in jobs:
         ours, theirs = read_metrics(sweep_dir / job), read_metrics(packed / job)
-        for key in SAME:
-            expected = theirs.get(key)
-            assert ours.get(key) == (pytest.approx(expected, rel=1e-4) if isinstance(expected, float) else expected), (
-                job,
-                key,
-            )
-        for key in HISTORY:
-            assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (job, key)
+        assert_same_record(ours, theirs, job)
         losses = report.step_losses(sweep_dir / job)
         assert losses[0] == list(range(1, STEPS + 1))
         for uninterrupted in (packed, basic):  # the packed sweep, and each job's solo run
