@@ -31,7 +31,10 @@ def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[i
     one job alone, the eager step)."""
     best, best_rate = 1, 1 / seconds_per_step(1)
     for size in sizes:
-        rate = size / seconds_per_step(size)
+        try:
+            rate = size / seconds_per_step(size)
+        except torch.OutOfMemoryError:  # a pack this big does not fit the device; nor will larger ones
+            break
         if rate > best_rate:
             best, best_rate = size, rate
     return best

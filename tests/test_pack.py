@@ -66,3 +66,14 @@ def test_a_weights_only_packed_checkpoint_of_an_earlier_version_is_refused_in_on
         check_checkpoint(cfg, path)
     torch.save({**weights_only, "optimizer_states": [{}]}, path)  # a packed checkpoint in full resumes
     check_checkpoint(cfg, path)
+
+
+def test_a_pack_size_that_runs_out_of_memory_ends_the_probe_not_the_sweep():
+    from mnist_lab.pack_size import choose_pack_size
+
+    def seconds_per_step(size: int) -> float:
+        if size >= 8:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {1: 1.0, 2: 1.0, 4: 1.5}[size]
+
+    assert choose_pack_size(seconds_per_step, [2, 4, 8, 16]) == 4
