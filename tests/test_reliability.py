@@ -57,7 +57,7 @@ OFFLINE = {
     "http_proxy": "http://127.0.0.1:9",
     "https_proxy": "http://127.0.0.1:9",
 }
-MODELS = "cnn, cnn_small, cnn_small_2conv, linear, mlp"
+MODELS = "cnn, cnn_small, cnn_small_2conv, linear, mlp, mlp512"
 OPTIMIZER_KEYS = "lr, betas, eps, weight_decay, amsgrad"
 TOP_KEYS = "data, model, loss, optimizer, scheduler, trainer, callbacks, seed, ckpt_path, print_config, step"
 
