@@ -90,4 +90,11 @@ def probe_pack_size(cfgs, device: torch.device, sizes=(2, 4, 8, 16, 32), steps: 
         steps_iter = solo_steps(cfgs[0], device) if size == 1 else packed_steps(cfgs[:size], device)
         return timed(steps_iter, steps, warmup, device) / steps
 
-    return choose_pack_size(seconds_per_step, [s for s in sizes if s <= len(cfgs)])
+    return choose_pack_size(seconds_per_step, sizes_to_probe(len(cfgs), sizes))
+
+
+def sizes_to_probe(jobs: int, sizes=(2, 4, 8, 16, 32)) -> list[int]:
+    """The pack sizes worth timing for a group of ``jobs``: ``sizes`` below it, and the whole
+    group when it is no larger than the largest (5 seeds pack as one 5, not as 4 + 1)."""
+    smaller = [s for s in sizes if s < jobs]
+    return smaller + [jobs] if 1 < jobs <= max(sizes) else smaller

@@ -31,19 +31,44 @@ def _describe(module: nn.Module) -> str:
     return repr(module)  # Conv2d, BatchNorm1d, activations and pools print every setting
 
 
+class _BatchedLinear(torch.autograd.Function):
+    """``x [M, B, in] @ weight[M, out, in]^T + bias [M, 1, out]`` with the gradients computed in
+    the layouts that are fast on a CPU. Written by hand because autograd's own backward of
+    ``baddbmm`` computes the weight gradient as ``x^T @ grad`` ([M, in, B] @ [M, B, out]), which
+    torch 2.14's CPU ``bmm`` runs 3-4x slower than ``grad^T @ x`` ([M, out, B] @ [M, B, in],
+    the same numbers in ``nn.Linear``'s weight layout): measured with one thread for 16 models,
+    batch 64, 784 -> 10, 800 us against 210 us (the whole step of a softmax pack: 1.6 ms against
+    0.7 ms). The formulas are autograd's; tests/test_packed_models.py checks the gradients against
+    ``nn.Linear``'s."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias, x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(dim=1, keepdim=True) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
 class PackedLinear(nn.Module):
-    """M ``nn.Linear`` layers: ``x [M, B, in] @ weight [M, in, out] + bias [M, 1, out]``."""
+    """M ``nn.Linear`` layers: ``x [M, B, in] @ weight[M, out, in]^T + bias [M, 1, out]`` (each
+    model's weight in ``nn.Linear``'s layout)."""
 
     def __init__(self, solos: Sequence[nn.Linear]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([s.weight.detach().t() for s in solos]).contiguous())
+        self.weight = nn.Parameter(torch.stack([s.weight.detach() for s in solos]))
         self.bias = nn.Parameter(torch.stack([s.bias.detach() for s in solos]).unsqueeze(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+        return _BatchedLinear.apply(x, self.weight, self.bias)
 
     def copy_into(self, i: int, solo: nn.Linear) -> None:
-        solo.weight.data.copy_(self.weight[i].t())
+        solo.weight.data.copy_(self.weight[i])
         solo.bias.data.copy_(self.bias[i, 0])
 
 

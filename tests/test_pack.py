@@ -31,6 +31,15 @@ def test_the_pack_size_trains_the_most_jobs_per_second_and_packs_only_where_that
     assert choose_pack_size({1: solo, 2: 2.1, 4: 4.2}.get, [2, 4]) == 1  # 5 % slower than one by one: not packed
 
 
+def test_the_probe_tries_a_whole_group_that_fits_in_one_pack():
+    from mnist_lab.pack_size import sizes_to_probe
+
+    assert sizes_to_probe(5) == [2, 4, 5]  # 5 seeds: one pack of 5, not 4 and one alone
+    assert sizes_to_probe(16) == [2, 4, 8, 16]
+    assert sizes_to_probe(40) == [2, 4, 8, 16, 32]
+    assert sizes_to_probe(1) == []  # one job: nothing to pack
+
+
 def test_the_probe_times_real_packs(synthetic_data_dir):
     from mnist_lab.pack_size import probe_pack_size
 

@@ -40,6 +40,26 @@ def test_a_packed_net_computes_each_solo_nets_logits_and_batch_norm_statistics(k
 
 
 @pytest.mark.parametrize("kind", SOLO_NETS)
+def test_a_packed_nets_gradients_are_each_solo_nets(kind):
+    solos = solo_nets(kind, [0.0, 0.0, 0.0])
+    packed = PackedNet(solos)
+    x = torch.randn(3, 8, 1, 28, 28, requires_grad=True)
+    y = torch.randint(0, 10, (3, 8))
+    loss = sum(torch.nn.functional.cross_entropy(logits, y[i]) for i, logits in enumerate(packed(x)))
+    loss.backward()
+    for i, solo in enumerate(solos):
+        solo_x = x[i].detach().clone().requires_grad_()
+        torch.nn.functional.cross_entropy(solo(solo_x), y[i]).backward()
+        scratch = solo_nets(kind, [0.0])[0]
+        for p in packed.parameters():  # model i's gradients, cut out in the solo layout as its weights are
+            p.data = p.grad
+        packed.copy_into(i, scratch)
+        for name, grad in scratch.named_parameters():
+            torch.testing.assert_close(grad, dict(solo.named_parameters())[name].grad, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(x.grad[i], solo_x.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", SOLO_NETS)
 def test_each_packed_model_comes_back_as_a_solo_net_whose_state_dict_loads_into_its_class(kind):
     dropouts = [0.0, 0.3] if kind != "linear" else [0.0, 0.0]
     solos = solo_nets(kind, dropouts)
