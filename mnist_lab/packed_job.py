@@ -6,8 +6,8 @@ from the pack, ``Pack.solo_net``), and its outputs go through the solo run's own
 (``metrics.json``: the same hooks, called at the same points of training),
 ``epoch_log.history_row`` (a row of the history), ``trackers`` (TensorBoard's ``train/loss`` at
 every step and the per-epoch scalars under the solo run's tags, and any ``logger=``), and
-``evaluate.evaluate`` (the test of the best weights). Not written: the TensorBoard images
-(``callbacks.images``).
+``evaluate.evaluate`` (the test of the best weights), and ``packed_images`` (the TensorBoard
+images of ``callbacks.images``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mnist_lab.data import DeviceBatches, device_tensors
 from mnist_lab.epoch_log import EpochLog, history_row
 from mnist_lab.evaluate import evaluate
 from mnist_lab.packed_checkpoint import SoloTrainerState, save_checkpoint, solo_checkpoint
+from mnist_lab.packed_images import PackedImages
 from mnist_lab.run_dir import claim_run_dir, write_hydra_files
 from mnist_lab.run_record import RunRecord
 from mnist_lab.trackers import build_loggers, close_trackers, log_step_losses, start_trackers
@@ -40,6 +41,7 @@ class PackedJob:
         self.record = RunRecord(run_dir, overrides, hparams_of(cfg, overrides))
         self.module: Classifier | None = None
         self.loggers: list = []
+        self.images: PackedImages | None = None
         self.best_val_acc: float | None = None
         self.best_weights: dict | None = None
         self.trainer_state: SoloTrainerState | None = None  # what its checkpoints hold of a Trainer
@@ -69,6 +71,9 @@ class PackedJob:
                 self.trainer_state = SoloTrainerState(cfg, self.run_dir)
             self.loggers = build_loggers(cfg, self.run_dir, self.sweep_dir)
             start_trackers(self.loggers, self.record.hparams)
+            self.images = PackedImages.for_job(cfg, self.loggers)
+            if self.images is not None:
+                self.images.samples(pack.batches.loaders[self.index])
         except Exception as error:
             self.fail(error)
             raise
@@ -94,6 +99,8 @@ class PackedJob:
         for key, value in row.items():
             module.history[key].append(value)
         global_step = self.global_step = first_step + len(losses)
+        if self.images is not None:
+            self.images.validated(module.net, pack.val_x, pack.val_y, self.cfg.data.eval_batch_size, global_step)
         scalars = {
             **val,
             "train/loss_epoch": row["train_loss"],
@@ -139,23 +146,25 @@ class PackedJob:
         record; return it."""
         module = self.module
         self.record.on_train_end(None, module)
-        test = None
+        test, confusion = None, None
         if module.diverged_at is None:
             if self.best_weights is not None:
                 module.net.load_state_dict(self.best_weights)
-            test = self._test()
+            test, confusion = self._test()
             for logger in self.loggers:
                 logger.log_metrics(test, step=self.global_step)
+        if self.images is not None:
+            self.images.finish(confusion, self.global_step)
         data = self.record.finish(self.trainer, module, test)
         self._close()
         return data
 
-    def _test(self) -> dict:
+    def _test(self) -> tuple[dict, torch.Tensor]:
         data, device = self.cfg.data, self.module.device
         tensors = device_tensors(data.data_dir, device, data.get("normalize", True))
         batches = DeviceBatches(tensors["test_x"], tensors["test_y"], data.eval_batch_size)
         results = evaluate(self.module.net, self.module.loss, batches, device)
-        return {"test/loss": results["test_loss"], "test/acc": results["test_acc"]}
+        return {"test/loss": results["test_loss"], "test/acc": results["test_acc"]}, results["confusion"]
 
     def fail(self, error: BaseException) -> None:
         """Record status "failed" (with the history so far, if training started)."""
@@ -167,5 +176,7 @@ class PackedJob:
         self._close()
 
     def _close(self) -> None:
+        if self.images is not None and self.images.mistakes:  # a failed or interrupted job keeps its grids
+            self.images.finish()
         artifacts = {self.checkpoints / "best.ckpt": "checkpoints", self.record.path: None}
         close_trackers(self.loggers, self.record.data, artifacts)

@@ -117,6 +117,21 @@ def test_packed_jobs_write_the_solo_runs_tensorboard_scalars(sweeps):
     assert steps == list(range(1, STEPS + 1)) and len(report.load_steps(packed / job)) == STEPS
 
 
+def images(job_dir) -> dict[str, list[tuple[int, bytes]]]:
+    events = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    return {tag: [(e.step, e.encoded_image_string) for e in events.Images(tag)] for tag in events.Tags()["images"]}
+
+
+def test_packed_jobs_write_the_solo_runs_tensorboard_images(sweeps):
+    basic, packed, _ = sweeps
+    job = "1_optimizer.lr=2e-05"
+    ours, theirs = images(packed / job), images(basic / job)
+    assert set(ours) == set(theirs) == {"train/samples", "val/misclassified", "test/confusion_matrix"}
+    for tag in theirs:
+        assert [step for step, _ in ours[tag]] == [step for step, _ in theirs[tag]], tag
+    assert ours["train/samples"] == theirs["train/samples"]  # the same digits, pixel for pixel
+
+
 def test_packed_checkpoints_are_solo_checkpoints_that_evaluate_and_predict_load(sweeps, tmp_path, synthetic_data_dir):
     basic, packed, _ = sweeps
     job = "0_optimizer.lr=1e-05"
