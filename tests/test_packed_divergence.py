@@ -60,3 +60,32 @@ def test_a_packed_sweep_records_the_diverged_job_and_finishes_the_others(tmp_pat
     assert checkpoint["diverged_at"] == diverged["diverged_at_step"]
     for job in ("0", "2"):
         assert records[job]["status"] == "ok" and records[job]["epochs"] == 2 and records[job]["test_acc"] > 0.5
+
+
+def test_an_error_inside_a_pack_fails_its_jobs_and_keeps_what_they_had_finished(tmp_path, synthetic_data_dir):
+    from mnist_lab.pack import Pack
+    from mnist_lab.packed_job import PackedJob
+    from mnist_lab.packed_training import train_pack
+
+    cfgs = [compose_train(*BASE, f"data.data_dir={synthetic_data_dir}", *job) for job in (JOBS[0], JOBS[2])]
+    pack = Pack(cfgs)
+    jobs = {k: PackedJob(cfg, tmp_path / f"job{k}", [], tmp_path, k) for k, cfg in enumerate(cfgs)}
+    for job in jobs.values():
+        job.claim()
+    steps, step = [0], pack.step
+
+    def failing_step(x, y):  # the second epoch's fifth step fails, as a device error would
+        steps[0] += 1
+        if steps[0] == pack.batches.batches + 5:
+            raise RuntimeError("device lost")
+        return step(x, y)
+
+    pack.step = failing_step
+    with pytest.raises(RuntimeError, match="device lost"):
+        train_pack(pack, jobs)
+    for k in jobs:
+        record = read_metrics(tmp_path / f"job{k}")
+        assert record["status"] == "failed" and "device lost" in record["error"]
+        assert record["epochs"] == 1 and len(record["val_acc"]) == 1, "the finished epoch stays recorded"
+        checkpoint = torch.load(tmp_path / f"job{k}" / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["epoch"] == 0, "the first epoch's checkpoint is kept"
