@@ -78,6 +78,7 @@ class PackedJob:
             self.fail(error)
             raise
         self.record.on_train_start(None, self.module)
+        self.record.data["packed"] = pack.models  # jobs in its pack: train_time_s is the pack's time
 
     @property
     def trainer(self) -> SimpleNamespace:

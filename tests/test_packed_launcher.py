@@ -71,7 +71,9 @@ def test_two_jobs_train_as_a_pack_and_the_remainder_alone(sweeps):
     assert "sweep: 3 jobs, 3 ok, 0 diverged, 0 failed" in output
     for job in ("0_optimizer.lr=1e-05", "1_optimizer.lr=2e-05"):  # packed checkpoints say so
         assert torch.load(packed / job / "checkpoints" / "last.ckpt", weights_only=True)["packed"] == 2
+        assert read_metrics(packed / job)["packed"] == 2, "its train_time_s is its pack's: the record says so"
     assert "packed" not in torch.load(packed / "2_optimizer.lr=3e-05" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "packed" not in read_metrics(packed / "2_optimizer.lr=3e-05")
 
 
 def test_packed_jobs_give_the_basic_sweeps_folders_records_and_report_rows(sweeps):
