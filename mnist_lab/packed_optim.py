@@ -106,6 +106,7 @@ class PackedOptimizer:
                 self.hyper[name] = torch.tensor([float(s[name]) for s in settings], dtype=torch.float64, device=device)
         self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
         self.steps = 0  # every model of a pack has made the same number of steps
+        self._grouping: tuple[tuple, list] | None = None  # (hyperparameter versions, _groups)
         self.grouped = device.type == "cpu"
         # as a solo run on the CPU steps Adam and AdamW (step.eager_optimizer_kwargs): fused,
         # unless the config says otherwise
@@ -237,7 +238,14 @@ class PackedOptimizer:
 
     def _groups(self) -> list[tuple[dict[str, float], list[slice]]]:
         """The models grouped by their hyperparameters' values: each group's values (Python
-        floats, as a solo optimizer holds them) and its models as runs of consecutive indices."""
+        floats, as a solo optimizer holds them) and its models as runs of consecutive indices.
+        Kept until a hyperparameter tensor changes (its in-place version counter moves)."""
+        versions = tuple((id(t), t._version) for t in self.hyper.values())
+        if self._grouping is None or self._grouping[0] != versions:
+            self._grouping = (versions, self._group_by_values())
+        return self._grouping[1]
+
+    def _group_by_values(self) -> list[tuple[dict[str, float], list[slice]]]:
         names = list(self.hyper)
         rows = torch.stack([self.hyper[n] for n in names], dim=1).tolist()
         runs: dict[tuple, list[slice]] = {}
@@ -260,10 +268,15 @@ class PackedOptimizer:
         first_sgd_step = self.cls is torch.optim.SGD and any("momentum_buffer" not in s for _, s in stepped)
         for h, slices in self._groups():
             cut = [(p, s, run) for p, s in stepped for run in slices]
-            params, grads = [p[run] for p, _, run in cut], [p.grad[run] for p, _, run in cut]
+            whole = len(slices) == 1 and slices[0] == slice(0, len(self.hyper["lr"]))  # no views needed
+            params = [p if whole else p[run] for p, _, run in cut]
+            grads = [p.grad if whole else p.grad[run] for p, _, run in cut]
 
-            def sliced(name: str, cut=cut) -> list[torch.Tensor]:
-                return [self._state_tensor(s, name, p)[run] for p, s, run in cut]
+            def sliced(name: str, cut=cut, whole=whole) -> list[torch.Tensor]:
+                return [
+                    self._state_tensor(s, name, p) if whole else self._state_tensor(s, name, p)[run]
+                    for p, s, run in cut
+                ]
 
             # torch counts steps per tensor and adds one before using it; every model has made
             # self.steps steps, this one included
