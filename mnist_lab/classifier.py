@@ -35,6 +35,12 @@ from mnist_lab.step_factory import make_step
 from mnist_lab.trackers import log_step_losses
 
 
+def dropout_seed(seed: int, epoch: int) -> int:
+    """The seed of the dropout stream at the start of ``epoch``: masks depend on (seed, epoch)
+    only, so a resumed run, and a packed job (``PackedNet.seed_dropout``), draw the same ones."""
+    return seed * 1_000_003 + epoch
+
+
 class Classifier(L.LightningModule):
     """Image classifier for a study run.
 
@@ -118,8 +124,7 @@ class Classifier(L.LightningModule):
         self.epoch_log = None
 
     def on_train_epoch_start(self) -> None:
-        # Dropout masks depend on (seed, epoch) only, so a resumed run draws the same ones.
-        torch.manual_seed(self.hparams.config.get("seed", 0) * 1_000_003 + self.current_epoch)
+        torch.manual_seed(dropout_seed(self.hparams.config.get("seed", 0), self.current_epoch))
         self.epoch_log = EpochLog(
             self.trainer.num_training_batches * self.grouping[1],
             self.device,

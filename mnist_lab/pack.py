@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mnist_lab.classifier import dropout_seed
 from mnist_lab.data import DeviceBatches, device_tensors, split_indices
 from mnist_lab.packed_models import PackedNet
 from mnist_lab.packed_optim import PackedOptimizer
@@ -126,8 +127,8 @@ class Pack:
         """One epoch (or what is left of ``trainer.max_steps``): each step's loss ``[steps, M]``
         and each job's correct predictions ``[M]``, on the device (no host sync)."""
         steps = min(self.batches.batches, self.total_steps - self.steps_done)
-        # As the solo run, dropout masks depend on (seed, epoch) only (here the first job's seed).
-        torch.manual_seed(self.cfgs[0].seed * 1_000_003 + self.epoch)
+        # Each job's dropout stream seeded as its solo run seeds torch's at this epoch's start.
+        self.net.seed_dropout([dropout_seed(cfg.seed, self.epoch) for cfg in self.cfgs])
         self.net.train()
         tables = self.schedules.epoch_tables(steps, self.device)
         if "lr" in tables:

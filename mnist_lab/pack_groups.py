@@ -5,10 +5,10 @@ A job packs only if the pack reproduces all of its run: one process on the CPU (
 on a GPU yet), float32, no checkpoint to resume, no Lightning debugging or limits
 (``trainer.limit_*``, ``max_steps``, ``fast_dev_run``, ``overfit_batches``, a profiler), no early
 stopping, the default callbacks (checkpoints as ``conf/callbacks/default.yaml`` writes them, no
-added callback), the eager step (``step.cuda_graph=on`` asks for the graph step), no dropout (a
-pack draws one dropout stream for all its jobs, so a job's masks would depend on which jobs share
-its pack), and a net, loss and optimizer the packed classes implement. Anything else runs as it
-does without packing, through the job's normal path.
+added callback), the eager step (``step.cuda_graph=on`` asks for the graph step), and a net,
+loss and optimizer the packed classes implement. Dropout packs: each job draws its solo run's
+masks from its own stream (``PackedNet.seed_dropout``). Anything else runs as it does without
+packing, through the job's normal path.
 """
 
 from __future__ import annotations
@@ -63,8 +63,6 @@ def why_solo(cfg: DictConfig) -> str | None:
     checkpoint = callbacks.get("checkpoint")
     if checkpoint is not None and checkpoint != DEFAULT_CALLBACKS.checkpoint:
         return "its checkpoints are not the default ones"
-    if any(cfg.model.get(key) for key in PER_JOB_MODEL_KEYS):
-        return "dropout is on"
     if cfg.model.get("_target_") not in PACKED_MODELS:
         return f"{cfg.model.get('_target_')} has no packed form"
     try:

@@ -130,24 +130,42 @@ class PackedBatchNorm1d(nn.Module):
 
 
 class PackedDropout(nn.Module):
-    """Dropout with each model's own rate ``p [M]``, in either layout (``channels`` per model in
-    the convolutional one). Masks are drawn for the whole pack at once: the same rates as the
-    solo runs, not the same random numbers."""
+    """Each model's ``nn.Dropout`` (its own rate, its own masks), in either layout (``channels``
+    per model in the convolutional one).
 
-    def __init__(self, rates: Sequence[float], channels: int | None = None):
+    Model m draws its mask from its own generator ``generators[m]`` (shared by all of the net's
+    dropout layers, as a solo net's layers share the global one) exactly as torch's CPU dropout
+    draws it (``at::dropout``: ``noise = empty_like(x).bernoulli_(1 - p)``, ``noise /= 1 - p``,
+    ``x * noise``): one ``bernoulli_`` on a tensor of the solo input's shape (``[B, F]``, or
+    ``[B, C, H, W]``), the scale ``1 / float32(1 - p)``, one multiplication. So with each
+    generator seeded as the solo run seeds the global one, model m gets its solo run's masks and
+    the same float rounding, whatever models share the pack. A model with rate 0 has no dropout
+    layer in its solo net and draws nothing."""
+
+    def __init__(self, rates: Sequence[float], generators: list[torch.Generator], channels: int | None = None):
         super().__init__()
-        self.channels = channels
-        self.register_buffer("keep", 1 - torch.tensor(rates, dtype=torch.float32))
+        self.rates, self.generators, self.channels = [float(p) for p in rates], generators, channels
+        keep = torch.tensor([1 - p for p in self.rates], dtype=torch.float32)  # 1 - p in double, as torch
+        self.register_buffer("scale", 1 / keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        if self.channels is None:  # [M, B, F]
-            keep = self.keep.view(-1, 1, 1)
-        else:  # [B, M * C, H, W]
-            keep = self.keep.repeat_interleave(self.channels).view(1, -1, 1, 1)
-        mask = torch.rand_like(x) < keep
-        return x * mask / keep
+        models = len(self.rates)
+        if self.channels is None:  # [M, B, F]: model m's solo input is x[m]
+            solo_shape = x.shape[1:]
+        else:  # [B, M * C, H, W]: model m's solo input is x[:, m * C:(m + 1) * C]
+            solo_shape = (x.shape[0], self.channels, *x.shape[2:])
+        # int32: the type torch's MKL bernoulli draws into (no copy); 0 or 1 times the scale is exact.
+        keep = torch.ones(models, *solo_shape, dtype=torch.int32, device=x.device)
+        for m, (p, generator) in enumerate(zip(self.rates, self.generators, strict=True)):
+            if p > 0:
+                keep[m].bernoulli_(1 - p, generator=generator)
+        noise = keep * self.scale.view(-1, *[1] * len(solo_shape))
+        if self.channels is None:
+            return x * noise
+        batch = x.shape[0]
+        return (x.view(batch, models, *solo_shape[1:]) * noise.transpose(0, 1)).view(x.shape)
 
 
 class Ungroup(nn.Module):
@@ -181,7 +199,8 @@ class PackedNet(nn.Module):
     """M solo ``nn.Sequential`` nets of one shape (``models.MLP``/``models.CNN``) as one module.
 
     ``forward(x [M, B, 1, 28, 28]) -> logits [M, B, 10]``. Dropout rates may differ between the
-    models; every other layer setting must match (ValueError naming the layer otherwise).
+    models; every other layer setting must match (ValueError naming the layer otherwise). Each
+    model draws its dropout masks from its own stream (``seed_dropout``).
     """
 
     def __init__(self, solos: Sequence[nn.Sequential]):
@@ -192,6 +211,8 @@ class PackedNet(nn.Module):
         if len(shapes) > 1:
             raise ValueError(f"the nets of a pack differ in shape: {sorted(shapes)}")
         self.grouped_input = isinstance(per_model[0][0][0], nn.Conv2d)
+        # Each model's dropout stream (``seed_dropout``), shared by the dropout layers.
+        self.generators = [torch.Generator() for _ in solos]
         layers: list[nn.Module] = []
         channels = 1
         for position, (first, _) in enumerate(per_model[0]):
@@ -210,7 +231,7 @@ class PackedNet(nn.Module):
                 channels = first.out_channels
             rates = [layers_of_one[position][1] for layers_of_one in per_model]
             if any(rates):
-                layers.append(PackedDropout(rates, channels))
+                layers.append(PackedDropout(rates, self.generators, channels))
         self.layers = nn.Sequential(*layers)
         self._solo_layer_types = tuple(PACKED)
 
@@ -221,6 +242,12 @@ class PackedNet(nn.Module):
         else:
             x = x.reshape(models, batch, -1)  # the solo nn.Flatten
         return self.layers(x)
+
+    def seed_dropout(self, seeds: Sequence[int]) -> None:
+        """Seed each model's dropout stream, on the net's device, as ``torch.manual_seed(seeds[m])``
+        seeds the stream of model m's solo run."""
+        device = next(self.parameters()).device
+        self.generators[:] = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
     def copy_into(self, i: int, solo: nn.Module) -> nn.Module:
         """Write model ``i``'s parameters and buffers into ``solo`` (a fresh net of its config)."""

@@ -50,7 +50,6 @@ def test_jobs_differing_in_what_must_match_go_to_separate_packs(job):
         (["callbacks.early_stopping.patience=2"], "early stopping"),
         (["trainer.precision=bf16-mixed"], "precision"),
         (["optimizer.lr=-1"], "refused"),
-        (["model.dropout=0.3"], "dropout"),
         (["++trainer.max_steps=50"], "max_steps"),
         (["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging"], "callbacks.swa"),
         (["callbacks.checkpoint.filename=top"], "checkpoints"),
@@ -61,6 +60,18 @@ def test_jobs_a_pack_cannot_reproduce_train_alone(job, overrides, reason):
     cfg = job(*overrides)
     assert reason in why_solo(cfg)
     assert split_into_packs([job(), cfg, job("seed=1")], 8) == [[0, 2], [1]]
+
+
+def test_jobs_with_dropout_pack_whatever_their_rates(job):
+    cfgs = [
+        job("model.dropout=0.3"),
+        job("seed=1"),
+        job("seed=2", "model.dropout=0.5"),
+        job("model=cnn_small", "model.conv_dropout=0.1", "model.dropout=0"),
+        job("model=cnn_small", "seed=1", "model.conv_dropout=0", "model.dropout=0.4"),
+    ]
+    assert [why_solo(cfg) for cfg in cfgs] == [None] * 5
+    assert split_into_packs(cfgs, 8) == [[0, 1, 2], [3, 4]]
 
 
 def test_a_packs_remainder_of_one_trains_alone(job):

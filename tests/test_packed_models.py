@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mnist_lab.models import CNN, MLP
-from mnist_lab.packed_models import PackedNet
+from mnist_lab.packed_models import PackedDropout, PackedNet
 
 SOLO_NETS = {
     "linear": lambda seed, dropout: MLP(hidden=[]),
@@ -97,3 +97,43 @@ def test_nets_of_different_shapes_do_not_pack():
         PackedNet([MLP(hidden=[16]), MLP(hidden=[32])])
     with pytest.raises(ValueError, match="differ in shape"):
         PackedNet([MLP(hidden=[16]), MLP(hidden=[16], activation="tanh")])
+
+
+@pytest.mark.parametrize("kind", ["mlp_bn", "cnn"])
+def test_each_packed_model_draws_its_solo_nets_dropout_masks(kind):
+    """Seeded as its solo run seeds torch, each model's training logits and gradients are its
+    solo net's (a model with rate 0 draws nothing), over two steps, in both layouts."""
+    dropouts, seeds = [0.3, 0.0, 0.55], [11, 12, 13]
+    solos = solo_nets(kind, dropouts)
+    packed = PackedNet(solos).train()
+    packed.seed_dropout(seeds)
+    x = torch.randn(3, 8, 1, 28, 28, requires_grad=True)
+    logits = [packed(x) for _ in range(2)]  # the streams go on from where they were
+    sum(out.square().sum() for out in logits).backward()
+    for i, solo in enumerate(solos):
+        solo.train()
+        solo_x = x[i].detach().clone().requires_grad_()
+        torch.manual_seed(seeds[i])
+        solo_logits = [solo(solo_x) for _ in range(2)]
+        sum(out.square().sum() for out in solo_logits).backward()
+        for step in range(2):
+            torch.testing.assert_close(logits[step][i], solo_logits[step], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x.grad[i], solo_x.grad, rtol=1e-5, atol=1e-6, msg=f"model {i}")
+
+
+@pytest.mark.parametrize("channels", [None, 4])
+def test_packed_dropout_is_each_models_nn_dropout_bit_for_bit(channels):
+    """The same zeros and the same rounding as ``nn.Dropout`` on each model's solo input:
+    ``[M, B, F]`` (model m's input ``[B, F]``), ``[B, M * C, H, W]`` (``[B, C, H, W]``)."""
+    rates, seeds = [0.2, 0.8, 0.33], [5, 6, 7]
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    dropout = PackedDropout(rates, generators, channels).train()
+    x = torch.randn(3, 16, 30) if channels is None else torch.randn(16, 3 * channels, 5, 6)
+    out = dropout(x)
+    for m, (rate, seed) in enumerate(zip(rates, seeds, strict=True)):
+        torch.manual_seed(seed)
+        if channels is None:
+            assert torch.equal(out[m], torch.nn.Dropout(rate)(x[m]))
+        else:
+            part = slice(m * channels, (m + 1) * channels)
+            assert torch.equal(out[:, part], torch.nn.Dropout(rate)(x[:, part].contiguous()))
