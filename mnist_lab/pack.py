@@ -75,6 +75,7 @@ class Pack:
             L.seed_everything(cfg.seed, verbose=False)
             solos.append(instantiate(cfg.model))
         self.net = PackedNet(solos).to(self.device)
+        self.net.seed_dropout(self._dropout_seeds())  # streams on the device (train_epoch reseeds them)
         self.loss = PackedLoss([instantiate(cfg.loss) for cfg in cfgs]).to(self.device)
         make_optimizers = [instantiate(cfg.optimizer) for cfg in cfgs]
         self.make_optimizers = make_optimizers  # each job's solo optimizer (its checkpoints' format)
@@ -119,6 +120,9 @@ class Pack:
         self._snapshots: list[torch.Tensor] = []
         self._tables: dict[str, torch.Tensor] = {}  # this epoch's per-step schedule
 
+    def _dropout_seeds(self) -> list[int]:
+        return [dropout_seed(cfg.seed, self.epoch) for cfg in self.cfgs]
+
     @property
     def models(self) -> int:
         return len(self.cfgs)
@@ -128,7 +132,7 @@ class Pack:
         and each job's correct predictions ``[M]``, on the device (no host sync)."""
         steps = min(self.batches.batches, self.total_steps - self.steps_done)
         # Each job's dropout stream seeded as its solo run seeds torch's at this epoch's start.
-        self.net.seed_dropout([dropout_seed(cfg.seed, self.epoch) for cfg in self.cfgs])
+        self.net.seed_dropout(self._dropout_seeds())
         self.net.train()
         tables = self.schedules.epoch_tables(steps, self.device)
         if "lr" in tables:

@@ -244,8 +244,8 @@ class PackedNet(nn.Module):
         return self.layers(x)
 
     def seed_dropout(self, seeds: Sequence[int]) -> None:
-        """Seed each model's dropout stream, on the net's device, as ``torch.manual_seed(seeds[m])``
-        seeds the stream of model m's solo run."""
+        """Seed each model's dropout stream as ``torch.manual_seed(seeds[m])`` seeds the stream of
+        model m's solo run, on the device the net is on now (so call it after moving the net)."""
         device = next(self.parameters()).device
         self.generators[:] = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
