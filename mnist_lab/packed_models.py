@@ -157,10 +157,12 @@ class PackedDropout(nn.Module):
         else:  # [B, M * C, H, W]: model m's solo input is x[:, m * C:(m + 1) * C]
             solo_shape = (x.shape[0], self.channels, *x.shape[2:])
         # int32: the type torch's MKL bernoulli draws into (no copy); 0 or 1 times the scale is exact.
-        keep = torch.ones(models, *solo_shape, dtype=torch.int32, device=x.device)
+        keep = torch.empty(models, *solo_shape, dtype=torch.int32, device=x.device)
         for m, (p, generator) in enumerate(zip(self.rates, self.generators, strict=True)):
             if p > 0:
                 keep[m].bernoulli_(1 - p, generator=generator)
+            else:
+                keep[m].fill_(1)
         noise = keep * self.scale.view(-1, *[1] * len(solo_shape))
         if self.channels is None:
             return x * noise
