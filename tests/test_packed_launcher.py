@@ -19,9 +19,11 @@ from tests.conftest import QUICK, read_metrics, run_cli
 pytestmark = pytest.mark.slow
 
 # Three jobs (2,500 training images at batch 64: 40 steps an epoch), learning slowly enough that
-# their numbers differ; with hydra.launcher.pack_size=2 the first two train as a pack and the
-# third, a pack's remainder of one, alone through the normal path.
-GRID = ["optimizer.lr=0.00001,0.00002,0.00003"]
+# their numbers differ, with dropout (a packed job draws its solo run's masks); with
+# hydra.launcher.pack_size=2 the first two train as a pack and the third, a pack's remainder of
+# one, alone through the normal path.
+GRID = ["optimizer.lr=0.00001,0.00002,0.00003", "model.dropout=0.2"]
+JOBS = [f"{i}_model.dropout=0.2,optimizer.lr={lr}" for i, lr in enumerate(("1e-05", "2e-05", "3e-05"))]  # folders
 STEPS = 80
 HISTORY = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 SAME = ("status", "best_val_acc", "test_acc", "final_train_loss", "epochs", "diverged_at_step", "error")
@@ -69,11 +71,11 @@ def test_two_jobs_train_as_a_pack_and_the_remainder_alone(sweeps):
     assert "Launching 3 jobs locally: 2 in 1 packs, 1 alone" in output
     assert output.count("(packed: 2 jobs)") == 2
     assert "sweep: 3 jobs, 3 ok, 0 diverged, 0 failed" in output
-    for job in ("0_optimizer.lr=1e-05", "1_optimizer.lr=2e-05"):  # packed checkpoints say so
+    for job in JOBS[:2]:  # packed checkpoints say so
         assert torch.load(packed / job / "checkpoints" / "last.ckpt", weights_only=True)["packed"] == 2
         assert read_metrics(packed / job)["packed"] == 2, "its train_time_s is its pack's: the record says so"
-    assert "packed" not in torch.load(packed / "2_optimizer.lr=3e-05" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert "packed" not in read_metrics(packed / "2_optimizer.lr=3e-05")
+    assert "packed" not in torch.load(packed / JOBS[2] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "packed" not in read_metrics(packed / JOBS[2])
 
 
 def test_packed_jobs_give_the_basic_sweeps_folders_records_and_report_rows(sweeps):
@@ -102,7 +104,7 @@ def scalars(job_dir) -> dict[str, list[tuple[int, float]]]:
 
 def test_packed_jobs_write_the_solo_runs_tensorboard_scalars(sweeps):
     basic, packed, _ = sweeps
-    job = "1_optimizer.lr=2e-05"
+    job = JOBS[1]
     ours, theirs = scalars(packed / job), scalars(basic / job)
     assert set(ours) == set(theirs)
     assert [s for s, _ in ours["train/loss"]] == list(range(1, STEPS + 1))
@@ -126,7 +128,7 @@ def images(job_dir) -> dict[str, list[tuple[int, bytes]]]:
 
 def test_packed_jobs_write_the_solo_runs_tensorboard_images(sweeps):
     basic, packed, _ = sweeps
-    job = "1_optimizer.lr=2e-05"
+    job = JOBS[1]
     ours, theirs = images(packed / job), images(basic / job)
     assert set(ours) == set(theirs) == {"train/samples", "val/misclassified", "test/confusion_matrix"}
     for tag in theirs:
@@ -136,7 +138,7 @@ def test_packed_jobs_write_the_solo_runs_tensorboard_images(sweeps):
 
 def test_packed_checkpoints_are_solo_checkpoints_that_evaluate_and_predict_load(sweeps, tmp_path, synthetic_data_dir):
     basic, packed, _ = sweeps
-    job = "0_optimizer.lr=1e-05"
+    job = JOBS[0]
     for name in ("best.ckpt", "last.ckpt"):
         ours = torch.load(packed / job / "checkpoints" / name, weights_only=True)
         theirs = torch.load(basic / job / "checkpoints" / name, weights_only=True)
@@ -192,16 +194,15 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
         timeout=600,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    jobs = ["0_optimizer.lr=1e-05", "1_optimizer.lr=2e-05", "2_optimizer.lr=3e-05"]
-    for job in jobs[:2]:  # the pack's two jobs, at the end of their first epoch of two
+    for job in JOBS[:2]:  # the pack's two jobs, at the end of their first epoch of two
         assert read_metrics(sweep_dir / job)["epochs"] == 1
         last = torch.load(sweep_dir / job / "checkpoints" / "last.ckpt", weights_only=True)
         assert last["packed"] == 2 and (last["epoch"], last["global_step"]) == (0, STEPS // 2)
         assert last["optimizer_states"][0]["state"] and last["loops"]["fit_loop"]["epoch_progress"]
-    assert not (sweep_dir / jobs[2]).exists()
+    assert not (sweep_dir / JOBS[2]).exists()
 
     run_cli("mnist_lab.train", *args, "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir)
-    for job in jobs:
+    for job in JOBS:
         ours, theirs = read_metrics(sweep_dir / job), read_metrics(packed / job)
         assert_same_record(ours, theirs, job)
         losses = report.step_losses(sweep_dir / job)
