@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
@@ -40,7 +41,9 @@ from omegaconf import DictConfig, open_dict, read_write
 from mnist_lab.console import settings_line
 from mnist_lab.metrics_file import METRICS_FILE, first_line
 from mnist_lab.pack import Pack
-from mnist_lab.pack_groups import DEVICES, split_into_packs
+from mnist_lab.gpu_workers import run_on_gpus, visible_gpus
+from mnist_lab.launch_units import Unit, describe
+from mnist_lab.pack_groups import DEVICES, split_into_packs, why_solo
 from mnist_lab.pack_size import probe_pack_size
 from mnist_lab.packed_job import PackedJob
 from mnist_lab.packed_training import train_pack
@@ -76,10 +79,18 @@ def pack_device(cfg: DictConfig) -> torch.device:
 
 class PackedLaunch:
     """What ``hydra/launcher=packed`` does (``hydra_plugins/mnist_lab_packed_launcher``, the
-    Launcher Hydra instantiates, hands its settings and ``launch`` calls here)."""
+    Launcher Hydra instantiates, hands its settings and ``launch`` calls here): ``plan`` splits
+    the sweep into units, ``run_unit`` runs one. The cluster launchers
+    (``hydra_plugins/mnist_lab_packed_launcher/packed_submitit.py``, ``packed_ray.py``) pickle
+    this object with a unit and call ``run_unit_remote`` where the unit runs."""
 
     def __init__(
-        self, pack_size: int | str, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+        self,
+        pack_size: int | str,
+        hydra_context: HydraContext,
+        task_function: TaskFunction,
+        config: DictConfig,
+        gpus: int | str = 1,
     ):
         self.pack_size, self.hydra_context, self.task_function, self.config = (
             pack_size,
@@ -87,33 +98,59 @@ class PackedLaunch:
             task_function,
             config,
         )
+        self.gpus = gpus
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """The sweep's units run in this process, or spread over this machine's GPUs."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, raise_terminated)  # as train.main: SIGTERM is handled like Ctrl-C
+        units = self.plan(job_overrides, initial_job_idx)
+        gpus = visible_gpus(self.gpus)
+        if len(gpus) > 1 and len(units) > 1:
+            log.info(describe(units, f"on {len(gpus)} GPUs ({', '.join(gpus)})"))
+            return self.gather(units, run_on_gpus(self, units, gpus, Singleton.get_state()))
+        log.info(describe(units, "locally"))  # in this process, one unit after another
+        return self.gather(units, [self.run_unit(unit) for unit in units])
+
+    def plan(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Unit]:
+        """Every job's config composed, as BasicLauncher composes it, and the jobs split into units
+        (a pack's size probed here, on this machine, when ``pack_size`` is auto)."""
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, raise_terminated)  # as train.main: SIGTERM is handled like Ctrl-C
         configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
         tasks = [self._task_config(config) for config in configs]
         for config, task in zip(configs, tasks, strict=True):
             if task.get("ckpt_path") == "last" and not (job_dir(config) / METRICS_FILE).exists():
                 with open_dict(task):  # a resumed sweep's job that never started: nothing to resume, it packs
                     task.ckpt_path = None
-        units = split_into_packs(tasks, self._pack_size)
-        packs = [unit for unit in units if len(unit) > 1]
-        log.info(
-            f"Launching {len(configs)} jobs locally: {sum(map(len, packs))} in {len(packs)} packs, "
-            f"{len(units) - len(packs)} alone"
-        )
-        returns: dict[int, JobReturn] = {}
-        for unit in units:
-            if len(unit) == 1:
-                resumed = tasks[unit[0]].get("ckpt_path") == "last"
-                returns[unit[0]] = self._run_alone(configs[unit[0]], self._resume if resumed else None)
-            else:
-                returns.update(self._run_pack(unit, configs, tasks))
-        return [returns[n] for n in range(len(configs))]
+        return [
+            Unit(
+                jobs,
+                [configs[i] for i in jobs],
+                [tasks[i] for i in jobs],
+                resume=len(jobs) == 1 and tasks[jobs[0]].get("ckpt_path") == "last",
+            )
+            for jobs in split_into_packs(tasks, self._pack_size)
+        ]
+
+    @staticmethod
+    def gather(units: list[Unit], results: Sequence[dict[int, JobReturn]]) -> list[JobReturn]:
+        """The units' job returns in the sweep's order."""
+        returns = {i: ret for result in results for i, ret in result.items()}
+        return [returns[i] for i in sorted(i for unit in units for i in unit.jobs)]
+
+    def run_unit(self, unit: Unit) -> dict[int, JobReturn]:
+        """One unit's jobs trained and recorded: {job's place in the sweep: its JobReturn}. A pack
+        whose jobs cannot pack here (on a machine that is not the one that planned it, e.g. one
+        with a GPU) trains its jobs one by one."""
+        if len(unit.jobs) == 1:
+            return {unit.jobs[0]: self._run_alone(unit.configs[0], self._resume if unit.resume else None)}
+        reason = why_solo(unit.tasks[0])
+        if reason is not None:
+            log.info(f"{unit} train one by one: {reason}")
+            return {i: self._run_alone(config) for i, config in zip(unit.jobs, unit.configs, strict=True)}
+        return self._run_pack(unit)
 
     def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
         """The job's whole config, as BasicLauncher composes it."""
@@ -164,13 +201,12 @@ class PackedLaunch:
         best = record.get("best_val_acc")
         return best if isinstance(best, float) else math.nan
 
-    def _run_pack(self, unit: list[int], configs: list[DictConfig], tasks: list[DictConfig]) -> dict[int, JobReturn]:
-        cfgs = [tasks[i] for i in unit]
+    def _run_pack(self, unit: Unit) -> dict[int, JobReturn]:
         try:
-            pack = Pack(cfgs, pack_device(cfgs[0]))
+            pack = Pack(unit.tasks, pack_device(unit.tasks[0]))
         except Exception as error:  # noqa: BLE001 - what Pack refuses trains as it would unpacked
-            log.info(f"jobs {', '.join(map(str, unit))} train one by one: {first_line(error)}")
-            return {i: self._run_alone(configs[i]) for i in unit}
+            log.info(f"{unit} train one by one: {first_line(error)}")
+            return {i: self._run_alone(config) for i, config in zip(unit.jobs, unit.configs, strict=True)}
         jobs: dict[int, PackedJob] = {}
 
         def claim(k: int):
@@ -183,7 +219,7 @@ class PackedLaunch:
                     Path(hydra_cfg.sweep.dir),
                     k,
                 )
-                print(f"{settings_line(cfg)} (packed: {len(unit)} jobs)", flush=True)
+                print(f"{settings_line(cfg)} (packed: {len(unit.jobs)} jobs)", flush=True)
                 try:
                     job.claim()
                 except Exception as error:  # noqa: BLE001 - as train.main: one bad job must not end the sweep
@@ -194,9 +230,9 @@ class PackedLaunch:
 
             return task
 
-        returns = {i: self._run_alone(configs[i], claim(k)) for k, i in enumerate(unit)}
+        returns = {i: self._run_alone(config, claim(k)) for k, (i, config) in enumerate(zip(unit.jobs, unit.configs))}
         results = self._train(pack, jobs)
-        for k, i in enumerate(unit):
+        for k, i in enumerate(unit.jobs):
             if k in results:
                 best = results[k].get("best_val_acc")
                 failed = results[k].get("status") == "failed"  # as train.main: a failed job scores NaN

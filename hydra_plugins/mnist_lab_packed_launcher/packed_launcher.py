@@ -13,20 +13,28 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 
+def checked_pack_size(pack_size: int | str) -> int | str:
+    """``hydra.launcher.pack_size`` as given, if it is auto or a whole number of at least 1."""
+    if pack_size != "auto" and not (isinstance(pack_size, int) and not isinstance(pack_size, bool) and pack_size >= 1):
+        raise ValueError(f"hydra.launcher.pack_size={pack_size!r} must be auto or a whole number of at least 1.")
+    return pack_size
+
+
 class PackedLauncher(Launcher):
     """Args:
     pack_size: "auto" (a short timing probe per group of jobs that can share a pack picks the
         size that trains the most jobs per second, one job alone included), or the most jobs
         per pack (1: no packing).
+    gpus: the GPUs to spread the units over, one worker process each: "auto" (every visible
+        GPU; with one or none, the units run in this process) or a number (the first N).
     """
 
-    def __init__(self, pack_size: int | str = "auto") -> None:
+    def __init__(self, pack_size: int | str = "auto", gpus: int | str = "auto") -> None:
         super().__init__()
-        if pack_size != "auto" and not (
-            isinstance(pack_size, int) and not isinstance(pack_size, bool) and pack_size >= 1
-        ):
-            raise ValueError(f"hydra.launcher.pack_size={pack_size!r} must be auto or a whole number of at least 1.")
-        self.pack_size = pack_size
+        self.pack_size = checked_pack_size(pack_size)
+        if gpus != "auto" and not (isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0):
+            raise ValueError(f"hydra.launcher.gpus={gpus!r} must be auto or a whole number.")
+        self.gpus = gpus
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.config: DictConfig | None = None
@@ -37,5 +45,5 @@ class PackedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from mnist_lab.packed_launcher import PackedLaunch
 
-        launch = PackedLaunch(self.pack_size, self.hydra_context, self.task_function, self.config)
+        launch = PackedLaunch(self.pack_size, self.hydra_context, self.task_function, self.config, self.gpus)
         return launch.launch(job_overrides, initial_job_idx)

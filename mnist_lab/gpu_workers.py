@@ -1,0 +1,81 @@
+"""A packed sweep's units spread over the GPUs of one machine (``hydra.launcher.gpus``): one
+worker process per GPU, started with ``CUDA_VISIBLE_DEVICES`` set to that GPU alone (so every
+job in it sees its GPU as ``cuda:0``), each taking the next unit from one shared queue when it
+is free. A queue rather than a fixed placement: units differ in size (a pack of 16 jobs, a job
+alone), and a free GPU taking the next one keeps every GPU busy until the queue is empty.
+
+The pool is ``concurrent.futures.ProcessPoolExecutor`` (spawned processes: a forked one would
+inherit this process's CUDA state), whose initializer gives each worker its GPU; what is written
+here is only that initializer. The launch (task function, Hydra context and state) reaches the
+workers pickled by cloudpickle, as submitit and Ray send theirs: the task function is the
+``__main__`` module's, which the standard pickle cannot send by name."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING
+
+import cloudpickle
+import torch
+from hydra.core.utils import JobReturn
+
+from mnist_lab.launch_units import Unit, run_unit_remote
+from mnist_lab.train import raise_terminated
+
+if TYPE_CHECKING:
+    from mnist_lab.packed_launcher import PackedLaunch
+
+READY_TIMEOUT_S = 600  # how long a started worker waits for the others before taking units anyway
+
+_worker: tuple = ()  # in a worker process: (the launch, Hydra's state), set by _start_worker
+
+
+def visible_gpus(gpus: int | str) -> list[str]:
+    """The GPUs to spread units over, as ``CUDA_VISIBLE_DEVICES`` values: ``auto``, every GPU this
+    process sees; a number, the first that many of them (``CUDA_VISIBLE_DEVICES``' own list when
+    it is set, else 0, 1, ...; more than there are fakes GPUs: their workers see none and run on
+    the CPU, which is how the tests run this on a machine without GPUs)."""
+    count = torch.cuda.device_count() if gpus == "auto" else int(gpus)
+    listed = [gpu.strip() for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    return [listed[n] if n < len(listed) else str(n) for n in range(count)]
+
+
+def _start_worker(launch: bytes, gpu_ids, ready, singleton_state: bytes) -> None:
+    """A worker's initializer: its GPU (before anything in it touches CUDA), then it waits until
+    every worker is up, so that the first units go one to each GPU."""
+    global _worker
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_ids.get()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)  # as the launching process handles it
+    _worker = (cloudpickle.loads(launch), cloudpickle.loads(singleton_state))
+    try:
+        ready.wait(timeout=READY_TIMEOUT_S)
+    except threading.BrokenBarrierError:
+        pass  # a worker that never came up: the others take its units
+
+
+def _run(unit: Unit) -> bytes:
+    """The unit's job returns, pickled by cloudpickle too (they hold Hydra's structured configs,
+    whose classes the standard pickle does not find by name)."""
+    launch, singleton_state = _worker
+    return cloudpickle.dumps(run_unit_remote(launch, unit, singleton_state))
+
+
+def run_on_gpus(
+    launch: PackedLaunch, units: list[Unit], gpus: list[str], singleton_state: dict
+) -> list[dict[int, JobReturn]]:
+    """Each unit's job returns, the units run by one worker per GPU (at most one per unit)."""
+    workers = min(len(gpus), len(units))
+    context = multiprocessing.get_context("spawn")
+    gpu_ids = context.Queue()
+    for gpu in gpus[:workers]:
+        gpu_ids.put(gpu)
+    ready = context.Barrier(workers)
+    initargs = (cloudpickle.dumps(launch), gpu_ids, ready, cloudpickle.dumps(singleton_state))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=initargs) as pool:
+        futures = [pool.submit(_run, unit) for unit in units]
+        return [cloudpickle.loads(future.result()) for future in futures]

@@ -1,0 +1,48 @@
+"""A packed sweep's units: what one worker runs (a pack, or one job alone), and how a worker
+process (a submitit job, a Ray task, one GPU's worker) runs one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, setup_globals
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from mnist_lab.packed_launcher import PackedLaunch
+
+
+@dataclass
+class Unit:
+    """A pack, or one job alone (``resume``: a job of a resumed sweep that has a record).
+    ``jobs`` are the jobs' places in the sweep's ``job_overrides``, ``configs`` their composed
+    configs and ``tasks`` what their task function gets (``configs`` without ``hydra``)."""
+
+    jobs: list[int]
+    configs: list[DictConfig]
+    tasks: list[DictConfig]
+    resume: bool = False
+
+    def __str__(self) -> str:
+        return f"job{'s' if len(self.jobs) > 1 else ''} {', '.join(map(str, self.jobs))}"
+
+
+def describe(units: list[Unit], where: str) -> str:
+    """``Launching 3 jobs locally: 2 in 1 packs, 1 alone``."""
+    packed = [len(unit.jobs) for unit in units if len(unit.jobs) > 1]
+    jobs = sum(len(unit.jobs) for unit in units)
+    return f"Launching {jobs} jobs {where}: {sum(packed)} in {len(packed)} packs, {len(units) - len(packed)} alone"
+
+
+def run_unit_remote(launch: PackedLaunch, unit: Unit, singleton_state: dict) -> dict[int, JobReturn]:
+    """One unit in a worker process, set up as hydra-submitit-launcher and hydra-ray-launcher set
+    up a job in theirs: the sweep's Hydra state (``Singleton``) restored first. The line printed
+    says which process ran which unit, and which GPU it saw."""
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    print(f"unit: {unit} in process {os.getpid()} (CUDA_VISIBLE_DEVICES={gpu})", flush=True)
+    return launch.run_unit(unit)

@@ -1,0 +1,91 @@
+"""A packed sweep's units (a pack, a job alone) run elsewhere than in the launching process:
+one submitit job per unit (``hydra/launcher=slurm_local``, what ``slurm`` runs on a cluster),
+one Ray task per unit (``ray_cluster`` with a private Ray on this machine), one worker process
+per GPU (``packed`` with ``hydra.launcher.gpus`` faked to 2 on this CPU). Each leaves the same
+job records as the packed launcher running every unit in its own process."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import QUICK, read_metrics, run_cli
+from tests.test_packed_launcher import assert_same_record
+
+pytestmark = pytest.mark.slow
+
+# three jobs; with pack_size=2, two units: a pack of jobs 0 and 1, job 2 alone
+GRID = ["trainer.max_epochs=1", "optimizer.lr=0.00001,0.00002,0.00003", "hydra.launcher.pack_size=2"]
+UNIT = re.compile(r"unit: (jobs? [\d, ]+) in process (\d+) \(CUDA_VISIBLE_DEVICES=(\w+)\)")
+
+
+def sweep(tmp_path, data_dir, name: str, *launcher: str) -> tuple:
+    """The data dir goes in the config: Ray's workers do not get this environment."""
+    sweep_dir = tmp_path / name
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        *QUICK,
+        *launcher,
+        *GRID,
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    return sweep_dir, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory, synthetic_data_dir):
+    """The sweep with every unit run in the launching process."""
+    tmp_path = tmp_path_factory.mktemp("packed_units")
+    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "in_process", "hydra/launcher=packed", "hydra.launcher.gpus=0")
+    assert "Launching 3 jobs locally: 2 in 1 packs, 1 alone" in output and not UNIT.search(output)
+    return sweep_dir
+
+
+def assert_same_jobs(sweep_dir, in_process, output: str) -> None:
+    assert "sweep: 3 jobs, 3 ok, 0 diverged, 0 failed" in output
+    jobs = sorted(path.name for path in in_process.iterdir() if (path / "metrics.json").is_file())
+    assert len(jobs) == 3
+    for job in jobs:
+        assert_same_record(read_metrics(sweep_dir / job), read_metrics(in_process / job), job)
+        assert read_metrics(sweep_dir / job)["run_dir"] == str(sweep_dir / job)
+
+
+def test_slurm_local_runs_one_submitit_job_per_unit(in_process, tmp_path, synthetic_data_dir):
+    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "slurm", "hydra/launcher=slurm_local")
+    assert "Launching 3 jobs as 2 submitit jobs: 2 in 1 packs, 1 alone" in output
+    logs = sorted((sweep_dir / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2  # one submitit job per unit, not per job
+    units = sorted(UNIT.search(log.read_text()).group(1) for log in logs)
+    assert units == ["job 2", "jobs 0, 1"]
+    assert_same_jobs(sweep_dir, in_process, output)
+
+
+def test_ray_runs_one_task_per_unit(in_process, tmp_path, synthetic_data_dir):
+    sweep_dir, output = sweep(
+        tmp_path,
+        synthetic_data_dir,
+        "ray",
+        "hydra/launcher=ray_cluster",
+        "hydra.launcher.ray.init.address=null",  # a private Ray on this machine
+        "+hydra.launcher.ray.init.num_cpus=2",
+        "+hydra.launcher.ray.init.include_dashboard=false",
+    )
+    assert "Launching 3 jobs as 2 Ray tasks: 2 in 1 packs, 1 alone" in output
+    tasks = re.findall(r"\(run_unit_remote pid=\d+\) " + UNIT.pattern, output)  # the lines Ray's tasks print
+    assert sorted(task[0] for task in tasks) == ["job 2", "jobs 0, 1"]
+    assert_same_jobs(sweep_dir, in_process, output)
+
+
+def test_units_spread_over_faked_gpus_one_worker_process_each(in_process, tmp_path, synthetic_data_dir):
+    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "gpus", "hydra/launcher=packed", "hydra.launcher.gpus=2")
+    assert "Launching 3 jobs on 2 GPUs (0, 1): 2 in 1 packs, 1 alone" in output
+    units = UNIT.findall(output)  # printed by the worker that ran the unit
+    assert sorted(unit for unit, _, _ in units) == ["job 2", "jobs 0, 1"]
+    assert len({pid for _, pid, _ in units}) == 2  # two processes
+    assert sorted(gpu for _, _, gpu in units) == ["0", "1"]  # each its own GPU, and both got work
+    assert output.count("(packed: 2 jobs)") == 2
+    assert_same_jobs(sweep_dir, in_process, output)
