@@ -39,10 +39,10 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from mnist_lab.console import settings_line
-from mnist_lab.metrics_file import METRICS_FILE, first_line
-from mnist_lab.pack import Pack
 from mnist_lab.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.launch_units import Unit, describe
+from mnist_lab.metrics_file import METRICS_FILE, first_line
+from mnist_lab.pack import Pack
 from mnist_lab.pack_groups import DEVICES, split_into_packs, why_solo
 from mnist_lab.pack_size import probe_pack_size
 from mnist_lab.packed_job import PackedJob
@@ -230,7 +230,8 @@ class PackedLaunch:
 
             return task
 
-        returns = {i: self._run_alone(config, claim(k)) for k, (i, config) in enumerate(zip(unit.jobs, unit.configs))}
+        configs = zip(unit.jobs, unit.configs, strict=True)
+        returns = {i: self._run_alone(config, claim(k)) for k, (i, config) in enumerate(configs)}
         results = self._train(pack, jobs)
         for k, i in enumerate(unit.jobs):
             if k in results:

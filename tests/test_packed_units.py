@@ -40,7 +40,9 @@ def sweep(tmp_path, data_dir, name: str, *launcher: str) -> tuple:
 def in_process(tmp_path_factory, synthetic_data_dir):
     """The sweep with every unit run in the launching process."""
     tmp_path = tmp_path_factory.mktemp("packed_units")
-    sweep_dir, output = sweep(tmp_path, synthetic_data_dir, "in_process", "hydra/launcher=packed", "hydra.launcher.gpus=0")
+    sweep_dir, output = sweep(
+        tmp_path, synthetic_data_dir, "in_process", "hydra/launcher=packed", "hydra.launcher.gpus=0"
+    )
     assert "Launching 3 jobs locally: 2 in 1 packs, 1 alone" in output and not UNIT.search(output)
     return sweep_dir
 

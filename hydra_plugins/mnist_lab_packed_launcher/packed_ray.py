@@ -6,11 +6,10 @@ are the plugin's keys, and ``pack_size`` is ``packed.yaml``'s. Registered as ``p
 plugin's structured config with ``pack_size``) when the plugin is installed (the ``launchers``
 extra)."""
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import logging
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -57,4 +56,6 @@ if RayLauncher is not None:
         _target_: str = "hydra_plugins.mnist_lab_packed_launcher.packed_ray.PackedRayLauncher"
         pack_size: Any = "auto"
 
-    ConfigStore.instance().store(group="hydra/launcher", name="packed_ray", node=PackedRayLauncherConf, provider="mnist_lab")
+    ConfigStore.instance().store(
+        group="hydra/launcher", name="packed_ray", node=PackedRayLauncherConf, provider="mnist_lab"
+    )

@@ -6,12 +6,11 @@ and submits them as the plugin submits jobs; every key of the plugin's config wo
 ``packed_submitit_local`` (the plugin's structured configs with ``pack_size``) when the plugin is
 installed (the ``launchers`` extra)."""
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import logging
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -67,9 +66,7 @@ if BaseSubmititLauncher is not None:
 
             specific_init_keys = {"max_num_timeout"}
             init_params = {"folder": self.params["submitit_folder"]}
-            init_params.update(
-                {f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k in specific_init_keys}
-            )
+            init_params.update({f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k in specific_init_keys})
             executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
             baseparams = set(OmegaConf.structured(BaseQueueConf).keys())
             init_keys = specific_init_keys | {"submitit_folder"}
