@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 # three jobs; with pack_size=2, two units: a pack of jobs 0 and 1, job 2 alone
 GRID = ["trainer.max_epochs=1", "optimizer.lr=0.00001,0.00002,0.00003", "hydra.launcher.pack_size=2"]
-UNIT = re.compile(r"unit: (jobs? [\d, ]+) in process (\d+) \(CUDA_VISIBLE_DEVICES=(\w+)\)")
+UNIT = re.compile(r"unit: (jobs? [\d, ]+) in process (\d+) \(CUDA_VISIBLE_DEVICES=([\w,]*)\)")
 
 
 def sweep(tmp_path, data_dir, name: str, *launcher: str) -> tuple:
@@ -77,7 +77,8 @@ def test_ray_runs_one_task_per_unit(in_process, tmp_path, synthetic_data_dir):
         "+hydra.launcher.ray.init.include_dashboard=false",
     )
     assert "Launching 3 jobs as 2 Ray tasks: 2 in 1 packs, 1 alone" in output
-    tasks = re.findall(r"\(run_unit_remote pid=\d+\) " + UNIT.pattern, output)  # the lines Ray's tasks print
+    # the lines Ray's tasks print, under Ray's (possibly coloured) prefix
+    tasks = re.findall(r"\(run_unit_remote pid=\d+\)\S* " + UNIT.pattern, output)
     assert sorted(task[0] for task in tasks) == ["job 2", "jobs 0, 1"]
     assert_same_jobs(sweep_dir, in_process, output)
 
