@@ -78,4 +78,8 @@ def run_on_gpus(
     initargs = (cloudpickle.dumps(launch), gpu_ids, ready, cloudpickle.dumps(singleton_state))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=initargs) as pool:
         futures = [pool.submit(_run, unit) for unit in units]
-        return [cloudpickle.loads(future.result()) for future in futures]
+        try:
+            return [cloudpickle.loads(future.result()) for future in futures]
+        except BaseException:  # Ctrl-C (the workers get it too and record their jobs), or a worker's exit
+            pool.shutdown(cancel_futures=True)  # no unit starts after it
+            raise

@@ -64,7 +64,9 @@ def test_presets_are_the_plugins_launchers_with_our_settings():
         assert launcher("local_parallel")._target_ == launcher("joblib")._target_
         assert launcher("local_parallel").n_jobs == 2
         slurm = launcher("slurm")
-        assert slurm._target_.endswith("SlurmLauncher") and slurm.gpus_per_node == 1
+        assert slurm._target_.endswith("PackedSlurmLauncher") and slurm.gpus_per_node == 1
+        assert slurm.pack_size == "auto" and launcher("slurm_local")._target_.endswith("PackedLocalLauncher")
+        assert launcher("ray_gpus").ray.remote.num_gpus == 1 and launcher("ray_gpus").pack_size == "auto"
         for key in ("partition", "timeout_min", "array_parallelism", "cpus_per_task", "setup"):
             assert key in slurm, key
 
@@ -133,9 +135,11 @@ def test_ray_launcher_runs_jobs_as_tasks_on_a_cluster(ray_cluster, tmp_path, syn
         synthetic_data_dir,
         "hydra/launcher=ray_cluster",
         f"hydra.launcher.ray.init.address={ray_cluster}",
+        "hydra.launcher.pack_size=1",  # no packing: each job its own Ray task, as with the plugin's launcher
         "optimizer.lr=0.001,0.01",
     )
-    assert "Connecting to existing Ray cluster" in output and "(_run_job pid=" in output
+    assert "Connecting to existing Ray cluster" in output and "Launching 2 jobs as 2 Ray tasks" in output
+    assert output.count("(run_unit_remote pid=") >= 2  # each job's lines come from its Ray task
     assert_every_job_reported(sweep_dir, 2, output)
 
 

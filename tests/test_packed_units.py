@@ -92,3 +92,34 @@ def test_units_spread_over_faked_gpus_one_worker_process_each(in_process, tmp_pa
     assert sorted(gpu for _, _, gpu in units) == ["0", "1"]  # each its own GPU, and both got work
     assert output.count("(packed: 2 jobs)") == 2
     assert_same_jobs(sweep_dir, in_process, output)
+
+
+@pytest.mark.parametrize(
+    "launcher, setting, sentence",
+    [
+        ("packed", "gpus=-1", "error: hydra.launcher.gpus=-1 must be auto or a whole number."),
+        (
+            "slurm_local",
+            "pack_size=0",
+            "error: hydra.launcher.pack_size=0 must be auto or a whole number of at least 1.",
+        ),
+        (
+            "ray_cluster",
+            "pack_size=x",
+            "error: hydra.launcher.pack_size='x' must be auto or a whole number of at least 1.",
+        ),
+    ],
+)
+def test_a_bad_launcher_setting_is_one_sentence(tmp_path, launcher, setting, sentence):
+    result = run_cli(
+        "mnist_lab.train",
+        "-m",
+        *QUICK,
+        f"hydra/launcher={launcher}",
+        f"hydra.launcher.{setting}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode != 0 and result.stderr.strip() == sentence
+    assert not (tmp_path / "sweep").exists()
