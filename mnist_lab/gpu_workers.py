@@ -17,17 +17,13 @@ import os
 import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
-from typing import TYPE_CHECKING
 
 import cloudpickle
 import torch
 from hydra.core.utils import JobReturn
 
-from mnist_lab.launch_units import Unit, run_unit_remote
+from mnist_lab.launch_units import Launch, Unit, run_unit_remote
 from mnist_lab.train import raise_terminated
-
-if TYPE_CHECKING:
-    from mnist_lab.packed_launcher import PackedLaunch
 
 READY_TIMEOUT_S = 600  # how long a started worker waits for the others before taking units anyway
 
@@ -66,7 +62,7 @@ def _run(unit: Unit) -> bytes:
 
 
 def run_on_gpus(
-    launch: PackedLaunch, units: list[Unit], gpus: list[str], singleton_state: dict
+    launch: Launch, units: list[Unit], gpus: list[str], singleton_state: dict
 ) -> list[dict[int, JobReturn]]:
     """Each unit's job returns, the units run by one worker per GPU (at most one per unit)."""
     workers = min(len(gpus), len(units))

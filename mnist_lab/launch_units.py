@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
 from omegaconf import DictConfig
-
-if TYPE_CHECKING:
-    from mnist_lab.packed_launcher import PackedLaunch
 
 
 @dataclass
@@ -37,7 +34,13 @@ def describe(units: list[Unit], where: str) -> str:
     return f"Launching {jobs} jobs {where}: {sum(packed)} in {len(packed)} packs, {len(units) - len(packed)} alone"
 
 
-def run_unit_remote(launch: PackedLaunch, unit: Unit, singleton_state: dict) -> dict[int, JobReturn]:
+class Launch(Protocol):
+    """What runs a unit: ``packed_launcher.PackedLaunch``."""
+
+    def run_unit(self, unit: Unit) -> dict[int, JobReturn]: ...
+
+
+def run_unit_remote(launch: Launch, unit: Unit, singleton_state: dict) -> dict[int, JobReturn]:
     """One unit in a worker process, set up as hydra-submitit-launcher and hydra-ray-launcher set
     up a job in theirs: the sweep's Hydra state (``Singleton``) restored first. The line printed
     says which process ran which unit, and which GPU it saw."""

@@ -20,7 +20,7 @@ GRID = ["trainer.max_epochs=1", "optimizer.lr=0.00001,0.00002,0.00003", "hydra.l
 UNIT = re.compile(r"unit: (jobs? [\d, ]+) in process (\d+) \(CUDA_VISIBLE_DEVICES=([\w,]*)\)")
 
 
-def sweep(tmp_path, data_dir, name: str, *launcher: str) -> tuple:
+def sweep(tmp_path, data_dir, name: str, *launcher: str, env: dict | None = None) -> tuple:
     """The data dir goes in the config: Ray's workers do not get this environment."""
     sweep_dir = tmp_path / name
     result = run_cli(
@@ -32,6 +32,7 @@ def sweep(tmp_path, data_dir, name: str, *launcher: str) -> tuple:
         f"data.data_dir={data_dir}",
         f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path,
+        env=env,
     )
     return sweep_dir, result.stdout + result.stderr
 
@@ -75,6 +76,9 @@ def test_ray_runs_one_task_per_unit(in_process, tmp_path, synthetic_data_dir):
         "hydra.launcher.ray.init.address=null",  # a private Ray on this machine
         "+hydra.launcher.ray.init.num_cpus=2",
         "+hydra.launcher.ray.init.include_dashboard=false",
+        # else a new private Ray writes a token to ~/.ray/auth_token, which the `ray start`
+        # cluster of test_launchers.py then takes up and its driver is refused
+        env={"RAY_AUTH_MODE": "disabled"},
     )
     assert "Launching 3 jobs as 2 Ray tasks: 2 in 1 packs, 1 alone" in output
     # the lines Ray's tasks print, under Ray's (possibly coloured) prefix
