@@ -7,7 +7,10 @@ Then, unlike it, it splits the jobs into packs (``pack_groups``: what must match
 pack cannot do) and trains each pack as one model on one device (``packed_training``); each
 packed job is recorded as its solo run (``packed_job``). A job that cannot pack, a pack's
 remainder of one, and the jobs of a pack that ``Pack`` refuses run through ``run_job`` with the
-task function, exactly as with the basic launcher.
+task function, exactly as with the basic launcher. A pack, or a job alone, is a unit
+(``launch_units``): ``plan`` makes them, ``run_unit`` runs one, here, in one GPU's worker
+process (``gpu_workers``), or in a submitit job or Ray task (the launchers of
+``hydra_plugins/mnist_lab_packed_launcher/packed_submitit.py`` and ``packed_ray.py``).
 
 For a packed job, ``run_job`` runs a task function that claims its folder and writes
 ``.hydra/`` (as ``train.run`` does first); its training comes after, with its pack, and its
@@ -80,9 +83,8 @@ def pack_device(cfg: DictConfig) -> torch.device:
 class PackedLaunch:
     """What ``hydra/launcher=packed`` does (``hydra_plugins/mnist_lab_packed_launcher``, the
     Launcher Hydra instantiates, hands its settings and ``launch`` calls here): ``plan`` splits
-    the sweep into units, ``run_unit`` runs one. The cluster launchers
-    (``hydra_plugins/mnist_lab_packed_launcher/packed_submitit.py``, ``packed_ray.py``) pickle
-    this object with a unit and call ``run_unit_remote`` where the unit runs."""
+    the sweep into units, ``run_unit`` runs one. Picklable: the GPU workers and the submitit
+    and Ray launchers get it with a unit and call ``launch_units.run_unit_remote``."""
 
     def __init__(
         self,
