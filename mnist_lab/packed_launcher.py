@@ -107,12 +107,24 @@ class PackedLaunch:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, raise_terminated)  # as train.main: SIGTERM is handled like Ctrl-C
         units = self.plan(job_overrides, initial_job_idx)
-        gpus = visible_gpus(self.gpus)
+        gpus = self.gpus_for(units)
         if len(gpus) > 1 and len(units) > 1:
             log.info(describe(units, f"on {len(gpus)} GPUs ({', '.join(gpus)})"))
             return self.gather(units, run_on_gpus(self, units, gpus, Singleton.get_state()))
         log.info(describe(units, "locally"))  # in this process, one unit after another
         return self.gather(units, [self.run_unit(unit) for unit in units])
+
+    def gpus_for(self, units: list[Unit]) -> list[str]:
+        """The GPUs to spread the units over (``gpu_workers.visible_gpus``): none if a job uses
+        several devices (a worker sees one GPU), and with ``gpus=auto`` none unless every job runs
+        on a GPU (a CPU sweep stays in this process; a number spreads it anyway)."""
+        tasks = [task for unit in units for task in unit.tasks]
+        if any(str(task.trainer.get("devices")) != "1" for task in tasks):
+            return []
+        on_gpu = [DEVICES.get(str(task.trainer.get("accelerator")), "other") for task in tasks]
+        if self.gpus == "auto" and not all(d == "cuda" or (d == "auto" and torch.cuda.is_available()) for d in on_gpu):
+            return []
+        return visible_gpus(self.gpus)
 
     def plan(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Unit]:
         """Every job's config composed, as BasicLauncher composes it, and the jobs split into units

@@ -98,6 +98,27 @@ def test_units_spread_over_faked_gpus_one_worker_process_each(in_process, tmp_pa
     assert_same_jobs(sweep_dir, in_process, output)
 
 
+def test_units_spread_over_gpus_only_when_each_job_uses_one_device(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from mnist_lab.launch_units import Unit
+    from mnist_lab.packed_launcher import PackedLaunch
+
+    def units(**trainer) -> list[Unit]:
+        task = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1, **trainer}})
+        return [Unit([0], [task], [task]), Unit([1], [task], [task])]
+
+    def gpus_for(gpus, **trainer) -> list[str]:
+        return PackedLaunch(1, None, None, None, gpus).gpus_for(units(**trainer))
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpus_for(3) == ["0", "1", "2"] and gpus_for(2, accelerator="cpu") == ["0", "1"]
+    assert gpus_for(3, devices=2) == [] and gpus_for(3, accelerator="gpu", devices="2") == []
+    assert gpus_for("auto", accelerator="cpu") == []  # a CPU sweep stays in one process
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # the GPUs this process was given
+    assert gpus_for(2) == ["4", "6"]
+
+
 @pytest.mark.parametrize(
     "launcher, setting, sentence",
     [
