@@ -3,18 +3,19 @@ process (a submitit job, a Ray task, one GPU's worker) runs one."""
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Protocol
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 
 @dataclass
 class Unit:
-    """A pack, or one job alone (``resume``: a job of a resumed sweep that has a record).
+    """A pack, or one job alone (``resume``: jobs of a resumed sweep, each run alone).
     ``jobs`` are the jobs' places in the sweep's ``job_overrides``, ``configs`` their composed
     configs and ``tasks`` what their task function gets (``configs`` without ``hydra``)."""
 
@@ -22,6 +23,16 @@ class Unit:
     configs: list[DictConfig]
     tasks: list[DictConfig]
     resume: bool = False
+
+    def resumed(self) -> Unit:
+        """The unit again, each of its jobs alone with ``ckpt_path=last``, as a resumed sweep runs
+        a job that has a record (a finished one is left as it is, the others resume from their
+        last.ckpt): what a requeued submitit job runs."""
+        configs, tasks = copy.deepcopy(self.configs), copy.deepcopy(self.tasks)
+        for config in [*configs, *tasks]:
+            with read_write(config), open_dict(config):
+                config.ckpt_path = "last"
+        return Unit(self.jobs, configs, tasks, resume=True)
 
     def __str__(self) -> str:
         return f"job{'s' if len(self.jobs) > 1 else ''} {', '.join(map(str, self.jobs))}"

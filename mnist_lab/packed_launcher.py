@@ -158,8 +158,9 @@ class PackedLaunch:
         """One unit's jobs trained and recorded: {job's place in the sweep: its JobReturn}. A pack
         whose jobs cannot pack here (on a machine that is not the one that planned it, e.g. one
         with a GPU) trains its jobs one by one."""
-        if len(unit.jobs) == 1:
-            return {unit.jobs[0]: self._run_alone(unit.configs[0], self._resume if unit.resume else None)}
+        if unit.resume or len(unit.jobs) == 1:
+            resume = self._resume if unit.resume else None
+            return {i: self._run_alone(config, resume) for i, config in zip(unit.jobs, unit.configs, strict=True)}
         reason = why_solo(unit.tasks[0])
         if reason is not None:
             log.info(f"{unit} train one by one: {reason}")

@@ -6,10 +6,16 @@ job records as the packed launcher running every unit in its own process."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
+from mnist_lab import report
 from tests.conftest import QUICK, read_metrics, run_cli
 from tests.test_packed_launcher import assert_same_record
 
@@ -65,6 +71,30 @@ def test_slurm_local_runs_one_submitit_job_per_unit(in_process, tmp_path, synthe
     units = sorted(UNIT.search(log.read_text()).group(1) for log in logs)
     assert units == ["job 2", "jobs 0, 1"]
     assert_same_jobs(sweep_dir, in_process, output)
+
+
+def test_a_preempted_submitit_unit_is_requeued_and_its_jobs_resume_from_last_ckpt(tmp_path, synthetic_data_dir):
+    """SIGUSR2 is what submitit's local jobs get for a preemption (SLURM's requeue)."""
+    sweep_dir, epochs = tmp_path / "preempted", 12
+    args = [*QUICK, f"trainer.max_epochs={epochs}", "optimizer.lr=0.00001,0.00002", "hydra/launcher=slurm_local"]
+    args += ["hydra.launcher.pack_size=2", f"data.data_dir={synthetic_data_dir}", f"hydra.sweep.dir={sweep_dir}"]
+    sweep = subprocess.Popen([sys.executable, "-m", "mnist_lab.train", "-m", *args], cwd=tmp_path, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(sweep_dir.glob("[01]_*/checkpoints/last.ckpt"))) < 2:  # both jobs past their first epoch
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    (log,) = (sweep_dir / ".submitit").glob("*/*_log.out")
+    os.kill(int(UNIT.search(log.read_text()).group(2)), signal.SIGUSR2)
+    assert sweep.wait(timeout=600) == 0
+    assert log.read_text().count("unit: jobs 0, 1") == 2  # the unit ran again, requeued
+    jobs = list(sweep_dir.glob("[01]_*"))
+    assert len(jobs) == 2
+    for job in jobs:
+        record = read_metrics(job)
+        assert record["status"] == "ok" and record["epochs"] == epochs, record
+        steps = [event.step for event in report._loss_events(job)]
+        assert set(steps) == set(range(1, 40 * epochs + 1))
+        assert steps.count(1) == 1  # resumed from its last.ckpt, not trained again from step 1
 
 
 def test_ray_runs_one_task_per_unit(in_process, tmp_path, synthetic_data_dir):

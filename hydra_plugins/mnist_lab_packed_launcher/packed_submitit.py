@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict, read_write
 
 from hydra_plugins.mnist_lab_packed_launcher.packed_launcher import checked_pack_size
 
@@ -43,11 +43,18 @@ if BaseSubmititLauncher is not None:
             from mnist_lab.packed_launcher import PackedLaunch
 
             Singleton.set_state(singleton_state)
-            for config in unit.configs:
-                with open_dict(config.hydra.job):
+            for config in unit.configs:  # (read-only once Hydra's run_job ran them: a requeued unit's)
+                with read_write(config.hydra.job), open_dict(config.hydra.job):
                     config.hydra.job.id = submitit.JobEnvironment().job_id
             launch = PackedLaunch(self.pack_size, self.hydra_context, self.task_function, self.config)
             return run_unit_remote(launch, unit, singleton_state)
+
+        def checkpoint(self, unit, singleton_state: dict):
+            """What submitit runs when SLURM requeues the unit (preempted, or timed out with
+            ``max_num_timeout`` left): its jobs resumed, each alone from its last.ckpt."""
+            import submitit
+
+            return submitit.helpers.DelayedSubmission(self, unit.resumed(), singleton_state)
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             from mnist_lab.launch_units import describe
