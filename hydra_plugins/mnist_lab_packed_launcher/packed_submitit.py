@@ -1,4 +1,4 @@
-"""``hydra/launcher=slurm`` and ``submitit_local`` (conf/hydra/launcher/): hydra-submitit-launcher's
+"""``hydra/launcher=slurm`` and ``slurm_local`` (conf/hydra/launcher/): hydra-submitit-launcher's
 launchers, each unit of a packed sweep (a pack, or a job alone) one submitit job instead of each
 job. ``launch`` plans the units as ``hydra/launcher=packed`` does (``mnist_lab.packed_launcher``)
 and submits them as the plugin submits jobs; every key of the plugin's config works, and
