@@ -157,7 +157,12 @@ class PackedLaunch:
     def run_unit(self, unit: Unit) -> dict[int, JobReturn]:
         """One unit's jobs trained and recorded: {job's place in the sweep: its JobReturn}. A pack
         whose jobs cannot pack here (on a machine that is not the one that planned it, e.g. one
-        with a GPU) trains its jobs one by one."""
+        with a GPU) trains its jobs one by one. A unit whose jobs have records already is one run
+        again (a Ray task retried after its worker died, a requeued submitit job): its jobs
+        resume, as in a resumed sweep."""
+        if not unit.resume and any((job_dir(config) / METRICS_FILE).exists() for config in unit.configs):
+            log.info(f"{unit} ran before: resumed")
+            unit = unit.resumed()
         if unit.resume or len(unit.jobs) == 1:
             resume = self._resume if unit.resume else None
             return {i: self._run_alone(config, resume) for i, config in zip(unit.jobs, unit.configs, strict=True)}

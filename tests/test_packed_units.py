@@ -73,20 +73,45 @@ def test_slurm_local_runs_one_submitit_job_per_unit(in_process, tmp_path, synthe
     assert_same_jobs(sweep_dir, in_process, output)
 
 
-def test_a_preempted_submitit_unit_is_requeued_and_its_jobs_resume_from_last_ckpt(tmp_path, synthetic_data_dir):
-    """SIGUSR2 is what submitit's local jobs get for a preemption (SLURM's requeue)."""
-    sweep_dir, epochs = tmp_path / "preempted", 12
-    args = [*QUICK, f"trainer.max_epochs={epochs}", "optimizer.lr=0.00001,0.00002", "hydra/launcher=slurm_local"]
+PRIVATE_RAY = [
+    "hydra.launcher.ray.init.address=null",  # a private Ray on this machine
+    "+hydra.launcher.ray.init.num_cpus=2",
+    "+hydra.launcher.ray.init.include_dashboard=false",
+]
+# else a new private Ray writes a token to ~/.ray/auth_token, which the `ray start` cluster of
+# test_launchers.py then takes up and its driver is refused
+NO_RAY_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.mark.parametrize(
+    "launcher, stop",
+    [
+        (["hydra/launcher=slurm_local"], signal.SIGUSR2),  # submitit's preemption signal: a requeue
+        (["hydra/launcher=ray_cluster", *PRIVATE_RAY], signal.SIGKILL),  # its worker dies: Ray retries the task
+    ],
+    ids=["submitit_requeue", "ray_retry"],
+)
+def test_a_unit_stopped_and_run_again_resumes_its_jobs_from_last_ckpt(launcher, stop, tmp_path, synthetic_data_dir):
+    sweep_dir, epochs = tmp_path / "stopped", 12
+    args = [*QUICK, f"trainer.max_epochs={epochs}", "optimizer.lr=0.00001,0.00002", *launcher]
     args += ["hydra.launcher.pack_size=2", f"data.data_dir={synthetic_data_dir}", f"hydra.sweep.dir={sweep_dir}"]
-    sweep = subprocess.Popen([sys.executable, "-m", "mnist_lab.train", "-m", *args], cwd=tmp_path, text=True)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "mnist_lab.train", "-m", *args],
+        cwd=tmp_path,
+        env={**os.environ, **NO_RAY_TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while len(list(sweep_dir.glob("[01]_*/checkpoints/last.ckpt"))) < 2:  # both jobs past their first epoch
         assert sweep.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    (log,) = (sweep_dir / ".submitit").glob("*/*_log.out")
-    os.kill(int(UNIT.search(log.read_text()).group(2)), signal.SIGUSR2)
-    assert sweep.wait(timeout=600) == 0
-    assert log.read_text().count("unit: jobs 0, 1") == 2  # the unit ran again, requeued
+    (events,) = sweep_dir.glob("0_*/tensorboard/events.out.tfevents.*")  # named after the process writing it
+    os.kill(int(events.name.split(".")[-2]), stop)
+    output = sweep.communicate(timeout=600)[0]
+    assert sweep.returncode == 0, output[-3000:]
+    assert "sweep: 2 jobs, 2 ok, 0 diverged, 0 failed" in output
     jobs = list(sweep_dir.glob("[01]_*"))
     assert len(jobs) == 2
     for job in jobs:
@@ -103,12 +128,8 @@ def test_ray_runs_one_task_per_unit(in_process, tmp_path, synthetic_data_dir):
         synthetic_data_dir,
         "ray",
         "hydra/launcher=ray_cluster",
-        "hydra.launcher.ray.init.address=null",  # a private Ray on this machine
-        "+hydra.launcher.ray.init.num_cpus=2",
-        "+hydra.launcher.ray.init.include_dashboard=false",
-        # else a new private Ray writes a token to ~/.ray/auth_token, which the `ray start`
-        # cluster of test_launchers.py then takes up and its driver is refused
-        env={"RAY_AUTH_MODE": "disabled"},
+        *PRIVATE_RAY,
+        env=NO_RAY_TOKEN,
     )
     assert "Launching 3 jobs as 2 Ray tasks: 2 in 1 packs, 1 alone" in output
     # the lines Ray's tasks print, under Ray's (possibly coloured) prefix
