@@ -33,10 +33,17 @@ _worker: tuple = ()  # in a worker process: (the launch, Hydra's state), set by 
 def visible_gpus(gpus: int | str) -> list[str]:
     """The GPUs to spread units over, as ``CUDA_VISIBLE_DEVICES`` values: ``auto``, every GPU this
     process sees; a number, the first that many of them (``CUDA_VISIBLE_DEVICES``' own list when
-    it is set, else 0, 1, ...; more than there are fakes GPUs: their workers see none and run on
-    the CPU, which is how the tests run this on a machine without GPUs)."""
+    it is set, else 0, 1, ...). More than this process sees is refused, except on a machine with
+    no GPU and no ``CUDA_VISIBLE_DEVICES``, where a number fakes GPUs: their workers see none and
+    run on the CPU, which is how the tests run this."""
     count = torch.cuda.device_count() if gpus == "auto" else int(gpus)
     listed = [gpu.strip() for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    available = len(listed) if listed else torch.cuda.device_count()
+    if (listed or torch.cuda.is_available()) and count > available:  # never a GPU this process was not given
+        raise ValueError(
+            f"hydra.launcher.gpus={gpus} asks for more GPUs than the {available} this process sees; "
+            f"use hydra.launcher.gpus=auto or a number up to {available}."
+        )
     return [listed[n] if n < len(listed) else str(n) for n in range(count)]
 
 

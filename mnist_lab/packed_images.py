@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 from torchvision.utils import make_grid
 
-from mnist_lab.data import DeviceBatches
+from mnist_lab.data import SAMPLES_PER_CALL, DeviceBatches
 from mnist_lab.tensorboard_images import (
     GRID_COLUMNS,
     confusion_matrix_figure,
@@ -37,8 +37,10 @@ class PackedImages:
         return cls(settings, tensorboard[0].experiment) if settings is not None and tensorboard else None
 
     def samples(self, batches: DeviceBatches) -> None:
-        """``train/samples``: the solo run's first training item starts with these rows."""
-        rows = batches.order()[: self.max_images]
+        """``train/samples``: the first ``max_images`` images of the solo run's first training
+        item, which holds ``SAMPLES_PER_CALL // batch_size`` batches (at least one)."""
+        first_item = batches.batch_size * max(1, SAMPLES_PER_CALL // batches.batch_size)
+        rows = batches.order()[:first_item][: self.max_images]
         grid = make_grid(to_pixels(batches.x.index_select(0, rows).float().cpu()), nrow=GRID_COLUMNS, pad_value=1.0)
         self.writer.add_image("train/samples", grid, 0)
 

@@ -65,8 +65,10 @@ def test_presets_are_the_plugins_launchers_with_our_settings():
         assert launcher("local_parallel").n_jobs == 2
         slurm = launcher("slurm")
         assert slurm._target_.endswith("PackedSlurmLauncher") and slurm.gpus_per_node == 1
-        assert slurm.pack_size == "auto" and launcher("slurm_local")._target_.endswith("PackedLocalLauncher")
-        assert launcher("ray_gpus").ray.remote.num_gpus == 1 and launcher("ray_gpus").pack_size == "auto"
+        # GPU presets: one job per task until GPU jobs pack (a pack would run its jobs in a row there)
+        assert slurm.pack_size == 1 and launcher("slurm_local")._target_.endswith("PackedLocalLauncher")
+        assert launcher("ray_gpus").ray.remote.num_gpus == 1 and launcher("ray_gpus").pack_size == 1
+        assert launcher("ray_cluster").ray.remote.num_gpus == 0 and launcher("ray_cluster").pack_size == "auto"
         for key in ("partition", "timeout_min", "array_parallelism", "cpus_per_task", "setup"):
             assert key in slurm, key
 

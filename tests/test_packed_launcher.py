@@ -285,3 +285,28 @@ def test_a_bad_pack_size_is_one_sentence(tmp_path, synthetic_data_dir):
     )
     assert result.returncode != 0
     assert result.stderr.strip() == "error: hydra.launcher.pack_size=0 must be auto or a whole number of at least 1."
+
+
+@pytest.mark.parametrize("batch_size", [5, 64])
+def test_a_packed_jobs_sample_grid_is_its_solo_runs_first_training_item(batch_size):
+    from omegaconf import OmegaConf
+    from torchvision.utils import make_grid
+
+    from mnist_lab.data import SAMPLES_PER_CALL, DeviceBatches
+    from mnist_lab.packed_images import PackedImages
+    from mnist_lab.tensorboard_images import GRID_COLUMNS, to_pixels
+
+    x, y = torch.randn(200, 1, 28, 28), torch.randint(0, 10, (200,))
+    solo = DeviceBatches(x, y, batch_size, shuffle=True, seed=3, group=max(1, SAMPLES_PER_CALL // batch_size))
+    first, _ = next(iter(solo))  # what TensorBoardImages.on_train_start draws from
+    written = {}
+
+    class Writer:
+        def add_image(self, tag, image, step):
+            written[tag] = (image, step)
+
+    images = PackedImages(OmegaConf.create({"max_images": 32}), Writer())
+    images.samples(DeviceBatches(x, y, batch_size, shuffle=True, seed=3))  # the pack's loader: one batch an item
+    grid, step = written["train/samples"]
+    assert step == 0
+    torch.testing.assert_close(grid, make_grid(to_pixels(first[:32]), nrow=GRID_COLUMNS, pad_value=1.0), rtol=0, atol=0)

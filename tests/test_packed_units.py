@@ -150,6 +150,7 @@ def test_units_spread_over_faked_gpus_one_worker_process_each(in_process, tmp_pa
 
 
 def test_units_spread_over_gpus_only_when_each_job_uses_one_device(monkeypatch):
+    import torch
     from omegaconf import OmegaConf
 
     from mnist_lab.launch_units import Unit
@@ -168,6 +169,15 @@ def test_units_spread_over_gpus_only_when_each_job_uses_one_device(monkeypatch):
     assert gpus_for("auto", accelerator="cpu") == []  # a CPU sweep stays in one process
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # the GPUs this process was given
     assert gpus_for(2) == ["4", "6"]
+    with pytest.raises(ValueError, match=r"hydra.launcher.gpus=3 asks for more GPUs than the 2 this process sees"):
+        gpus_for(3)  # never a GPU outside the process's own list
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert gpus_for("auto", accelerator="gpu") == ["0", "1"] and gpus_for("auto", accelerator="auto") == ["0", "1"]
+    assert gpus_for("auto", accelerator="cpu") == [] and gpus_for("auto", accelerator="gpu", devices=2) == []
+    with pytest.raises(ValueError, match="use hydra.launcher.gpus=auto or a number up to 2"):
+        gpus_for(4)
 
 
 @pytest.mark.parametrize(
