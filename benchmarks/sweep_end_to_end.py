@@ -11,6 +11,10 @@ largest difference is printed).
 
     python -m benchmarks.sweep_end_to_end [--grid softmax_seeds mlp_lr mlp_batch_16]
                                           [--repeats 2] [--data-dir data] [--out /tmp/e2e]
+    python -m benchmarks.sweep_end_to_end --compare <basic sweep dir> <packed sweep dir>
+
+``--compare`` reads two finished sweeps of the same grid and prints, per job, the first step at
+which its per-step losses differ by more than 1e-6 and 1e-2 relative, and both best val accs.
 
 ``sweep.py`` times the training steps alone; this times what those steps are part of.
 """
@@ -69,13 +73,52 @@ def records(sweep_dir: Path) -> dict[str, dict]:
     return found
 
 
+def first_step_apart(ours: list[float], theirs: list[float], relative: float) -> int | None:
+    """The first step (1-based) whose losses differ by more than ``relative``, or None."""
+    for step, (a, b) in enumerate(zip(ours, theirs, strict=True), start=1):
+        if abs(a - b) > relative * abs(b):
+            return step
+    return None
+
+
+def agreement(basic_dir: Path, packed_dir: Path) -> dict[str, dict]:
+    """Per job: the first step at which its packed and basic per-step losses (TensorBoard's
+    ``train/loss``) differ by more than 1e-6 and 1e-2 relative, and its two best val accs."""
+    from mnist_lab import report  # imports torch and tensorboard: only here
+
+    rows = {}
+    for job in sorted(p.name for p in basic_dir.iterdir() if (p / "metrics.json").is_file()):
+        _, basic = report.step_losses(basic_dir / job)
+        _, packed = report.step_losses(packed_dir / job)
+        rows[job] = {
+            "steps": len(basic),
+            "apart_1e-6": first_step_apart(packed, basic, 1e-6),
+            "apart_1e-2": first_step_apart(packed, basic, 1e-2),
+            "best_val_acc": [
+                round(json.loads((d / job / "metrics.json").read_text())["best_val_acc"], 4)
+                for d in (basic_dir, packed_dir)
+            ],
+        }
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BASIC_SWEEP", "PACKED_SWEEP"),
+        help="only compare two finished sweeps job by job (per-step losses, best val acc), run nothing",
+    )
     parser.add_argument("--grid", nargs="+", default=["softmax_seeds", "mlp_lr", "mlp_batch_16"], choices=list(GRIDS))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_LAB_DATA_DIR", "data"))
     parser.add_argument("--out", default="/tmp/sweep_end_to_end", help="the sweeps' folders (replaced)")
     args = parser.parse_args()
+    if args.compare:
+        for job, row in agreement(Path(args.compare[0]), Path(args.compare[1])).items():
+            print(json.dumps({"job": job, **row}))
+        return
     for name in args.grid:
         times: dict[str, list[float]] = {"basic": [], "packed": []}
         found: dict[str, dict] = {}
