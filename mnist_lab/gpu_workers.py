@@ -47,14 +47,16 @@ def visible_gpus(gpus: int | str) -> list[str]:
     return [listed[n] if n < len(listed) else str(n) for n in range(count)]
 
 
-def _start_worker(launch: bytes, gpu_ids, ready, singleton_state: bytes) -> None:
+def _start_worker(launch: bytes, gpu_ids, ready, stopping, singleton_state: bytes) -> None:
     """A worker's initializer: its GPU (before anything in it touches CUDA), then it waits until
     every worker is up, so that the first units go one to each GPU."""
     global _worker
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu_ids.get()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)  # as the launching process handles it
-    _worker = (cloudpickle.loads(launch), cloudpickle.loads(singleton_state))
+    # Ctrl-C reaches every process of the terminal's group: the launching process alone handles
+    # it, and stops the workers with SIGTERM (run_on_gpus). Idle, a worker ends quietly on it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker = (cloudpickle.loads(launch), cloudpickle.loads(singleton_state), stopping)
     try:
         ready.wait(timeout=READY_TIMEOUT_S)
     except threading.BrokenBarrierError:
@@ -64,8 +66,14 @@ def _start_worker(launch: bytes, gpu_ids, ready, singleton_state: bytes) -> None
 def _run(unit: Unit) -> bytes:
     """The unit's job returns, pickled by cloudpickle too (they hold Hydra's structured configs,
     whose classes the standard pickle does not find by name)."""
-    launch, singleton_state = _worker
-    return cloudpickle.dumps(run_unit_remote(launch, unit, singleton_state))
+    launch, singleton_state, stopping = _worker
+    if stopping.is_set():  # the sweep was stopped: a unit already handed to this worker does not start
+        return cloudpickle.dumps({})
+    signal.signal(signal.SIGTERM, raise_terminated)  # while a unit runs: its jobs recorded as interrupted
+    try:
+        return cloudpickle.dumps(run_unit_remote(launch, unit, singleton_state))
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_on_gpus(
@@ -77,12 +85,20 @@ def run_on_gpus(
     gpu_ids = context.Queue()
     for gpu in gpus[:workers]:
         gpu_ids.put(gpu)
-    ready = context.Barrier(workers)
-    initargs = (cloudpickle.dumps(launch), gpu_ids, ready, cloudpickle.dumps(singleton_state))
+    ready, stopping = context.Barrier(workers), context.Event()
+    initargs = (cloudpickle.dumps(launch), gpu_ids, ready, stopping, cloudpickle.dumps(singleton_state))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=initargs) as pool:
         futures = [pool.submit(_run, unit) for unit in units]
         try:
             return [cloudpickle.loads(future.result()) for future in futures]
-        except BaseException:  # Ctrl-C (the workers get it too and record their jobs), or a worker's exit
-            pool.shutdown(cancel_futures=True)  # no unit starts after it
+        except BaseException:  # Ctrl-C or SIGTERM here, or a worker's failure
+            stopping.set()  # no unit starts after it (the pool hands some to its workers ahead)
+            for future in futures:
+                future.cancel()
+            # The pool has no call that signals its workers (shutdown waits for the running
+            # units), so each is sent SIGTERM: a running unit records its jobs as interrupted.
+            for process in list(pool._processes.values()):
+                if process.is_alive():
+                    process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise

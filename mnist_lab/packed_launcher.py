@@ -50,6 +50,7 @@ from mnist_lab.pack_groups import DEVICES, split_into_packs, why_solo
 from mnist_lab.pack_size import probe_pack_size
 from mnist_lab.packed_job import PackedJob
 from mnist_lab.packed_training import train_pack
+from mnist_lab.run_record import Terminated
 from mnist_lab.train import EXIT_INTERRUPTED, raise_terminated, summary_line
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,15 @@ class PackedLaunch:
         gpus = self.gpus_for(units)
         if len(gpus) > 1 and len(units) > 1:
             log.info(describe(units, f"on {len(gpus)} GPUs ({', '.join(gpus)})"))
-            return self.gather(units, run_on_gpus(self, units, gpus, Singleton.get_state()))
+            try:
+                return self.gather(units, run_on_gpus(self, units, gpus, Singleton.get_state()))
+            except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the workers recorded their running jobs
+                print(
+                    "interrupted: the running jobs are recorded as interrupted; resume with: the same command, "
+                    f"hydra.sweep.dir={self.config.hydra.sweep.dir} ckpt_path=last",
+                    file=sys.stderr,
+                )
+                sys.exit(EXIT_INTERRUPTED["SIGTERM" if isinstance(stop, Terminated) else "SIGINT"])
         log.info(describe(units, "locally"))  # in this process, one unit after another
         return self.gather(units, [self.run_unit(unit) for unit in units])
 

@@ -209,3 +209,34 @@ def test_a_bad_launcher_setting_is_one_sentence(tmp_path, launcher, setting, sen
     )
     assert result.returncode != 0 and result.stderr.strip() == sentence
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"])
+def test_a_sweep_over_gpus_stopped_records_its_running_jobs_and_starts_no_other(
+    stop, code, tmp_path, synthetic_data_dir
+):
+    sweep_dir = tmp_path / "stopped"
+    args = [*QUICK, "trainer.max_epochs=50", "optimizer.lr=0.00001,0.00002,0.00003", "hydra/launcher=packed"]
+    args += ["hydra.launcher.pack_size=1", "hydra.launcher.gpus=2", f"data.data_dir={synthetic_data_dir}"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "mnist_lab.train", "-m", *args, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    deadline = time.monotonic() + 300
+    while len(list(sweep_dir.glob("[01]_*/checkpoints/last.ckpt"))) < 2:  # both workers' jobs training
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    if stop == signal.SIGINT:
+        os.killpg(sweep.pid, stop)  # Ctrl-C reaches every process of the group, the workers too
+    else:
+        sweep.send_signal(stop)  # kill <pid>, or a scheduler's SIGTERM: the launching process only
+    output = sweep.communicate(timeout=120)[0]
+    assert sweep.returncode == code, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert "interrupted: the running jobs are recorded as interrupted; resume with: the same command" in output
+    assert [read_metrics(job)["status"] for job in sorted(sweep_dir.glob("[01]_*"))] == ["interrupted"] * 2
+    assert not list(sweep_dir.glob("2_*/metrics.json")), "the third job must not start after the stop"
