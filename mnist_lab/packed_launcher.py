@@ -174,11 +174,11 @@ class PackedLaunch:
             unit = unit.resumed()
         if unit.resume or len(unit.jobs) == 1:
             resume = self._resume if unit.resume else None
-            return {i: self._run_alone(config, resume) for i, config in zip(unit.jobs, unit.configs, strict=True)}
+            return self._each_alone(unit, resume)
         reason = why_solo(unit.tasks[0])
         if reason is not None:
             log.info(f"{unit} train one by one: {reason}")
-            return {i: self._run_alone(config) for i, config in zip(unit.jobs, unit.configs, strict=True)}
+            return self._each_alone(unit)
         return self._run_pack(unit)
 
     def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
@@ -217,6 +217,10 @@ class PackedLaunch:
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
+    def _each_alone(self, unit: Unit, task_function: TaskFunction | None = None) -> dict[int, JobReturn]:
+        """The unit's jobs one by one, each as ``_run_alone`` runs a job."""
+        return {i: self._run_alone(config, task_function) for i, config in zip(unit.jobs, unit.configs, strict=True)}
+
     def _resume(self, cfg: DictConfig) -> float | None:
         """A job of a resumed sweep (``ckpt_path=last``): a finished one (status ok or diverged)
         is left exactly as it is (its record, checkpoints and events); the others resume alone
@@ -235,7 +239,7 @@ class PackedLaunch:
             pack = Pack(unit.tasks, pack_device(unit.tasks[0]))
         except Exception as error:  # noqa: BLE001 - what Pack refuses trains as it would unpacked
             log.info(f"{unit} train one by one: {first_line(error)}")
-            return {i: self._run_alone(config) for i, config in zip(unit.jobs, unit.configs, strict=True)}
+            return self._each_alone(unit)
         jobs: dict[int, PackedJob] = {}
 
         def claim(k: int):
