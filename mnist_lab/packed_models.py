@@ -50,7 +50,13 @@ class _BatchedLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            # at batch 1 the product has one term: an outer product, the same numbers bit for bit,
+            # which a broadcast multiply computes 3x faster than bmm (20 us against 60 us for 5
+            # models, 784 -> 128, one thread of the 2-core AMD EPYC VM, 2026-11-30)
+            grad_t = grad.transpose(1, 2)
+            grad_weight = grad_t * x if x.shape[1] == 1 else torch.bmm(grad_t, x)
         grad_bias = grad.sum(dim=1, keepdim=True) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 

@@ -39,12 +39,12 @@ def test_a_packed_net_computes_each_solo_nets_logits_and_batch_norm_statistics(k
             torch.testing.assert_close(logits[i], solo(x[i]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", SOLO_NETS)
-def test_a_packed_nets_gradients_are_each_solo_nets(kind):
+@pytest.mark.parametrize(("kind", "batch"), [*((kind, 8) for kind in SOLO_NETS), ("linear", 1), ("cnn", 1)])
+def test_a_packed_nets_gradients_are_each_solo_nets(kind, batch):
     solos = solo_nets(kind, [0.0, 0.0, 0.0])
     packed = PackedNet(solos)
-    x = torch.randn(3, 8, 1, 28, 28, requires_grad=True)
-    y = torch.randint(0, 10, (3, 8))
+    x = torch.randn(3, batch, 1, 28, 28, requires_grad=True)  # batch 1: the weight gradients are outer products
+    y = torch.randint(0, 10, (3, batch))
     loss = sum(torch.nn.functional.cross_entropy(logits, y[i]) for i, logits in enumerate(packed(x)))
     loss.backward()
     for i, solo in enumerate(solos):
