@@ -13,13 +13,18 @@ each repeat's ratios, so a machine whose speed drifts shows as a spread. ``--wri
 times packs whose optimizer takes the path it takes off the CPU (``PackedOptimizer.grouped =
 False``: the formulas written out with hyperparameters as tensors), for comparison. The size
 ``mnist_lab.pack_size.probe_pack_size`` picks for the grid's first jobs is printed too.
+``--bound`` also profiles the packs (``torch.profiler``, a separate run of the same steps) and
+prints ``bound_<size>``: one-by-one time / the packs' matrix products alone (matmuls and
+convolutions, forward and backward, their self CPU time) - the ratio packing would reach if
+everything else in a packed step took no time. The matrix products are each job's own work,
+which no pack shares, so a ratio above the bound is out of reach on that machine.
 A pack size is kept only where it is never more than 10 % slower than one-by-one
 (``ratio >= 1 / 1.1``, ``mnist_lab.pack_size.SLACK``): the printed rule picks the fastest such
 size (``mnist_lab.pack_size`` makes the same choice from a short probe).
 
     python -m benchmarks.sweep [--grid softmax_seeds mlp_lr cnn_small_lr mlp_batch] [--steps 200]
                                [--sizes 2,4,8,16] [--device cpu|cuda] [--data-dir data]
-                               [--repeats 1] [--threads N] [--written-out]
+                               [--repeats 1] [--threads N] [--written-out] [--bound]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -34,6 +40,10 @@ from hydra import compose, initialize_config_dir
 from mnist_lab import train
 from mnist_lab.pack import Pack
 from mnist_lab.pack_size import SLACK, probe_pack_size, solo_steps, timed
+
+# torch.profiler's names of the matrix products of a step: linear layers (mm, addmm, bmm,
+# baddbmm: forward and both gradients) and convolutions (forward and backward, any backend)
+MATRIX_PRODUCT = re.compile(r"aten::(mm|addmm|bmm|baddbmm|\w*convolution\w*)")
 
 SEEDS = [f"seed={s}" for s in range(1, 6)]
 GRIDS = {
@@ -91,6 +101,17 @@ def packed_steps(cfgs, device: torch.device, grouped: bool | None = None):
             yield pack.step(x, y)
 
 
+def matrix_product_seconds(steps, count: int, warmup: int) -> float:
+    """Self CPU seconds of the matrix products in ``count`` steps after ``warmup``, profiled."""
+    for _ in range(warmup):
+        next(steps)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(count):
+            next(steps)
+    micros = sum(e.self_cpu_time_total for e in profile.key_averages() if MATRIX_PRODUCT.fullmatch(e.key))
+    return micros / 1e6
+
+
 def compare(cfgs, sizes: list[int], args, device: torch.device) -> dict:
     """One repeat: the grid one by one, then in packs of each size (and the other path)."""
     one_by_one = sum(timed(solo_steps(cfg, device), args.steps, args.warmup, device) for cfg in cfgs)
@@ -103,6 +124,12 @@ def compare(cfgs, sizes: list[int], args, device: torch.device) -> dict:
             )
             row[f"{label}packs_of_{size}_s"] = round(packed, 3)
             row[f"{label}ratio_{size}"] = round(one_by_one / packed, 2)
+        if args.bound:
+            products = sum(
+                matrix_product_seconds(packed_steps(pack, device), args.steps, args.warmup)
+                for pack in split(cfgs, size)
+            )
+            row[f"bound_{size}"] = round(one_by_one / products, 2)
     return row
 
 
@@ -118,6 +145,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--written-out", action="store_true", help="also time the optimizer's off-CPU path")
+    parser.add_argument("--bound", action="store_true", help="also profile the packs' matrix products (CPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
