@@ -8,7 +8,9 @@
 
 Each time is the training steps only (no validation, checkpoints or Lightning), after
 ``--warmup`` steps; the ratio is one-by-one time / packed time (above 1: packing is faster).
-``--repeats`` times the whole comparison again (one-by-one and packed interleaved) and prints
+``over_one_job_<size>`` is the packed time over one job's (one-by-one / jobs): the whole
+grid's cost in single jobs (the GPU target: a 64-job grid, ``mlp_lr_wd_64``, in <= 3 jobs'
+time). ``--repeats`` times the whole comparison again (one-by-one and packed interleaved) and prints
 each repeat's ratios, so a machine whose speed drifts shows as a spread. ``--written-out`` also
 times packs whose optimizer takes the path it takes off the CPU (``PackedOptimizer.grouped =
 False``: the formulas written out with hyperparameters as tensors), for comparison. The size
@@ -62,6 +64,15 @@ GRIDS = {
     # experiment=mlp_batch's grid with 5 seeds (batch sizes pack separately)
     "mlp_batch": (["experiment=mlp_batch"], [[f"data.batch_size={b}", s] for b in (1, 16, 64, 256) for s in SEEDS]),
 }
+# the GPU target's grid: 8 lr x 8 weight decay, experiment=mlp_lr's net and batch (AdamW)
+GRIDS["mlp_lr_wd_64"] = (
+    ["experiment=mlp_lr", "optimizer=adamw"],
+    [
+        [f"optimizer.lr={lr}", f"optimizer.weight_decay={wd}"]
+        for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+        for wd in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3)
+    ],
+)
 # each batch size of the mlp_batch study alone (its ratio per batch size)
 GRIDS.update(
     {
@@ -124,6 +135,7 @@ def compare(cfgs, sizes: list[int], args, device: torch.device) -> dict:
             )
             row[f"{label}packs_of_{size}_s"] = round(packed, 3)
             row[f"{label}ratio_{size}"] = round(one_by_one / packed, 2)
+            row[f"{label}over_one_job_{size}"] = round(packed / (one_by_one / len(cfgs)), 2)
         if args.bound:
             products = sum(
                 matrix_product_seconds(packed_steps(pack, device), args.steps, args.warmup)
