@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from mnist_lab.config_checks import as_config_error
 from mnist_lab.pack import Pack
 from mnist_lab.packed_job import PackedJob
 
@@ -20,8 +21,8 @@ from mnist_lab.packed_job import PackedJob
 def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
     """Train ``pack``; ``jobs`` maps a job's index in the pack to its record (jobs whose folder
     was refused have none: they train along, unrecorded). Returns each job's final record.
-    An error is recorded as every unfinished job's failure, then raised; Ctrl-C or SIGTERM as
-    their interruption."""
+    An error is recorded as every unfinished job's failure, then raised (running out of memory as
+    the ``ConfigError`` that says what to lower); Ctrl-C or SIGTERM as their interruption."""
     results: dict[int, dict] = {}
     live = dict(jobs)
     try:
@@ -61,7 +62,8 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
             job.interrupt(stop)
         raise
     except Exception as error:
+        error = as_config_error(error, pack.cfgs[0], pack.models)  # out of memory: what to lower
         for job in live.values():
             job.fail(error)
-        raise
+        raise error from None
     return results

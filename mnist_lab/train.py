@@ -34,7 +34,7 @@ from mnist_lab import CONF_DIR
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.checkpoint_checks import check_checkpoint
 from mnist_lab.classifier import Classifier
-from mnist_lab.config_checks import ConfigError, check_config, check_required, out_of_memory_message
+from mnist_lab.config_checks import ConfigError, as_config_error, check_config, check_required
 from mnist_lab.console import print_config, quiet_lightning, settings_line
 from mnist_lab.hydra_errors import hydra_errors_as_sentences, override_for_shell
 from mnist_lab.run_dir import claim_run_dir, resume_path, write_hydra_files
@@ -143,8 +143,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | 
     except Exception as error:
         if isinstance(error, InstantiationException) and error.__cause__ is not None:
             error = error.__cause__  # the constructor's own message, not Hydra's wrapper
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            error = ConfigError(out_of_memory_message(cfg))
+        error = as_config_error(error, cfg)  # out of memory: what to lower
         record.fail(error)
         raise error from None
     finally:  # each tracker run ends with its status, before a sweep's next job starts its own

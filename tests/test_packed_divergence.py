@@ -3,6 +3,10 @@ trains on as if it had never been there."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -89,3 +93,76 @@ def test_an_error_inside_a_pack_fails_its_jobs_and_keeps_what_they_had_finished(
         assert record["epochs"] == 1 and len(record["val_acc"]) == 1, "the finished epoch stays recorded"
         checkpoint = torch.load(tmp_path / f"job{k}" / "checkpoints" / "last.ckpt", weights_only=True)
         assert checkpoint["epoch"] == 0, "the first epoch's checkpoint is kept"
+
+
+# `python -m mnist_lab.train ...` whose packs run out of memory at their first step (as a GPU's
+# torch.OutOfMemoryError, faked on the CPU).
+OUT_OF_MEMORY_IN_A_PACK = """
+import runpy, sys, torch
+from mnist_lab.packed_step import PackedStep
+
+def out_of_memory(self, x, y):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+PackedStep.__call__ = out_of_memory
+sys.argv[0] = "mnist_lab.train"
+runpy.run_module("mnist_lab.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_pack_out_of_memory_is_one_sentence_in_each_jobs_record(tmp_path, synthetic_data_dir):
+    """As train.run: torch's out-of-memory error becomes the sentence that says what to lower,
+    here first the pack's size, printed and recorded for each of its jobs."""
+    sweep_dir = tmp_path / "sweep"
+    grid = ["optimizer.lr=0.0001,0.0002", "hydra/launcher=packed", "hydra.launcher.pack_size=2"]
+    result = subprocess.run(
+        [sys.executable, "-c", OUT_OF_MEMORY_IN_A_PACK, "-m", *BASE, *grid, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    sentence = (
+        "ConfigError: the GPU ran out of memory training a pack of 2 jobs with data.batch_size=64 and "
+        "data.eval_batch_size=1000 (validation and test batches); train fewer jobs per pack first "
+        "(hydra.launcher.pack_size=1: each job alone), then lower data.batch_size, data.eval_batch_size (e.g. "
+        "data.eval_batch_size=250) or the model's size, or use trainer=cpu."
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count(f"[failed] {sentence}  run ") == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Tried to allocate" not in result.stderr
+    records = [read_metrics(path.parent) for path in sweep_dir.glob("*/metrics.json")]
+    assert len(records) == 2
+    for record in records:
+        assert record["status"] == "failed" and record["error"] == sentence
+
+
+def test_a_pack_out_of_cpu_memory_names_the_cpu_and_the_pack(tmp_path, synthetic_data_dir):
+    from mnist_lab.config_checks import ConfigError
+    from mnist_lab.pack import Pack
+    from mnist_lab.packed_job import PackedJob
+    from mnist_lab.packed_training import train_pack
+
+    cfgs = [compose_train(*BASE, f"data.data_dir={synthetic_data_dir}", *job) for job in JOBS]
+    pack = Pack(cfgs)
+    jobs = {k: PackedJob(cfg, tmp_path / f"job{k}", [], tmp_path, k) for k, cfg in enumerate(cfgs)}
+    for job in jobs.values():
+        job.claim()
+
+    def out_of_memory(x, y):  # what torch's CPU allocator raises
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+            "to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    pack.step = out_of_memory
+    with pytest.raises(
+        ConfigError,
+        match=r"^the CPU ran out of memory training a pack of 3 jobs .*pack_size=2, or 1 to train each job alone\)",
+    ):
+        train_pack(pack, jobs)
+    for k in jobs:
+        error = read_metrics(tmp_path / f"job{k}")["error"]
+        assert error.startswith("ConfigError: the CPU ran out of memory training a pack of 3 jobs with data.batch_size")
