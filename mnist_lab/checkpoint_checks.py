@@ -52,7 +52,7 @@ def check_checkpoint(cfg: DictConfig, path: Path | None) -> None:
             f"ckpt_path={path} is not a checkpoint written by mnist_lab.train ({reason}); "
             "give a .ckpt file from a run's checkpoints/ folder."
         )
-    if checkpoint.get("packed") and "optimizer_states" not in checkpoint:  # packed_checkpoint.PACKED_KEY
+    if checkpoint.get("packed") and "optimizer_states" not in checkpoint:  # run_record.PACKED_FIELDS
         raise ConfigError(
             f"ckpt_path={path} was written by a packed sweep of an earlier version, whose checkpoints "
             "hold weights only (no optimizer or loop state); start a new run without ckpt_path."

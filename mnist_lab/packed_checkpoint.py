@@ -19,7 +19,8 @@ it with ``ckpt_path=last`` (``train.py``):
   are at that epoch's end and written by Lightning's own ``state_dict`` methods. Packs run
   without early stopping (``pack_groups.why_solo``), so no EarlyStopping state.
 
-``packed`` records how many jobs trained in the pack (information only).
+``packed`` and ``packed_epochs`` (``RunRecord.on_save_checkpoint``) record how many jobs trained
+in the pack, and for how many epochs (information only).
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from mnist_lab.packed_schedules import SCHEDULED
 from mnist_lab.run_record import RunRecord
 from mnist_lab.step import eager_optimizer_kwargs
 from mnist_lab.train import AtomicCheckpointIO, build_callbacks
-
-PACKED_KEY = "packed"  # in the checkpoint: how many jobs trained in its pack
 
 
 def optimizer_state(pack, i: int) -> dict:
@@ -158,7 +157,6 @@ def solo_checkpoint(
         "lr_schedulers": [schedulers[index].state_dict()] if schedulers else [],
         "hparams_name": None,
         "hyper_parameters": dict(module.hparams),
-        PACKED_KEY: pack.models,
     }
     module.on_save_checkpoint(checkpoint)
     record.on_save_checkpoint(None, module, checkpoint)

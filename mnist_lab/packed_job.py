@@ -79,6 +79,7 @@ class PackedJob:
             raise
         self.record.on_train_start(None, self.module)
         self.record.data["packed"] = pack.models  # jobs in its pack: train_time_s is the pack's time
+        self.record.data["packed_epochs"] = 0  # its epochs trained in the pack, so far
 
     @property
     def trainer(self) -> SimpleNamespace:
@@ -100,6 +101,7 @@ class PackedJob:
         for key, value in row.items():
             module.history[key].append(value)
         global_step = self.global_step = first_step + len(losses)
+        self.record.data["packed_epochs"] = epoch + 1  # before the checkpoints, which carry it
         if self.images is not None:
             self.images.validated(module.net, pack.val_x, pack.val_y, self.cfg.data.eval_batch_size, global_step)
         scalars = {

@@ -3,6 +3,10 @@
 Status is "running" while training, then "ok", "diverged" (NaN/inf loss; ``diverged_at_step``
 says where), "failed" (``error`` holds the first line of the error) or "interrupted" (Ctrl-C
 or SIGTERM; resume with ``ckpt_path=last``). A sweep's report reads these files.
+
+A job that trained in a pack (``packed_job``) has ``packed`` (the jobs in its pack) and
+``packed_epochs`` (how many of its epochs, the first ones, trained there: their time in
+``train_time_s`` is the pack's). Its checkpoints carry both, so a resume alone keeps them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ if TYPE_CHECKING:
     from mnist_lab.classifier import Classifier
 
 __all__ = ["METRICS_FILE", "RunRecord", "Terminated", "finite_or_none", "first_line", "write_json_atomic"]
+
+PACKED_FIELDS = ("packed", "packed_epochs")  # in metrics.json and checkpoints: the epochs trained in a pack
 
 
 def write_record(path: Path, data: dict, exclusive: bool = False) -> bool:
@@ -78,10 +84,14 @@ class RunRecord(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
         elapsed = time.perf_counter() - self.train_started if self.train_started else 0.0
         checkpoint["train_time_s"] = self.train_time_s + elapsed
+        checkpoint.update({key: self.data[key] for key in PACKED_FIELDS if key in self.data})
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
         if trainer.state.fn == "fit":  # resuming: add the training time before the interruption
             self.train_time_s = checkpoint.get("train_time_s", 0.0)
+            if checkpoint.get("packed"):  # its first epochs trained in a pack (an earlier version's: all of them)
+                self.data["packed"] = checkpoint["packed"]
+                self.data["packed_epochs"] = checkpoint.get("packed_epochs", checkpoint["epoch"] + 1)
 
     def on_train_start(self, trainer: L.Trainer, module: Classifier) -> None:
         self.train_started = time.perf_counter()

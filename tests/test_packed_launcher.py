@@ -74,6 +74,7 @@ def test_two_jobs_train_as_a_pack_and_the_remainder_alone(sweeps):
     for job in JOBS[:2]:  # packed checkpoints say so
         assert torch.load(packed / job / "checkpoints" / "last.ckpt", weights_only=True)["packed"] == 2
         assert read_metrics(packed / job)["packed"] == 2, "its train_time_s is its pack's: the record says so"
+        assert read_metrics(packed / job)["packed_epochs"] == 2, "both of its epochs trained in the pack"
     assert "packed" not in torch.load(packed / JOBS[2] / "checkpoints" / "last.ckpt", weights_only=True)
     assert "packed" not in read_metrics(packed / JOBS[2])
 
@@ -202,6 +203,14 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
     assert not (sweep_dir / JOBS[2]).exists()
 
     run_cli("mnist_lab.train", *args, "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir)
+    for job in JOBS[:2]:  # its first epoch in the pack, its second alone: the record and last.ckpt say so
+        record = read_metrics(sweep_dir / job)
+        last = torch.load(sweep_dir / job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert (record["epochs"], record.get("packed"), record.get("packed_epochs")) == (2, 2, 1), job
+        assert (last["epoch"], last.get("packed"), last.get("packed_epochs")) == (1, 2, 1), job
+    assert "packed" not in read_metrics(sweep_dir / JOBS[2]) and "packed_epochs" not in read_metrics(
+        sweep_dir / JOBS[2]
+    )
     for job in JOBS:
         ours, theirs = read_metrics(sweep_dir / job), read_metrics(packed / job)
         assert_same_record(ours, theirs, job)
