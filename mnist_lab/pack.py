@@ -75,7 +75,7 @@ class Pack:
             L.seed_everything(cfg.seed, verbose=False)
             solos.append(instantiate(cfg.model))
         self.net = PackedNet(solos).to(self.device)
-        self.net.seed_dropout(self._dropout_seeds())  # streams on the device (train_epoch reseeds them)
+        self.net.seed_dropout(self._dropout_seeds())  # train_epoch reseeds them at each epoch's start
         self.loss = PackedLoss([instantiate(cfg.loss) for cfg in cfgs]).to(self.device)
         make_optimizers = [instantiate(cfg.optimizer) for cfg in cfgs]
         self.make_optimizers = make_optimizers  # each job's solo optimizer (its checkpoints' format)

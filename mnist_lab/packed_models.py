@@ -219,8 +219,10 @@ class PackedNet(nn.Module):
         if len(shapes) > 1:
             raise ValueError(f"the nets of a pack differ in shape: {sorted(shapes)}")
         self.grouped_input = isinstance(per_model[0][0][0], nn.Conv2d)
-        # Each model's dropout stream (``seed_dropout``), shared by the dropout layers.
+        # Each model's dropout stream, shared by the dropout layers: seeded by ``seed_dropout``,
+        # made at the next training forward (``_start_dropout_streams``).
         self.generators = [torch.Generator() for _ in solos]
+        self._dropout_seeds: list[int] | None = None
         layers: list[nn.Module] = []
         channels = 1
         for position, (first, _) in enumerate(per_model[0]):
@@ -244,6 +246,8 @@ class PackedNet(nn.Module):
         self._solo_layer_types = tuple(PACKED)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self._dropout_seeds is not None:
+            self._start_dropout_streams(x.device)
         models, batch = x.shape[:2]
         if self.grouped_input:  # [M, B, C, H, W] -> [B, M * C, H, W]
             x = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])
@@ -253,9 +257,19 @@ class PackedNet(nn.Module):
 
     def seed_dropout(self, seeds: Sequence[int]) -> None:
         """Seed each model's dropout stream as ``torch.manual_seed(seeds[m])`` seeds the stream of
-        model m's solo run, on the device the net is on now (so call it after moving the net)."""
-        device = next(self.parameters()).device
-        self.generators[:] = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        model m's solo run; the streams start at the next training forward, on its input's device
+        (moving the net after that, in the middle of the streams, needs ``seed_dropout`` again)."""
+        self._dropout_seeds = [int(seed) for seed in seeds]
+
+    def _start_dropout_streams(self, device: torch.device) -> None:
+        # Made here, not in seed_dropout: a torch.Generator belongs to one device and does not
+        # follow the module's .to() (it is no parameter or buffer), so a stream made at seeding
+        # stays behind when the net moves before it trains, and bernoulli_ then refuses it or
+        # draws on the wrong device. A seed is all the state a stream has before its first draw,
+        # so making it at its first use, where the input is, gives the same masks; and no stream
+        # state has to be carried between device types (a CPU and a CUDA generator's differ).
+        self.generators[:] = [torch.Generator(device=device).manual_seed(seed) for seed in self._dropout_seeds]
+        self._dropout_seeds = None
 
     def copy_into(self, i: int, solo: nn.Module) -> nn.Module:
         """Write model ``i``'s parameters and buffers into ``solo`` (a fresh net of its config)."""

@@ -121,6 +121,41 @@ def test_each_packed_model_draws_its_solo_nets_dropout_masks(kind):
         torch.testing.assert_close(x.grad[i], solo_x.grad, rtol=1e-5, atol=1e-6, msg=f"model {i}")
 
 
+def test_dropout_streams_start_on_the_device_the_net_trains_on():
+    """Seeded before the net moves (here on the meta device, then built on the CPU), each model
+    still draws its solo run's masks: its stream is made where the net trains, not left behind
+    where it was seeded (a CPU generator next to a net moved to a GPU)."""
+    dropouts, seeds = [0.3, 0.0, 0.55], [11, 12, 13]
+    solos = solo_nets("mlp_bn", dropouts)
+    weights = PackedNet(solos).state_dict()
+    packed = PackedNet(solos).to("meta").train()
+    packed.seed_dropout(seeds)
+    packed = packed.to_empty(device="cpu")
+    packed.load_state_dict(weights)
+    x = torch.randn(3, 8, 1, 28, 28)
+    logits = [packed(x) for _ in range(2)]
+    assert all(g.device == x.device for g in packed.generators)
+    for i, solo in enumerate(solos):
+        solo.train()
+        torch.manual_seed(seeds[i])
+        for step in range(2):
+            torch.testing.assert_close(logits[step][i], solo(x[i]), rtol=1e-5, atol=1e-6, msg=f"model {i}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_dropout_streams_seeded_on_the_cpu_follow_the_net_to_the_gpu():
+    solos = solo_nets("mlp_bn", [0.3, 0.5])
+    x = torch.randn(2, 8, 1, 28, 28, device="cuda")
+    outputs = []
+    for _ in range(2):  # two nets seeded alike on the CPU, then moved: the same masks, drawn on the GPU
+        packed = PackedNet(solos).train()
+        packed.seed_dropout([1, 2])
+        packed.cuda()
+        outputs.append(packed(x))
+        assert all(g.device.type == "cuda" for g in packed.generators)
+    assert torch.equal(outputs[0], outputs[1])
+
+
 @pytest.mark.parametrize("channels", [None, 4])
 def test_packed_dropout_is_each_models_nn_dropout_bit_for_bit(channels):
     """The same zeros and the same rounding as ``nn.Dropout`` on each model's solo input:
