@@ -4,21 +4,18 @@ Hand-written because torch.optim cannot do it: a torch optimizer takes one value
 hyperparameter per param group, and a param group holds whole tensors, so M models stacked in
 one ``[M, ...]`` tensor would all get the same lr, momentum, betas, ... (M param groups would
 need M tensors: no stacking, and none of the speed of packing). Here each hyperparameter is a
-tensor ``[M]`` broadcast over the model dimension, and the update is the formula of torch's
-own single-tensor implementation (``torch/optim/{sgd,adam,rmsprop,adadelta}.py``, non-capturable
-branch), operation by operation: ``tests/test_packed_optim.py`` checks it against torch.optim,
-step by step. Hyperparameters are kept in float64 and cast to the parameters' dtype where torch
-would use a Python number (a double), so each model computes what its solo optimizer computes.
+tensor ``[M]`` (float64, the double a solo optimizer holds), and a step takes one of two roads.
 
-On the CPU a step takes another road, for speed: there reading the hyperparameters costs no
-device sync, so the models are grouped by their hyperparameters' values and each group is
-stepped by torch's own functional optimizer (``torch.optim.adam.adam``, ``sgd.sgd``, ...) on the
-group's slices of the stacked tensors: the fused kernel for Adam and AdamW (one pass per tensor,
-as a solo run on the CPU steps them), torch's multi-tensor (``foreach``) code for the others. A
-pack of one grid cell's seeds is then one call per step, with torch's formulas and kernels
-rather than a dozen float64 ops plus ten elementwise passes per tensor written out here (what
-``benchmarks/sweep.py`` measured as most of a packed MLP step). The written-out formulas remain
-the path on other devices, where grouping would read the hyperparameters back every step.
+On the CPU, reading the hyperparameters costs no device sync, so the models are grouped by their
+hyperparameters' values and each group is stepped by torch's own functional optimizer
+(``torch.optim.adam.adam``, ``sgd.sgd``, ...) on the group's slices of the stacked tensors: the
+fused kernel for Adam and AdamW (one pass per tensor, as a solo run on the CPU steps them),
+torch's multi-tensor (``foreach``) code for the others. A pack of one grid cell's seeds is then
+one call per step, with torch's formulas and kernels rather than a dozen float64 ops plus ten
+elementwise passes per tensor written out (what ``benchmarks/sweep.py`` measured as most of a
+packed MLP step). On other devices, where grouping would read the hyperparameters back every
+step, the update is written out with torch's single-tensor formulas (``packed_updates``).
+``tests/test_packed_optim.py`` checks both against torch.optim, step by step.
 """
 
 from __future__ import annotations
@@ -29,6 +26,8 @@ from collections.abc import Sequence
 
 import torch
 from torch.optim import adadelta, adam, adamw, rmsprop, sgd
+
+from mnist_lab.packed_updates import written_out_step
 
 # What each optimizer class reads from its config, per model (``betas`` becomes beta1, beta2).
 HYPERPARAMETERS = {
@@ -128,111 +127,13 @@ class PackedOptimizer:
             elif p.grad is not None:
                 p.grad.zero_()
 
-    def _coefficients(self) -> dict[str, torch.Tensor]:
-        """Every per-model number this step uses, computed in float64 as torch computes them in
-        Python, then cast once to the parameters' dtype, as torch's kernels cast a Python number."""
-        h, dtype = self.hyper, self.params[0].dtype
-        c = {"lr": h["lr"], "weight_decay": h["weight_decay"]}
-        if self.cls is torch.optim.SGD:
-            c.update(momentum=h["momentum"], dampened=1 - h["dampening"], nesterov=h["nesterov"])
-        elif self.cls in (torch.optim.Adam, torch.optim.AdamW):
-            c.update(
-                decay=1 - h["lr"] * h["weight_decay"],
-                one_minus_beta1=1 - h["beta1"],
-                beta2=h["beta2"],
-                one_minus_beta2=1 - h["beta2"],
-                eps=h["eps"],
-                bias_correction2_sqrt=(1 - h["beta2"] ** self.steps) ** 0.5,
-                step_size=h["lr"] / (1 - h["beta1"] ** self.steps),
-            )
-        elif self.cls is torch.optim.RMSprop:
-            c.update(
-                alpha=h["alpha"],
-                one_minus_alpha=1 - h["alpha"],
-                eps=h["eps"],
-                momentum=h["momentum"],
-                centered=h["centered"],
-            )
-        else:
-            c.update(rho=h["rho"], one_minus_rho=1 - h["rho"], eps=h["eps"])
-        return {name: value.to(dtype) for name, value in c.items()}
-
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
-        update = {
-            torch.optim.SGD: self._sgd,
-            torch.optim.Adam: self._adam,
-            torch.optim.AdamW: self._adam,
-            torch.optim.RMSprop: self._rmsprop,
-            torch.optim.Adadelta: self._adadelta,
-        }[self.cls]
         if self.grouped:
             self._step_by_groups()
-            return
-        coefficients = self._coefficients()
-        for param, state in zip(self.params, self.state, strict=True):
-            if param.grad is not None:
-                shape = (-1, *[1] * (param.dim() - 1))  # [M] broadcast over each model's tensor
-                update(param, param.grad, state, {k: v.view(shape) for k, v in coefficients.items()})
-
-    @staticmethod
-    def _weight_decayed(param: torch.Tensor, grad: torch.Tensor, c: dict) -> torch.Tensor:
-        # grad.add(param, alpha=weight_decay); torch skips it when weight_decay == 0, and adding
-        # 0 * param changes nothing for a finite param.
-        return grad + param * c["weight_decay"]
-
-    def _sgd(self, param, grad, state, c) -> None:
-        grad = self._weight_decayed(param, grad, c)
-        if "momentum_buffer" not in state:  # torch: the first buffer is the gradient itself
-            state["momentum_buffer"] = grad.clone()
         else:
-            state["momentum_buffer"].mul_(c["momentum"]).add_(grad * c["dampened"])
-        buf = state["momentum_buffer"]
-        with_momentum = torch.where(c["nesterov"].bool(), grad + buf * c["momentum"], buf)
-        grad = torch.where(c["momentum"] != 0, with_momentum, grad)  # momentum 0: plain gradient step
-        param.sub_(grad * c["lr"])
-
-    def _adam(self, param, grad, state, c) -> None:
-        if not state:
-            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(param), torch.zeros_like(param)
-            if self.amsgrad:
-                state["max_exp_avg_sq"] = torch.zeros_like(param)
-        if self.decoupled:
-            param.mul_(c["decay"])
-        else:
-            grad = self._weight_decayed(param, grad, c)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, c["one_minus_beta1"])
-        exp_avg_sq.mul_(c["beta2"]).addcmul_(grad * c["one_minus_beta2"], grad)
-        if self.amsgrad:
-            torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-            exp_avg_sq = state["max_exp_avg_sq"]
-        denom = (exp_avg_sq.sqrt() / c["bias_correction2_sqrt"]).add_(c["eps"])
-        param.sub_(exp_avg / denom * c["step_size"])
-
-    def _rmsprop(self, param, grad, state, c) -> None:
-        if not state:
-            state["square_avg"], state["grad_avg"] = torch.zeros_like(param), torch.zeros_like(param)
-            state["momentum_buffer"] = torch.zeros_like(param)
-        grad = self._weight_decayed(param, grad, c)
-        square_avg = state["square_avg"].mul_(c["alpha"]).addcmul_(grad * c["one_minus_alpha"], grad)
-        grad_avg = state["grad_avg"].lerp_(grad, c["one_minus_alpha"])
-        centered = torch.where(c["centered"].bool(), square_avg.addcmul(grad_avg, grad_avg, value=-1), square_avg)
-        avg = centered.sqrt_().add_(c["eps"])
-        # momentum 0: torch steps by grad / avg; 0 * buffer + grad / avg is exactly that
-        buf = state["momentum_buffer"].mul_(c["momentum"]).addcdiv_(grad, avg)
-        param.sub_(buf * c["lr"])
-
-    def _adadelta(self, param, grad, state, c) -> None:
-        if not state:
-            state["square_avg"], state["acc_delta"] = torch.zeros_like(param), torch.zeros_like(param)
-        grad = self._weight_decayed(param, grad, c)
-        square_avg = state["square_avg"].mul_(c["rho"]).addcmul_(grad * c["one_minus_rho"], grad)
-        std = square_avg.add(c["eps"]).sqrt_()
-        delta = state["acc_delta"].add(c["eps"]).sqrt_().div_(std).mul_(grad)
-        state["acc_delta"].mul_(c["rho"]).addcmul_(delta * c["one_minus_rho"], delta)
-        param.sub_(delta * c["lr"])
+            written_out_step(self)
 
     # ------------------------------------------------------------------ the CPU path
 
