@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from mnist_lab.config_checks import out_of_memory
 from mnist_lab.data import DeviceBatches, device_tensors, split_indices
 from mnist_lab.pack import Pack
 from mnist_lab.step import EagerStep, eager_optimizer_kwargs, skip_capture_check
@@ -33,8 +34,10 @@ def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[i
     for size in sizes:
         try:
             rate = size / seconds_per_step(size)
-        except torch.OutOfMemoryError:  # a pack this big does not fit the device; nor will larger ones
-            break
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
+            if out_of_memory(error) is None:
+                raise
+            break  # a pack this big does not fit the device's memory; nor will larger ones
         if rate > best_rate:
             best, best_rate = size, rate
     return best

@@ -77,12 +77,31 @@ def test_a_weights_only_packed_checkpoint_of_an_earlier_version_is_refused_in_on
     check_checkpoint(cfg, path)
 
 
-def test_a_pack_size_that_runs_out_of_memory_ends_the_probe_not_the_sweep():
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"),
+    ],
+)
+def test_a_pack_size_that_runs_out_of_memory_ends_the_probe_not_the_sweep(error):
     from mnist_lab.pack_size import choose_pack_size
 
     def seconds_per_step(size: int) -> float:
         if size >= 8:
-            raise torch.OutOfMemoryError("CUDA out of memory")
+            raise error
         return {1: 1.0, 2: 1.0, 4: 1.5}[size]
 
     assert choose_pack_size(seconds_per_step, [2, 4, 8, 16]) == 4
+
+
+def test_a_probe_error_that_is_not_out_of_memory_is_raised():
+    from mnist_lab.pack_size import choose_pack_size
+
+    def seconds_per_step(size: int) -> float:
+        if size >= 4:
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        choose_pack_size(seconds_per_step, [2, 4])
