@@ -7,6 +7,18 @@ that trains the most jobs per second, one job alone included. A pack is thus onl
 the probe found it faster than its jobs one after another, which leaves margin for the target
 that no pack be more than 10 % slower (``SLACK``) when the probe's few steps misjudge.
 ``benchmarks/sweep.py`` runs the same comparison at length and reports the ratios.
+
+The probe is skipped where it cannot pay (``pack_size``): a group of one job has nothing to
+pack, and a CPU group whose whole training is short (the probe's steps more than
+``PROBE_SHARE`` of the job-steps the group trains) packs without it, in packs of up to
+``UNPROBED_SIZE``. Such a probe costs about as much as the training it sizes: for groups of 2,
+3 and 5 of the tests' jobs (MLP 784-128-10, Adam, batch 64, 80 steps a job) it took 0.3 to 1.2
+times the time of the group's training steps, and picked size 1 once and 2 once for the same two
+jobs (one run per group in one process, throwaway script, 2026-11-30, commit 77287c2, the 2-core
+CPU VM of docs/performance.md while other work ran on it). A pack of up to 5 jobs on the CPU
+trained at 0.92x to 2.5x the speed of its jobs one after another in every grid
+docs/performance.md measured (*Packed sweeps*), so packing without the probe costs a short group
+at most about 8 % of its short training where the probe would cost it more than 10 %.
 """
 
 from __future__ import annotations
@@ -24,6 +36,10 @@ from mnist_lab.pack import Pack
 from mnist_lab.step import EagerStep, eager_optimizer_kwargs, skip_capture_check
 
 SLACK = 1.1  # the target: a pack takes at most 10 % longer than its jobs one after another
+SIZES = (2, 4, 8, 16, 32)  # the pack sizes the probe may try
+PROBE_STEPS, PROBE_WARMUP = 20, 3  # timed steps per size tried, after these untimed ones
+PROBE_SHARE = 0.1  # a probe that would train more than this share of its group's job-steps is skipped
+UNPROBED_SIZE = 5  # the largest pack measured for every grid of docs/performance.md (all >= 0.92x)
 
 
 def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[int]) -> int:
@@ -86,7 +102,38 @@ def timed(steps: Iterator, count: int, warmup: int, device: torch.device) -> flo
     return time.perf_counter() - start
 
 
-def probe_pack_size(cfgs, device: torch.device, sizes=(2, 4, 8, 16, 32), steps: int = 20, warmup: int = 3) -> int:
+def pack_size(cfgs, device: torch.device) -> tuple[int, str]:
+    """The pack size for a group of jobs that can share a pack, and how it was chosen: 1 for one
+    job, ``UNPROBED_SIZE`` (or the group, if smaller) where the probe would not pay (module
+    docstring), else ``probe_pack_size``."""
+    if len(cfgs) == 1:
+        return 1, "one job"
+    if device.type == "cpu":
+        probe = probe_job_steps(len(cfgs))
+        train = len(cfgs) * training_steps(cfgs[0], device)
+        if probe > PROBE_SHARE * train:
+            return min(len(cfgs), UNPROBED_SIZE), f"no timing probe: it would train {probe} of {train} job-steps"
+    return probe_pack_size(cfgs, device), "timing probe"
+
+
+def probe_job_steps(jobs: int, sizes=SIZES) -> int:
+    """The job-steps ``probe_pack_size`` trains for a group of ``jobs``: one job alone and each
+    pack size it tries, ``PROBE_WARMUP + PROBE_STEPS`` steps each."""
+    return (PROBE_WARMUP + PROBE_STEPS) * (1 + sum(sizes_to_probe(jobs, sizes)))
+
+
+def training_steps(cfg, device: torch.device) -> int:
+    """The training steps of one job of the group: its batches per epoch times its epochs (the
+    data loaded as the pack loads it; once per process)."""
+    tensors = device_tensors(cfg.data.data_dir, device, cfg.data.get("normalize", True))
+    rows = len(split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))[0])
+    batches = rows // cfg.data.batch_size if cfg.data.get("drop_last") else -(-rows // cfg.data.batch_size)
+    return batches * int(cfg.trainer.max_epochs)
+
+
+def probe_pack_size(
+    cfgs, device: torch.device, sizes=SIZES, steps: int = PROBE_STEPS, warmup: int = PROBE_WARMUP
+) -> int:
     """``choose_pack_size`` timed on the first jobs of ``cfgs`` (jobs that can share a pack)."""
 
     def seconds_per_step(size: int) -> float:
@@ -96,7 +143,7 @@ def probe_pack_size(cfgs, device: torch.device, sizes=(2, 4, 8, 16, 32), steps: 
     return choose_pack_size(seconds_per_step, sizes_to_probe(len(cfgs), sizes))
 
 
-def sizes_to_probe(jobs: int, sizes=(2, 4, 8, 16, 32)) -> list[int]:
+def sizes_to_probe(jobs: int, sizes=SIZES) -> list[int]:
     """The pack sizes worth timing for a group of ``jobs``: ``sizes`` below it, and the whole
     group when it is no larger than the largest (5 seeds pack as one 5, not as 4 + 1)."""
     smaller = [s for s in sizes if s < jobs]

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
@@ -47,7 +47,7 @@ from mnist_lab.launch_units import Unit, describe
 from mnist_lab.metrics_file import METRICS_FILE, first_line
 from mnist_lab.pack import Pack
 from mnist_lab.pack_groups import DEVICES, split_into_packs, why_solo
-from mnist_lab.pack_size import probe_pack_size
+from mnist_lab.pack_size import pack_size
 from mnist_lab.packed_job import PackedJob
 from mnist_lab.packed_training import train_pack
 from mnist_lab.run_record import Terminated
@@ -200,13 +200,15 @@ class PackedLaunch:
     def _pack_size(self, cfgs: list[DictConfig]) -> int:
         if self.pack_size != "auto":
             return self.pack_size
-        size = probe_pack_size(cfgs, pack_device(cfgs[0]))
-        log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} (timing probe)")
+        size, how = pack_size(cfgs, pack_device(cfgs[0]))
+        if len(cfgs) > 1:
+            log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} ({how})")
         return size
 
     def _run_alone(self, config: DictConfig, task_function: TaskFunction | None = None) -> JobReturn:
         """The job through Hydra's ``run_job``, as BasicLauncher runs it (with the sweep's task
-        function, or ``task_function``)."""
+        function, or ``task_function``), announced as BasicLauncher announces it."""
+        log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
         ret = run_job(
             hydra_context=self.hydra_context,
             task_function=task_function or self.task_function,
@@ -279,6 +281,8 @@ class PackedLaunch:
         try:
             results = train_pack(pack, jobs)
         except KeyboardInterrupt:
+            for job in jobs.values():  # as train.main prints each interrupted job
+                print(summary_line(job.record.data))
             print(
                 f"interrupted: {len(jobs)} packed jobs recorded as interrupted; resume with: the same command, "
                 f"hydra.sweep.dir={self.config.hydra.sweep.dir} ckpt_path=last",

@@ -47,6 +47,29 @@ def test_the_probe_times_real_packs(synthetic_data_dir):
     assert probe_pack_size(cfgs, torch.device("cpu"), sizes=(2, 4, 8), steps=2, warmup=1) in (1, 2, 4)
 
 
+def test_the_probe_runs_only_where_it_can_pay(synthetic_data_dir, monkeypatch):
+    """One job: nothing to probe. A CPU group too short for the probe (here 2,500 images at batch
+    64: 40 steps an epoch) packs whole, up to 5 jobs, untimed; a long one is probed."""
+    from mnist_lab import pack_size
+
+    probed = []
+    monkeypatch.setattr(pack_size, "probe_pack_size", lambda cfgs, device: probed.append(len(cfgs)) or 3)
+    cpu = torch.device("cpu")
+
+    def group(jobs: int, *overrides: str) -> list:
+        base = [*QUICK, f"data.data_dir={synthetic_data_dir}", *overrides]
+        return [compose_train(*base, f"seed={s}") for s in range(jobs)]
+
+    assert pack_size.training_steps(group(1)[0], cpu) == 80  # 40 batches (the last ragged) x 2 epochs
+    assert pack_size.pack_size(group(1), cpu) == (1, "one job")
+    assert pack_size.pack_size(group(2), cpu) == (2, "no timing probe: it would train 69 of 160 job-steps")
+    assert pack_size.pack_size(group(7), cpu)[0] == 5  # the largest pack measured for every grid
+    assert probed == []
+    # batch 4: 625 steps an epoch, 6,250 job-steps in all; the probe's 69 are 1 %
+    assert pack_size.pack_size(group(2, "data.batch_size=4", "trainer.max_epochs=5"), cpu) == (3, "timing probe")
+    assert probed == [2]
+
+
 def test_a_pack_trains_on_the_pixels_its_jobs_ask_for(synthetic_data_dir):
     """data.normalize=false (lab 003's x / 255) must reach the pack, and jobs differing in it do not share one."""
     from mnist_lab.pack import Pack

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def sweep(tmp_path, data_dir, name: str, *launcher: str) -> tuple:
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory, synthetic_data_dir):
     tmp_path = tmp_path_factory.mktemp("packed_launcher")
-    basic, _ = sweep(tmp_path, synthetic_data_dir, "basic")
+    basic, _ = sweep(tmp_path, synthetic_data_dir, "basic", "hydra/launcher=basic")  # Hydra's own: one job at a time
     packed, output = sweep(
         tmp_path, synthetic_data_dir, "packed", "hydra/launcher=packed", "hydra.launcher.pack_size=2"
     )
@@ -222,6 +223,38 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
             )
 
 
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"])
+def test_a_default_sweep_stopped_in_a_pack_records_its_jobs_as_interrupted(stop, code, tmp_path, synthetic_data_dir):
+    """Ctrl-C or SIGTERM while a pack trains (a plain --multirun): as with the basic launcher,
+    each running job is recorded as interrupted and printed, one line says how to resume, and the
+    sweep exits 130 or 143 without a traceback."""
+    sweep_dir = tmp_path / "stopped"
+    args = ["-m", *QUICK, "trainer.max_epochs=50", "seed=1,2", "model=linear", f"hydra.sweep.dir={sweep_dir}"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "mnist_lab.train", *args],
+        cwd=tmp_path,
+        env={**os.environ, "MNIST_LAB_DATA_DIR": str(synthetic_data_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal (test_resume.py)
+    )
+    while len(list(sweep_dir.glob("*/checkpoints/last.ckpt"))) < 2:  # the pack's first epoch is written
+        assert sweep.poll() is None, sweep.communicate()[1][-3000:]
+        time.sleep(0.05)
+    sweep.send_signal(stop)
+    stdout, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr and stdout.count("(packed: 2 jobs)") == 2
+    assert stdout.count("[interrupted] ") == 2
+    assert stderr.strip().splitlines()[-1] == (
+        "interrupted: 2 packed jobs recorded as interrupted; resume with: the same command, "
+        f"hydra.sweep.dir={sweep_dir} ckpt_path=last"
+    )
+    records = [read_metrics(job) for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0] != ".")]
+    assert [(r["status"], r["stopped_by"], r["packed"]) for r in records] == [("interrupted", stop.name, 2)] * 2
+
+
 def test_a_finished_packed_sweep_resumed_is_left_as_it_was(sweeps, tmp_path, synthetic_data_dir):
     _, packed, _ = sweeps
     kept = [p for p in packed.rglob("*") if p.is_file() and (p.name == "metrics.json" or p.suffix == ".ckpt")]
@@ -242,6 +275,13 @@ def test_a_finished_packed_sweep_resumed_is_left_as_it_was(sweeps, tmp_path, syn
     assert result.stdout.count("(finished: left as it was)") == 3
 
 
+def test_hydra_launcher_basic_packs_nothing(sweeps):
+    basic, _, _ = sweeps
+    for job in JOBS:
+        assert "packed" not in read_metrics(basic / job)
+        assert "packed" not in torch.load(basic / job / "checkpoints" / "last.ckpt", weights_only=True)
+
+
 def test_the_default_pack_size_is_probed_and_the_sweep_runs(tmp_path, synthetic_data_dir):
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
@@ -249,6 +289,7 @@ def test_the_default_pack_size_is_probed_and_the_sweep_runs(tmp_path, synthetic_
         "-m",
         *QUICK,
         "trainer.max_epochs=1",
+        "data.batch_size=4",  # 625 steps a job: long enough for the probe to pay (pack_size.PROBE_SHARE)
         "seed=1,2",
         "hydra/launcher=packed",
         f"hydra.sweep.dir={sweep_dir}",

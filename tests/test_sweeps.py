@@ -100,6 +100,19 @@ def test_lr_sweep_leaves_one_folder_per_job_and_the_report(lr_sweep):
     assert "best_val_acc" in result.stdout  # the Rich table
 
 
+def test_a_plain_multirun_packs_its_jobs(lr_sweep):
+    """No hydra/launcher override: the packed launcher (conf/train.yaml). The three jobs share a
+    net, and 80 steps a job is too short for the timing probe to pay, so they train as one pack."""
+    sweep_dir, result = lr_sweep
+    output = result.stdout + result.stderr
+    assert "pack size 3 for 3 jobs of train MLP [128]" in output and "(no timing probe:" in output
+    assert "Launching 3 jobs locally: 3 in 1 packs, 0 alone" in output
+    for number, lr in enumerate(("0.001", "0.01", "0.1")):  # each job announced as Hydra's basic launcher does
+        assert f"#{number} : optimizer.lr={lr} debug=quick" in output
+    assert result.stdout.count("(packed: 3 jobs)") == 3
+    assert [read_metrics(job.parent)["packed"] for job in sweep_dir.glob("*/metrics.json")] == [3, 3, 3]
+
+
 def test_lr_sweep_parses_mnist_and_moves_it_to_the_device_once(lr_sweep):
     _, result = lr_sweep
     assert "parsed 1 times; 1 device copies" in result.stdout, result.stdout[-2000:]
