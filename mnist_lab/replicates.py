@@ -24,7 +24,7 @@ from rich.table import Table
 from scipy import stats
 
 from mnist_lab.atomic_files import replaced_atomically
-from mnist_lab.report_figures import curve_axes, save_curves, save_png, time_axes
+from mnist_lab.report_figures import curve_axes, save_curves, save_png, time_axes, time_title
 
 SEED_KEY = "seed"
 METRICS = ("best_val_acc", "test_acc", "final_train_loss", "train_time_s")
@@ -196,13 +196,14 @@ def plot_curves(
     save_curves(fig, acc_ax, loss_ax, sweep_dir)
 
 
-def plot_times(points: pd.DataFrame, sweep_dir: Path) -> None:
+def plot_times(points: pd.DataFrame, jobs: pd.DataFrame, sweep_dir: Path) -> None:
     fig, ax = time_axes(len(points))
     means = points["train_time_s_mean"].fillna(0).to_numpy()
     ax.barh(range(len(points)), means, xerr=points["train_time_s_std"].fillna(0).to_numpy(), capsize=3)
     ax.set_yticks(range(len(points)), labels_of(points["point"]), fontsize="small")
     ax.invert_yaxis()  # the table's order: best mean val acc at the top
-    ax.set(xlabel="train_time_s, mean ± std over seeds", title="train time per grid point")
+    packed = jobs[["packed"]].to_dict("records") if "packed" in jobs else []
+    ax.set(xlabel="train_time_s, mean ± std over seeds", title=time_title("train time per grid point", packed))
     save_png(fig, sweep_dir / "time.png")
 
 
@@ -225,7 +226,7 @@ def write_report(jobs: pd.DataFrame, sweep_dir: Path, losses_of: Callable, show:
     points = summarize(jobs)
     write_tables(points, jobs, sweep_dir)
     plot_curves(points, jobs, sweep_dir, losses_of)
-    plot_times(points, sweep_dir)
+    plot_times(points, jobs, sweep_dir)
     if show:
         print_table(points, sweep_dir)
     return points

@@ -5,7 +5,8 @@ writes into the sweep dir:
 
 - ``summary.csv`` and ``summary.md``: one row per job, best val acc first;
 - ``curves.png``: val accuracy per epoch and train loss per step, one line per job;
-- ``time.png``: train time per job;
+- ``time.png``: train time per job (a packed job's is its pack's: ``packed`` says how many
+  jobs shared it);
 
 then prints the table. Every ``--multirun`` runs it at its end (``mnist_lab.sweep``). A sweep
 whose grid points ran with several seeds (``seed=0,1,2`` or ``seed='range(5)'``) gets the
@@ -47,6 +48,7 @@ COLUMNS = (
     "final_train_loss",
     "epochs",
     "train_time_s",
+    "packed",  # jobs in the pack it trained in (its train_time_s is the pack's), empty if alone
     "diverged_at_step",
     "error",
 )
@@ -77,6 +79,7 @@ FIELD_TYPES = {
     "final_train_loss": NUMBER,
     "epochs": WHOLE,
     "train_time_s": NUMBER,
+    "packed": WHOLE,
     "diverged_at_step": WHOLE,
     "error": str,
     "overrides": list,

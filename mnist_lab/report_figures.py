@@ -84,10 +84,26 @@ def plot_job_times(rows: list[dict], labels: list[str], sweep_dir: Path) -> None
     times = [row["train_time_s"] or 0.0 for row in rows]
     colors = [STATUS_COLORS.get(row["status"], "tab:gray") for row in rows]
     bars = ax.barh(range(len(rows)), times, color=colors)
-    bar_labels = [f"{t:.1f}s {row['status']}" for t, row in zip(times, rows, strict=True)]
+    bar_labels = [
+        f"{t:.1f}s {row['status']}" + (f", pack of {row['packed']}" if in_pack(row) else "")
+        for t, row in zip(times, rows, strict=True)
+    ]
     ax.bar_label(bars, bar_labels, padding=3, fontsize="small")
     ax.set_yticks(range(len(rows)), labels, fontsize="small")
     ax.invert_yaxis()  # the table's order: best val acc at the top
-    ax.set(xlabel="train_time_s (training and validation epochs)", title="train time per job")
+    ax.set(xlabel="train_time_s (training and validation epochs)", title=time_title("train time per job", rows))
     ax.margins(x=0.2)
     save_png(fig, sweep_dir / "time.png")
+
+
+def time_title(title: str, rows) -> str:
+    """A time figure's title; it says so when some job trained in a pack (its time is the pack's,
+    every job of the pack shows the same: time one job with hydra/launcher=basic)."""
+    if any(in_pack(row) for row in rows):
+        return f"{title}\n(packed jobs: the time of their whole pack; hydra/launcher=basic times each alone)"
+    return title
+
+
+def in_pack(row) -> bool:
+    """Whether a job's row says it trained in a pack (``packed``: None or NaN when alone)."""
+    return (row.get("packed") or 0) > 1

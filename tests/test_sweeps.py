@@ -5,6 +5,7 @@ diverged and a failed job that do not end the sweep, and MNIST loaded once per p
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import subprocess
@@ -111,6 +112,8 @@ def test_a_plain_multirun_packs_its_jobs(lr_sweep):
         assert f"#{number} : optimizer.lr={lr} debug=quick" in output
     assert result.stdout.count("(packed: 3 jobs)") == 3
     assert [read_metrics(job.parent)["packed"] for job in sweep_dir.glob("*/metrics.json")] == [3, 3, 3]
+    with open(sweep_dir / "summary.csv") as f:  # the report says whose train_time_s is a pack's
+        assert [row["packed"] for row in csv.DictReader(f)] == ["3", "3", "3"]
 
 
 def test_lr_sweep_parses_mnist_and_moves_it_to_the_device_once(lr_sweep):
@@ -235,3 +238,11 @@ def test_a_sweep_with_three_seeds_reports_each_point_over_its_seeds(tmp_path, sy
     assert_png(sweep_dir / "curves.png")
     assert "vs best" in result.stdout and "Welch" in result.stdout  # the printed table
     assert closing_line(result.stdout).startswith("sweep: 6 jobs, 6 ok")
+
+
+def test_a_time_figure_says_when_its_times_are_packs():
+    from mnist_lab.report_figures import time_title
+
+    alone = [{"packed": None}, {"packed": math.nan}]  # read_job's None, a pandas frame's NaN
+    assert time_title("train time per job", alone) == "train time per job"
+    assert "the time of their whole pack" in time_title("train time per job", [*alone, {"packed": 4}])
