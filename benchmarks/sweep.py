@@ -16,10 +16,11 @@ times packs whose optimizer takes the path it takes off the CPU (``PackedOptimiz
 False``: the formulas written out with hyperparameters as tensors), for comparison. The size
 ``mnist_lab.pack_size.probe_pack_size`` picks for the grid's first jobs is printed too.
 ``--bound`` also profiles the packs (``torch.profiler``, a separate run of the same steps) and
-prints ``bound_<size>``: one-by-one time / the packs' matrix products alone (matmuls and
-convolutions, forward and backward, their self CPU time) - the ratio packing would reach if
-everything else in a packed step took no time. The matrix products are each job's own work,
-which no pack shares, so a ratio above the bound is out of reach on that machine.
+prints ``bound_<size>``: one-by-one time / the packs' per-parameter work alone (the matrix
+products: matmuls and convolutions, forward and backward; and the optimizer's update kernels:
+fused Adam/AdamW/SGD, the foreach ops; their self CPU time) - the ratio packing would reach if
+everything else in a packed step took no time. That work is each job's own, which no pack
+shares, so a ratio above the bound is out of reach on that machine.
 A pack size is kept only where it is never more than 10 % slower than one-by-one
 (``ratio >= 1 / 1.1``, ``mnist_lab.pack_size.SLACK``): the printed rule picks the fastest such
 size (``mnist_lab.pack_size`` makes the same choice from a short probe).
@@ -43,9 +44,10 @@ from mnist_lab import train
 from mnist_lab.pack import Pack
 from mnist_lab.pack_size import SLACK, probe_pack_size, solo_steps, timed
 
-# torch.profiler's names of the matrix products of a step: linear layers (mm, addmm, bmm,
-# baddbmm: forward and both gradients) and convolutions (forward and backward, any backend)
-MATRIX_PRODUCT = re.compile(r"aten::(mm|addmm|bmm|baddbmm|\w*convolution\w*)")
+# torch.profiler's names of a step's per-parameter work: the matrix products of linear layers
+# (mm, addmm, bmm, baddbmm: forward and both gradients) and convolutions (forward and backward,
+# any backend), and the optimizer's update kernels (fused Adam/AdamW/SGD, torch's foreach ops)
+PER_PARAMETER_WORK = re.compile(r"aten::(mm|addmm|bmm|baddbmm|\w*convolution\w*|_fused_\w+|_foreach_\w+)")
 
 SEEDS = [f"seed={s}" for s in range(1, 6)]
 GRIDS = {
@@ -112,14 +114,14 @@ def packed_steps(cfgs, device: torch.device, grouped: bool | None = None):
             yield pack.step(x, y)
 
 
-def matrix_product_seconds(steps, count: int, warmup: int) -> float:
-    """Self CPU seconds of the matrix products in ``count`` steps after ``warmup``, profiled."""
+def per_parameter_seconds(steps, count: int, warmup: int) -> float:
+    """Self CPU seconds of the per-parameter work in ``count`` steps after ``warmup``, profiled."""
     for _ in range(warmup):
         next(steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         for _ in range(count):
             next(steps)
-    micros = sum(e.self_cpu_time_total for e in profile.key_averages() if MATRIX_PRODUCT.fullmatch(e.key))
+    micros = sum(e.self_cpu_time_total for e in profile.key_averages() if PER_PARAMETER_WORK.fullmatch(e.key))
     return micros / 1e6
 
 
@@ -137,11 +139,10 @@ def compare(cfgs, sizes: list[int], args, device: torch.device) -> dict:
             row[f"{label}ratio_{size}"] = round(one_by_one / packed, 2)
             row[f"{label}over_one_job_{size}"] = round(packed / (one_by_one / len(cfgs)), 2)
         if args.bound:
-            products = sum(
-                matrix_product_seconds(packed_steps(pack, device), args.steps, args.warmup)
-                for pack in split(cfgs, size)
+            work = sum(
+                per_parameter_seconds(packed_steps(pack, device), args.steps, args.warmup) for pack in split(cfgs, size)
             )
-            row[f"bound_{size}"] = round(one_by_one / products, 2)
+            row[f"bound_{size}"] = round(one_by_one / work, 2)
     return row
 
 
@@ -157,7 +158,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--written-out", action="store_true", help="also time the optimizer's off-CPU path")
-    parser.add_argument("--bound", action="store_true", help="also profile the packs' matrix products (CPU)")
+    parser.add_argument("--bound", action="store_true", help="also profile the packs' per-parameter work (CPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
