@@ -15,7 +15,8 @@ from omegaconf import DictConfig, open_dict, read_write
 
 @dataclass
 class Unit:
-    """A pack, or one job alone (``resume``: jobs of a resumed sweep, each run alone).
+    """A pack, or one job alone (``resume``: jobs of a resumed sweep, packed again where they run
+    by the epoch their last.ckpt resumes at; a finished one is left as it is).
     ``jobs`` are the jobs' places in the sweep's ``job_overrides``, ``configs`` their composed
     configs and ``tasks`` what their task function gets (``configs`` without ``hydra``)."""
 
@@ -25,9 +26,9 @@ class Unit:
     resume: bool = False
 
     def resumed(self) -> Unit:
-        """The unit again, each of its jobs alone with ``ckpt_path=last``, as a resumed sweep runs
-        a job that has a record (a finished one is left as it is, the others resume from their
-        last.ckpt): what a requeued submitit job runs."""
+        """The unit again with ``ckpt_path=last``, as a resumed sweep runs its jobs (a finished
+        one is left as it is, the others resume from their last.ckpt, packed again): what a
+        requeued submitit job runs."""
         configs, tasks = copy.deepcopy(self.configs), copy.deepcopy(self.tasks)
         for config in [*configs, *tasks]:
             with read_write(config), open_dict(config):

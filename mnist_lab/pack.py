@@ -5,7 +5,8 @@ its own seed, its loss, optimizer and scheduler, its batch order), then stacks t
 ``PackedNet``, a ``PackedLoss``, a ``PackedOptimizer``, the jobs' own schedulers
 (``JobSchedules``) and ``PackedBatches``. ``train_epoch`` runs one epoch of ``PackedStep`` and
 steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives job i's net back as an
-ordinary ``models.py`` module.
+ordinary ``models.py`` module, and ``resume`` takes the jobs' ``last.ckpt`` back in (a resumed
+sweep's jobs, ``packed_resume``).
 
 A job whose loss goes bad (NaN, inf, or above its ``step.divergence_threshold``, checked every
 ``step.check_every`` steps as ``epoch_log.EpochLog`` checks a solo run) is frozen: its lr is
@@ -17,7 +18,7 @@ cannot reach them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
@@ -29,6 +30,7 @@ from mnist_lab.classifier import dropout_seed
 from mnist_lab.data import DeviceBatches, device_tensors, split_indices
 from mnist_lab.packed_models import PackedNet
 from mnist_lab.packed_optim import PackedOptimizer
+from mnist_lab.packed_resume import load_job, start_epoch
 from mnist_lab.packed_schedules import JobSchedules
 from mnist_lab.packed_step import PackedBatches, PackedLoss, PackedStep
 
@@ -119,6 +121,21 @@ class Pack:
         self._frozen: list[int] = []
         self._snapshots: list[torch.Tensor] = []
         self._tables: dict[str, torch.Tensor] = {}  # this epoch's per-step schedule
+
+    def resume(self, checkpoints: Sequence[dict | None]) -> None:
+        """Each job's state from the ``last.ckpt`` it resumes (``packed_resume.load_job``; None:
+        a job that starts afresh), and the pack at the epoch after theirs. The jobs must have
+        stopped at the same epoch and step, or all start afresh."""
+        points = {(start_epoch(c), None if c is None else int(c["global_step"])) for c in checkpoints}
+        if len(points) > 1:
+            raise ValueError("the jobs of a pack must resume from the same epoch")
+        ((self.epoch, steps),) = points
+        if steps is None:
+            return
+        for i, checkpoint in enumerate(checkpoints):
+            load_job(self, i, checkpoint)
+        self.steps_done = self.optimizer.steps = steps
+        self.schedules.apply(self.optimizer)
 
     def _dropout_seeds(self) -> list[int]:
         return [dropout_seed(cfg.seed, self.epoch) for cfg in self.cfgs]

@@ -1,17 +1,20 @@
 """Which jobs of a sweep can share a pack: ``why_solo`` says why a job trains alone, ``pack_key``
 groups the others by everything a pack's jobs must share.
 
-A job packs only if the pack reproduces all of its run: one process on the CPU (no pack has run
-on a GPU yet), float32, no checkpoint to resume, no Lightning debugging or limits
-(``trainer.limit_*``, ``max_steps``, ``fast_dev_run``, ``overfit_batches``, a profiler), no early
-stopping, the default callbacks (checkpoints as ``conf/callbacks/default.yaml`` writes them, no
-added callback), the eager step (``step.cuda_graph=on`` asks for the graph step), and a net,
-loss and optimizer the packed classes implement. Dropout packs: each job draws its solo run's
-masks from its own stream (``PackedNet.seed_dropout``). Anything else runs as it does without
-packing, through the job's normal path.
+A job packs only if the pack reproduces all of its run: one process on the CPU (no pack has run on
+a GPU yet), float32, no checkpoint to resume but its own ``last.ckpt`` (``ckpt_path=last``,
+``packed_resume``), no Lightning debugging or limits (``trainer.limit_*``, ``max_steps``,
+``fast_dev_run``, ``overfit_batches``, a profiler), no early stopping, the default callbacks
+(checkpoints as ``conf/callbacks/default.yaml`` writes them, no added callback), the eager step
+(``step.cuda_graph=on`` asks for the graph step), and a net, loss and optimizer the packed classes
+implement. Dropout packs: each job draws its solo run's masks from its own stream
+(``PackedNet.seed_dropout``). Anything else runs as it does without packing, through the job's
+normal path.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -39,7 +42,7 @@ def why_solo(cfg: DictConfig) -> str | None:
     except Exception:  # noqa: BLE001
         return "its settings are refused"
     trainer = cfg.trainer
-    if cfg.get("ckpt_path") is not None:
+    if cfg.get("ckpt_path") not in (None, "last"):  # a resumed sweep's jobs pack (packed_resume)
         return "it resumes a checkpoint"
     if str(trainer.get("accelerator")) not in DEVICES or trainer.get("devices") not in (1, "1"):
         return "it is not on one CPU or GPU"
@@ -90,17 +93,21 @@ def pack_key(cfg: DictConfig) -> tuple:
     )
 
 
-def split_into_packs(cfgs: list[DictConfig], pack_size) -> list[list[int]]:
+def split_into_packs(cfgs: list[DictConfig], pack_size, starts: Sequence[int | None] | None = None) -> list[list[int]]:
     """The jobs (indices into ``cfgs``) as units to run, in the order of their first job: packs
     of up to ``pack_size(group)`` jobs (a callable given the group's configs, or a number), and
-    single jobs (one that cannot pack, or a pack's remainder of one)."""
+    single jobs (one that cannot pack, or a pack's remainder of one). ``starts``, in a resumed
+    sweep: the epoch each job trains first (after its ``last.ckpt``'s), or None for one that
+    runs alone (finished, or a checkpoint the solo path must judge); jobs pack only with jobs
+    that start at the same epoch."""
     groups: dict[tuple, list[int]] = {}
     units: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
-        if why_solo(cfg) is not None:
+        start = 0 if starts is None else starts[i]
+        if start is None or why_solo(cfg) is not None:
             units.append([i])
         else:
-            groups.setdefault(pack_key(cfg), []).append(i)
+            groups.setdefault((*pack_key(cfg), start), []).append(i)
     for members in groups.values():
         size = pack_size([cfgs[i] for i in members]) if callable(pack_size) else int(pack_size)
         size = max(1, size)

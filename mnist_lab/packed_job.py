@@ -36,8 +36,17 @@ from mnist_lab.train import hparams_of
 class PackedJob:
     """Job ``index`` of a pack, recorded in ``run_dir`` as a solo run of ``cfg`` would be."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path, index: int):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        overrides: list[str],
+        sweep_dir: Path,
+        index: int,
+        checkpoint: dict | None = None,
+    ):
         self.cfg, self.run_dir, self.sweep_dir, self.index = cfg, run_dir, sweep_dir, index
+        self.checkpoint = checkpoint  # the last.ckpt it resumes (loaded into the pack), or None
         self.record = RunRecord(run_dir, overrides, hparams_of(cfg, overrides))
         self.module: Classifier | None = None
         self.loggers: list = []
@@ -51,7 +60,8 @@ class PackedJob:
 
     def claim(self) -> None:
         """Make the run dir this job's and write ``.hydra/`` (inside the job's Hydra context, as
-        ``train.run`` does); a ``ConfigError`` if it is another run's, with nothing written."""
+        ``train.run`` does); a ``ConfigError`` if it is another run's, with nothing written. A
+        resumed job (``ckpt_path=last``) adopts its record, as ``train.run`` does."""
         claim_run_dir(self.cfg, self.run_dir, self.record, self.sweep_dir)
         write_hydra_files(self.run_dir, self.cfg)
 
@@ -72,14 +82,36 @@ class PackedJob:
             self.loggers = build_loggers(cfg, self.run_dir, self.sweep_dir)
             start_trackers(self.loggers, self.record.hparams)
             self.images = PackedImages.for_job(cfg, self.loggers)
-            if self.images is not None:
+            if self.images is not None and pack.epoch == 0:  # a resumed run wrote it already, as solo
                 self.images.samples(pack.batches.loaders[self.index])
+            if self.checkpoint is not None:
+                self._continue(self.checkpoint)
         except Exception as error:
             self.fail(error)
             raise
         self.record.on_train_start(None, self.module)
         self.record.data["packed"] = pack.models  # jobs in its pack: train_time_s is the pack's time
         self.record.data["packed_epochs"] = 0  # its epochs trained in the pack, so far
+
+    def _continue(self, checkpoint: dict) -> None:
+        """Go on from the ``last.ckpt`` the pack resumed, as a solo run resumed from it goes on:
+        its history and training time (``Classifier`` and ``RunRecord``'s ``on_load_checkpoint``),
+        its step count, and ``callbacks.checkpoint``'s best score and files (the best weights
+        from ``best.ckpt``, which the test loads)."""
+        self.module.history = checkpoint["history"]
+        self.record.train_time_s = checkpoint.get("train_time_s", 0.0)
+        self.global_step = int(checkpoint["global_step"])
+        if self.trainer_state is None:
+            return
+        callback = self.trainer_state.checkpoint
+        state = checkpoint.get("callbacks", {}).get(callback.state_key, {})
+        folder = Path(callback.dirpath)
+        self.last_saved = folder / "last.ckpt"
+        best = folder / Path(state.get("best_model_path") or "best.ckpt").name
+        if state.get("best_model_score") is not None and best.is_file():
+            self.best_val_acc = float(state["best_model_score"])
+            saved = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            self.best_weights = {k.removeprefix("net."): v for k, v in saved.items() if k.startswith("net.")}
 
     @property
     def trainer(self) -> SimpleNamespace:

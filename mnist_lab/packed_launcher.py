@@ -17,15 +17,15 @@ For a packed job, ``run_job`` runs a task function that claims its folder and wr
 ``JobReturn`` gets the result then. Hydra's ``on_job_end`` callbacks therefore see a packed job
 before it has trained (this project's ``SweepReport`` reads the jobs at ``on_multirun_end``).
 
-A resumed sweep (``ckpt_path=last``) leaves its finished jobs as they are, resumes each other
-job that has a record alone, from its last.ckpt (``_resume``), and packs the jobs that never
-started (docs/packed_sweeps.md, *Resuming a killed packed sweep*).
+A resumed sweep (``ckpt_path=last``) leaves its finished jobs as they are (``_resume``) and packs
+the others by the epoch they resume at: each job's last.ckpt is loaded into its slice of the pack
+(``packed_resume``); a job with no last.ckpt starts afresh, with the jobs that never started
+(docs/packed_sweeps.md, *Resuming a killed packed sweep*).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import signal
@@ -49,6 +49,7 @@ from mnist_lab.pack import Pack
 from mnist_lab.pack_groups import DEVICES, split_into_packs, why_solo
 from mnist_lab.pack_size import pack_size
 from mnist_lab.packed_job import PackedJob
+from mnist_lab.packed_resume import FINISHED, last_checkpoint, read_record, start_of
 from mnist_lab.packed_training import train_pack
 from mnist_lab.run_record import Terminated
 from mnist_lab.train import EXIT_INTERRUPTED, raise_terminated, summary_line
@@ -56,21 +57,9 @@ from mnist_lab.train import EXIT_INTERRUPTED, raise_terminated, summary_line
 log = logging.getLogger(__name__)
 
 
-FINISHED = ("ok", "diverged")  # a resumed sweep leaves these jobs as they are
-
-
 def job_dir(config: DictConfig) -> Path:
     """A job's folder (``hydra.sweep.dir``/``hydra.sweep.subdir``), from its composed config."""
     return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-
-
-def read_record(path: Path) -> dict:
-    """A job's metrics.json, or {} if there is none or it is not a record."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def pack_device(cfg: DictConfig) -> torch.device:
@@ -143,18 +132,21 @@ class PackedLaunch:
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
         tasks = [self._task_config(config) for config in configs]
-        for config, task in zip(configs, tasks, strict=True):
-            if task.get("ckpt_path") == "last" and not (job_dir(config) / METRICS_FILE).exists():
-                with open_dict(task):  # a resumed sweep's job that never started: nothing to resume, it packs
-                    task.ckpt_path = None
+        resume = any(task.get("ckpt_path") == "last" for task in tasks)
+        return self._split(Unit(list(range(len(configs))), configs, tasks, resume), self._pack_size)
+
+    def _split(self, unit: Unit, pack_size) -> list[Unit]:
+        """``unit``'s jobs (a sweep's, or a unit's that runs again) split into packs and jobs alone
+        (``pack_groups.split_into_packs``); in a resumed sweep, by the epoch each job starts at."""
+        starts = [start_of(task, job_dir(config)) for config, task in zip(unit.configs, unit.tasks, strict=True)]
         return [
             Unit(
-                jobs,
-                [configs[i] for i in jobs],
-                [tasks[i] for i in jobs],
-                resume=len(jobs) == 1 and tasks[jobs[0]].get("ckpt_path") == "last",
+                [unit.jobs[k] for k in members],
+                [unit.configs[k] for k in members],
+                [unit.tasks[k] for k in members],
+                resume=unit.resume,
             )
-            for jobs in split_into_packs(tasks, self._pack_size)
+            for members in split_into_packs(unit.tasks, pack_size, starts if unit.resume else None)
         ]
 
     @staticmethod
@@ -168,17 +160,24 @@ class PackedLaunch:
         whose jobs cannot pack here (on a machine that is not the one that planned it, e.g. one
         with a GPU) trains its jobs one by one. A unit whose jobs have records already is one run
         again (a Ray task retried after its worker died, a requeued submitit job): its jobs
-        resume, as in a resumed sweep."""
+        resume, as in a resumed sweep, packed by the epoch they resume at."""
         if not unit.resume and any((job_dir(config) / METRICS_FILE).exists() for config in unit.configs):
             log.info(f"{unit} ran before: resumed")
             unit = unit.resumed()
-        if unit.resume or len(unit.jobs) == 1:
-            resume = self._resume if unit.resume else None
-            return self._each_alone(unit, resume)
+        if unit.resume and len(unit.jobs) > 1:  # where its jobs stand now (they may have moved apart)
+            parts = self._split(unit, len(unit.jobs))
+            if len(parts) > 1:
+                return {i: ret for part in parts for i, ret in self._run(part).items()}
+        return self._run(unit)
+
+    def _run(self, unit: Unit) -> dict[int, JobReturn]:
+        alone = self._resume if unit.resume else None
+        if len(unit.jobs) == 1:
+            return self._each_alone(unit, alone)
         reason = why_solo(unit.tasks[0])
         if reason is not None:
             log.info(f"{unit} train one by one: {reason}")
-            return self._each_alone(unit)
+            return self._each_alone(unit, alone)
         return self._run_pack(unit)
 
     def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
@@ -224,10 +223,10 @@ class PackedLaunch:
         return {i: self._run_alone(config, task_function) for i, config in zip(unit.jobs, unit.configs, strict=True)}
 
     def _resume(self, cfg: DictConfig) -> float | None:
-        """A job of a resumed sweep (``ckpt_path=last``): a finished one (status ok or diverged)
-        is left exactly as it is (its record, checkpoints and events); the others resume alone
-        from their last.ckpt, a packed job's too (it holds its solo run's full state), through
-        the sweep's task function."""
+        """A job of a resumed sweep that runs alone: a finished one (status ok or diverged) is
+        left exactly as it is (its record, checkpoints and events); another resumes from its
+        last.ckpt, a packed job's too (it holds its solo run's full state), through the sweep's
+        task function."""
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         record = read_record(run_dir / METRICS_FILE)
         if record.get("status") not in FINISHED:
@@ -237,12 +236,18 @@ class PackedLaunch:
         return best if isinstance(best, float) else math.nan
 
     def _run_pack(self, unit: Unit) -> dict[int, JobReturn]:
+        checkpoints = [None] * len(unit.jobs)
         try:
             pack = Pack(unit.tasks, pack_device(unit.tasks[0]))
+            if unit.resume:  # each job's last.ckpt (None: it starts afresh) into its slice
+                configs = zip(unit.configs, unit.tasks, strict=True)
+                checkpoints = [last_checkpoint(task, job_dir(config)) for config, task in configs]
+                pack.resume(checkpoints)
         except Exception as error:  # noqa: BLE001 - what Pack refuses trains as it would unpacked
             log.info(f"{unit} train one by one: {first_line(error)}")
-            return self._each_alone(unit)
+            return self._each_alone(unit, self._resume if unit.resume else None)
         jobs: dict[int, PackedJob] = {}
+        resumed = f", resuming after {pack.epoch} of {pack.epochs} epochs" if pack.epoch else ""
 
         def claim(k: int):
             def task(cfg: DictConfig) -> float | None:
@@ -253,8 +258,9 @@ class PackedLaunch:
                     list(hydra_cfg.overrides.task),
                     Path(hydra_cfg.sweep.dir),
                     k,
+                    checkpoints[k],
                 )
-                print(f"{settings_line(cfg)} (packed: {len(unit.jobs)} jobs)", flush=True)
+                print(f"{settings_line(cfg)} (packed: {len(unit.jobs)} jobs{resumed})", flush=True)
                 try:
                     job.claim()
                 except Exception as error:  # noqa: BLE001 - as train.main: one bad job must not end the sweep

@@ -77,6 +77,10 @@ class PackedLinear(nn.Module):
         solo.weight.data.copy_(self.weight[i])
         solo.bias.data.copy_(self.bias[i, 0])
 
+    def load_from(self, i: int, solo: nn.Linear) -> None:
+        self.weight.data[i].copy_(solo.weight)
+        self.bias.data[i, 0].copy_(solo.bias)
+
 
 class PackedConv2d(nn.Module):
     """M ``nn.Conv2d`` layers as one grouped convolution on ``[B, M * C_in, H, W]``."""
@@ -96,6 +100,10 @@ class PackedConv2d(nn.Module):
     def copy_into(self, i: int, solo: nn.Conv2d) -> None:
         solo.weight.data.copy_(self.weight[i])
         solo.bias.data.copy_(self.bias[i])
+
+    def load_from(self, i: int, solo: nn.Conv2d) -> None:
+        self.weight.data[i].copy_(solo.weight)
+        self.bias.data[i].copy_(solo.bias)
 
 
 class PackedBatchNorm1d(nn.Module):
@@ -133,6 +141,11 @@ class PackedBatchNorm1d(nn.Module):
         for name in ("weight", "bias", "running_mean", "running_var"):
             getattr(solo, name).data.copy_(getattr(self, name)[i])
         solo.num_batches_tracked.copy_(self.num_batches_tracked)
+
+    def load_from(self, i: int, solo: nn.BatchNorm1d) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(self, name).data[i].copy_(getattr(solo, name))
+        self.num_batches_tracked.copy_(solo.num_batches_tracked)  # one count: every job made the same steps
 
 
 class PackedDropout(nn.Module):
@@ -273,13 +286,23 @@ class PackedNet(nn.Module):
 
     def copy_into(self, i: int, solo: nn.Module) -> nn.Module:
         """Write model ``i``'s parameters and buffers into ``solo`` (a fresh net of its config)."""
+        with torch.no_grad():
+            for packed, layer in self._layer_pairs(solo):
+                packed.copy_into(i, layer)
+        return solo
+
+    def load_from(self, i: int, solo: nn.Module) -> None:
+        """The inverse of ``copy_into``: ``solo``'s parameters and buffers become model ``i``'s
+        (a resumed job's net, ``packed_resume``)."""
+        with torch.no_grad():
+            for packed, layer in self._layer_pairs(solo):
+                packed.load_from(i, layer)
+
+    def _layer_pairs(self, solo: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
         solo_layers = [m for m in solo.modules() if isinstance(m, self._solo_layer_types)]
         packed_layers = [m for m in self.layers if hasattr(m, "copy_into")]
         if len(solo_layers) != len(packed_layers):
             raise ValueError(
                 f"{type(solo).__name__} has {len(solo_layers)} layers with parameters, the pack {len(packed_layers)}"
             )
-        with torch.no_grad():
-            for packed, layer in zip(packed_layers, solo_layers, strict=True):
-                packed.copy_into(i, layer)
-        return solo
+        return list(zip(packed_layers, solo_layers, strict=True))

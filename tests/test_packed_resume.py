@@ -1,0 +1,102 @@
+"""A pack resumed from its jobs' checkpoints (``Pack.resume``, ``packed_resume``) trains on exactly as
+the pack that was never stopped: every later step's loss, the final weights, optimizer state and
+lr of each job."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from tests.conftest import QUICK, compose_train
+
+# Two jobs per case, 3 epochs of 10 steps (batch 250 of the 2,500 synthetic training images);
+# each case mixes per-job settings that change which state torch keeps (momentum or none,
+# centered or not), with a scheduler of each kind (per epoch, per step, on val/acc).
+CASES = {
+    "sgd_step_batchnorm": (
+        ["optimizer=sgd", "optimizer.lr=0.05", "scheduler=step", "scheduler.step_size=1", "model.batch_norm=true"],
+        [["optimizer.momentum=0.9", "optimizer.nesterov=true"], ["seed=1"]],
+    ),
+    "adam_onecycle_dropout": (
+        ["optimizer.lr=0.003", "scheduler=onecycle", "model.dropout=0.2"],
+        [[], ["seed=1", "optimizer.weight_decay=0.01"]],
+    ),
+    "rmsprop_plateau": (
+        ["optimizer=rmsprop", "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.01"],
+        [["optimizer.centered=true", "optimizer.momentum=0.5"], ["seed=1"]],
+    ),
+    "adadelta_cnn": (
+        ["optimizer=adadelta", "model=cnn_small", "model.channels=[4]", "model.fc=[16]"],
+        [[], ["seed=1", "optimizer.lr=0.5"]],
+    ),
+}
+
+
+def one_epoch(pack) -> torch.Tensor:
+    """One epoch as ``Pack.fit`` runs it, the schedules' epoch step included."""
+    losses, _ = pack.train_epoch()
+    val_acc = pack.evaluate(pack.val_x, pack.val_y)[1].tolist() if pack.schedules.plateau else None
+    pack.end_epoch(val_acc)
+    return losses
+
+
+def last_ckpt(pack, i: int) -> dict:
+    """What job ``i``'s last.ckpt holds that a resume reads (``packed_checkpoint.solo_checkpoint``),
+    through torch.save and a weights-only load, as the file is written and read."""
+    from mnist_lab.packed_checkpoint import optimizer_state
+
+    schedulers = pack.schedules.schedulers
+    checkpoint = {
+        "epoch": pack.epoch - 1,
+        "global_step": pack.steps_done,
+        "state_dict": {f"net.{k}": v for k, v in pack.solo_net(i).state_dict().items()},
+        "optimizer_states": [optimizer_state(pack, i)],
+        "lr_schedulers": [schedulers[i].state_dict()] if schedulers else [],
+    }
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_pack_resumed_from_its_jobs_checkpoints_trains_on_as_the_uninterrupted_pack(case, synthetic_data_dir):
+    from mnist_lab.pack import Pack
+    from mnist_lab.packed_checkpoint import optimizer_state
+
+    shared, per_job = CASES[case]
+    base = [*QUICK, f"data.data_dir={synthetic_data_dir}", "trainer.max_epochs=3", "data.batch_size=250", *shared]
+    cfgs = [compose_train(*base, *overrides) for overrides in per_job]
+
+    uninterrupted = Pack(cfgs)
+    losses = torch.cat([one_epoch(uninterrupted) for _ in range(3)])
+
+    stopped = Pack(cfgs)
+    one_epoch(stopped)
+    checkpoints = [last_ckpt(stopped, i) for i in range(len(cfgs))]
+
+    resumed = Pack(cfgs)
+    resumed.resume(checkpoints)
+    assert (resumed.epoch, resumed.steps_done) == (1, 10)
+    later = torch.cat([one_epoch(resumed) for _ in range(2)])
+    torch.testing.assert_close(later, losses[10:], rtol=1e-5, atol=0)
+    for i in range(len(cfgs)):
+        ours, theirs = resumed.solo_net(i).state_dict(), uninterrupted.solo_net(i).state_dict()
+        for key, value in theirs.items():
+            torch.testing.assert_close(ours[key], value, rtol=1e-5, atol=1e-7, msg=f"job {i} {key}")
+        ours, theirs = optimizer_state(resumed, i), optimizer_state(uninterrupted, i)
+        assert ours["param_groups"] == theirs["param_groups"]  # lr and what the scheduler set
+        torch.testing.assert_close(ours["state"], theirs["state"], rtol=1e-5, atol=1e-7)
+    assert resumed.schedules.current() == uninterrupted.schedules.current()
+
+
+def test_jobs_stopped_at_different_epochs_do_not_share_a_resumed_pack(synthetic_data_dir):
+    from mnist_lab.pack import Pack
+
+    cfgs = [compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", f"seed={s}") for s in range(2)]
+    stopped = Pack(cfgs)
+    one_epoch(stopped)
+    with pytest.raises(ValueError, match="resume from the same epoch"):
+        Pack(cfgs).resume([last_ckpt(stopped, 0), None])
