@@ -43,7 +43,7 @@ def test_jobs_differing_in_what_must_match_go_to_separate_packs(job):
 @pytest.mark.parametrize(
     "overrides, reason",
     [
-        (["ckpt_path=last"], "resumes"),
+        (["ckpt_path=runs/an_earlier_run/checkpoints/last.ckpt"], "resumes"),  # another run's checkpoint
         (["trainer=ddp_sim"], "one CPU or GPU"),
         (["step.cuda_graph=on"], "cuda_graph"),
         (["trainer.limit_train_batches=3"], "limit_train_batches"),
@@ -84,3 +84,9 @@ def test_no_pack_runs_on_a_gpu_yet(job, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # trainer.accelerator=auto picks the GPU
     assert "GPU" in why_solo(job("trainer.accelerator=auto"))
     assert why_solo(job("trainer.accelerator=cpu")) is None
+
+
+def test_a_resumed_sweeps_jobs_pack_by_the_epoch_they_resume_at(job):
+    cfgs = [job("ckpt_path=last", f"seed={s}") for s in range(6)]
+    # epochs after each job's last.ckpt (0: no checkpoint, it starts afresh); None: it runs alone
+    assert split_into_packs(cfgs, 8, [1, 0, 1, None, 0, 2]) == [[0, 2], [1, 4], [3], [5]]

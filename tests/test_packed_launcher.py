@@ -4,6 +4,7 @@ same job folders, records, report rows, TensorBoard curves and usable checkpoint
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,24 +204,58 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
         assert last["optimizer_states"][0]["state"] and last["loops"]["fit_loop"]["epoch_progress"]
     assert not (sweep_dir / JOBS[2]).exists()
 
-    run_cli("mnist_lab.train", *args, "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir)
-    for job in JOBS[:2]:  # its first epoch in the pack, its second alone: the record and last.ckpt say so
+    alone = tmp_path / "killed_resumed_alone"  # the same killed sweep, its pack's jobs resumed alone
+    shutil.copytree(sweep_dir, alone)
+    resumed = run_cli("mnist_lab.train", *args, "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir)
+    output = resumed.stdout + resumed.stderr
+    assert "Launching 3 jobs locally: 2 in 1 packs, 1 alone" in output  # the two resumed jobs, packed again
+    assert output.count("(packed: 2 jobs, resuming after 1 of 2 epochs)") == 2
+    for job in JOBS[:2]:  # both epochs trained in a pack: the record and last.ckpt say so
         record = read_metrics(sweep_dir / job)
         last = torch.load(sweep_dir / job / "checkpoints" / "last.ckpt", weights_only=True)
-        assert (record["epochs"], record.get("packed"), record.get("packed_epochs")) == (2, 2, 1), job
-        assert (last["epoch"], last.get("packed"), last.get("packed_epochs")) == (1, 2, 1), job
+        assert (record["epochs"], record.get("packed"), record.get("packed_epochs")) == (2, 2, 2), job
+        assert (last["epoch"], last.get("packed"), last.get("packed_epochs")) == (1, 2, 2), job
     assert "packed" not in read_metrics(sweep_dir / JOBS[2]) and "packed_epochs" not in read_metrics(
         sweep_dir / JOBS[2]
     )
     for job in JOBS:
         ours, theirs = read_metrics(sweep_dir / job), read_metrics(packed / job)
         assert_same_record(ours, theirs, job)
+        for key in HISTORY:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5), (job, key)
         losses = report.step_losses(sweep_dir / job)
         assert losses[0] == list(range(1, STEPS + 1))
         for uninterrupted in (packed, basic):  # the packed sweep, and each job's solo run
             torch.testing.assert_close(
                 torch.tensor(losses[1]), torch.tensor(report.step_losses(uninterrupted / job)[1]), rtol=1e-5, atol=0
             )
+    for job in JOBS[:2]:  # written by the resumed pack: the uninterrupted pack's weights and state
+        assert read_metrics(sweep_dir / job)["packed"] == 2
+        for name in ("best.ckpt", "last.ckpt"):
+            ours = torch.load(sweep_dir / job / "checkpoints" / name, weights_only=True)
+            theirs = torch.load(packed / job / "checkpoints" / name, weights_only=True)
+            assert ours["packed"] == 2 and ours["epoch"] == theirs["epoch"]
+            assert ours["global_step"] == theirs["global_step"]
+            weights = [{k: v for k, v in c["state_dict"].items() if k.startswith("net.")} for c in (ours, theirs)]
+            torch.testing.assert_close(*weights, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(ours["optimizer_states"], theirs["optimizer_states"], rtol=1e-5, atol=1e-7)
+            assert ours["lr_schedulers"] == theirs["lr_schedulers"]
+            best = [next(iter(c["callbacks"].values()))["best_model_score"] for c in (ours, theirs)]
+            torch.testing.assert_close(*best, rtol=1e-5, atol=0)
+    job = sweep_dir / JOBS[0]
+    result = run_cli("mnist_lab.evaluate", f"ckpt_path='{job}'", cwd=tmp_path, data_dir=synthetic_data_dir)
+    assert f"test/acc {read_metrics(job)['test_acc']:.4f}" in result.stdout
+
+    # pack_size=1 (no packing): the pack's two jobs resume alone, from the same packed last.ckpt
+    args_alone = ["-m", *QUICK, "optimizer.lr=0.00001,0.00002", "model.dropout=0.2", "hydra/launcher=packed"]
+    args_alone += ["hydra.launcher.pack_size=1", f"hydra.sweep.dir={alone}", "ckpt_path=last"]
+    run_cli("mnist_lab.train", *args_alone, cwd=tmp_path, data_dir=synthetic_data_dir)
+    for job in JOBS[:2]:  # its first epoch in the pack, its second alone: the record and last.ckpt say so
+        record = read_metrics(alone / job)
+        last = torch.load(alone / job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert (record["epochs"], record.get("packed"), record.get("packed_epochs")) == (2, 2, 1), job
+        assert (last["epoch"], last.get("packed"), last.get("packed_epochs")) == (1, 2, 1), job
+        assert_same_record(record, read_metrics(packed / job), job)
 
 
 @pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"])

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from mnist_lab import report
 from tests.conftest import QUICK, read_metrics, run_cli
@@ -120,6 +121,8 @@ def test_a_unit_stopped_and_run_again_resumes_its_jobs_from_last_ckpt(launcher, 
         steps = [event.step for event in report._loss_events(job)]
         assert set(steps) == set(range(1, 40 * epochs + 1))
         assert steps.count(1) == 1  # resumed from its last.ckpt, not trained again from step 1
+        last = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["packed"] == 2  # the unit ran again as a pack, not as its jobs alone
 
 
 def test_ray_runs_one_task_per_unit(in_process, tmp_path, synthetic_data_dir):
