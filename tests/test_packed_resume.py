@@ -100,3 +100,39 @@ def test_jobs_stopped_at_different_epochs_do_not_share_a_resumed_pack(synthetic_
     one_epoch(stopped)
     with pytest.raises(ValueError, match="resume from the same epoch"):
         Pack(cfgs).resume([last_ckpt(stopped, 0), None])
+
+
+def test_where_each_job_of_a_resumed_sweep_starts(tmp_path, synthetic_data_dir):
+    """``start_of``: the epoch after its last.ckpt's; 0 (afresh) without a last.ckpt, as
+    ``train.run`` starts such a job; None (alone) when finished or its checkpoint is refused."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from mnist_lab.packed_resume import start_of
+
+    def job(name: str, status: str | None, checkpoint) -> tuple:
+        cfg = compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", "ckpt_path=last")
+        run_dir = tmp_path / name
+        if status is not None:
+            run_dir.mkdir()
+            (run_dir / "metrics.json").write_text(json.dumps({"status": status}))
+        if checkpoint is not None:
+            (run_dir / "checkpoints").mkdir()
+            path = run_dir / "checkpoints" / "last.ckpt"
+            if isinstance(checkpoint, bytes):
+                path.write_bytes(checkpoint)
+            else:
+                config = OmegaConf.to_container(cfg, resolve=True)
+                torch.save({**checkpoint, "hyper_parameters": {"config": config}, "state_dict": {}}, path)
+        return cfg, run_dir
+
+    never_started = job("never_started", None, None)
+    assert start_of(*never_started) == 0 and never_started[0].ckpt_path is None  # packs as in a fresh sweep
+    killed_in_epoch_1 = job("killed_in_epoch_1", "running", None)
+    assert start_of(*killed_in_epoch_1) == 0 and killed_in_epoch_1[0].ckpt_path == "last"  # adopts its record
+    assert start_of(*job("interrupted", "interrupted", {"epoch": 2})) == 3
+    assert start_of(*job("failed", "failed", {"epoch": 0})) == 1
+    assert start_of(*job("finished", "ok", {"epoch": 1})) is None
+    assert start_of(*job("truncated", "running", b"not a checkpoint")) is None  # train.run says why
+    assert start_of(*job("diverged_before", "interrupted", {"epoch": 0, "diverged_at": 5})) is None
