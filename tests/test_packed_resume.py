@@ -13,7 +13,8 @@ from tests.conftest import QUICK, compose_train
 
 # Two jobs per case, 3 epochs of 10 steps (batch 250 of the 2,500 synthetic training images);
 # each case mixes per-job settings that change which state torch keeps (momentum or none,
-# centered or not), with a scheduler of each kind (per epoch, per step, on val/acc).
+# centered or not), with a scheduler of each kind (per epoch, per step, on val/acc). "formulas":
+# the optimizer's written-out update (its path off the CPU) instead of torch's functional one.
 CASES = {
     "sgd_step_batchnorm": (
         ["optimizer=sgd", "optimizer.lr=0.05", "scheduler=step", "scheduler.step_size=1", "model.batch_norm=true"],
@@ -26,6 +27,14 @@ CASES = {
     "rmsprop_plateau": (
         ["optimizer=rmsprop", "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.01"],
         [["optimizer.centered=true", "optimizer.momentum=0.5"], ["seed=1"]],
+    ),
+    "rmsprop_plain_formulas": (  # no job keeps grad_avg or a momentum buffer: the update still reads them
+        ["optimizer=rmsprop", "optimizer.lr=0.01"],
+        [[], ["seed=1", "optimizer.alpha=0.9"]],
+    ),
+    "adam_amsgrad_formulas": (
+        ["optimizer.lr=0.003", "optimizer.amsgrad=true"],
+        [[], ["seed=1", "optimizer.betas=[0.8,0.99]"]],
     ),
     "adadelta_cnn": (
         ["optimizer=adadelta", "model=cnn_small", "model.channels=[4]", "model.fc=[16]"],
@@ -70,14 +79,19 @@ def test_a_pack_resumed_from_its_jobs_checkpoints_trains_on_as_the_uninterrupted
     base = [*QUICK, f"data.data_dir={synthetic_data_dir}", "trainer.max_epochs=3", "data.batch_size=250", *shared]
     cfgs = [compose_train(*base, *overrides) for overrides in per_job]
 
-    uninterrupted = Pack(cfgs)
+    def pack():
+        made = Pack(cfgs)
+        made.optimizer.grouped = not case.endswith("formulas")
+        return made
+
+    uninterrupted = pack()
     losses = torch.cat([one_epoch(uninterrupted) for _ in range(3)])
 
-    stopped = Pack(cfgs)
+    stopped = pack()
     one_epoch(stopped)
     checkpoints = [last_ckpt(stopped, i) for i in range(len(cfgs))]
 
-    resumed = Pack(cfgs)
+    resumed = pack()
     resumed.resume(checkpoints)
     assert (resumed.epoch, resumed.steps_done) == (1, 10)
     later = torch.cat([one_epoch(resumed) for _ in range(2)])
