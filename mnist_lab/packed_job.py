@@ -91,7 +91,8 @@ class PackedJob:
             raise
         self.record.on_train_start(None, self.module)
         self.record.data["packed"] = pack.models  # jobs in its pack: train_time_s is the pack's time
-        self.record.data["packed_epochs"] = 0  # its epochs trained in the pack, so far
+        # its epochs trained in a pack, so far (a resumed one's checkpoint says how many before)
+        self.record.data["packed_epochs"] = (self.checkpoint or {}).get("packed_epochs", 0)
 
     def _continue(self, checkpoint: dict) -> None:
         """Go on from the ``last.ckpt`` the pack resumed, as a solo run resumed from it goes on:
