@@ -28,7 +28,7 @@ from mnist_lab.evaluate import evaluate
 from mnist_lab.packed_checkpoint import SoloTrainerState, save_checkpoint, solo_checkpoint
 from mnist_lab.packed_images import PackedImages
 from mnist_lab.run_dir import claim_run_dir, write_hydra_files
-from mnist_lab.run_record import RunRecord
+from mnist_lab.run_record import RunRecord, packed_epochs
 from mnist_lab.trackers import build_loggers, close_trackers, log_step_losses, start_trackers
 from mnist_lab.train import hparams_of
 
@@ -92,7 +92,7 @@ class PackedJob:
         self.record.on_train_start(None, self.module)
         self.record.data["packed"] = pack.models  # jobs in its pack: train_time_s is the pack's time
         # its epochs trained in a pack, so far (a resumed one's checkpoint says how many before)
-        self.record.data["packed_epochs"] = (self.checkpoint or {}).get("packed_epochs", 0)
+        self.record.data["packed_epochs"] = packed_epochs(self.checkpoint) if self.checkpoint else 0
 
     def _continue(self, checkpoint: dict) -> None:
         """Go on from the ``last.ckpt`` the pack resumed, as a solo run resumed from it goes on:

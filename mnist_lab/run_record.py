@@ -31,6 +31,14 @@ __all__ = ["METRICS_FILE", "RunRecord", "Terminated", "finite_or_none", "first_l
 PACKED_FIELDS = ("packed", "packed_epochs")  # in metrics.json and checkpoints: the epochs trained in a pack
 
 
+def packed_epochs(checkpoint: dict) -> int:
+    """How many of the epochs a checkpoint holds trained in a pack (one written before the field
+    existed is a packed job's: all of them; 0 for a job that never packed)."""
+    if not checkpoint.get("packed"):
+        return 0
+    return int(checkpoint.get("packed_epochs", checkpoint["epoch"] + 1))
+
+
 def write_record(path: Path, data: dict, exclusive: bool = False) -> bool:
     """``write_json_atomic`` in the first process (rank 0) only: under DDP the other processes'
     records are the same run's."""
@@ -89,9 +97,9 @@ class RunRecord(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
         if trainer.state.fn == "fit":  # resuming: add the training time before the interruption
             self.train_time_s = checkpoint.get("train_time_s", 0.0)
-            if checkpoint.get("packed"):  # its first epochs trained in a pack (an earlier version's: all of them)
+            if checkpoint.get("packed"):
                 self.data["packed"] = checkpoint["packed"]
-                self.data["packed_epochs"] = checkpoint.get("packed_epochs", checkpoint["epoch"] + 1)
+                self.data["packed_epochs"] = packed_epochs(checkpoint)
 
     def on_train_start(self, trainer: L.Trainer, module: Classifier) -> None:
         self.train_started = time.perf_counter()
