@@ -163,16 +163,23 @@ class GraphStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graph is None and self.off_reason is None:
             self._capture_and_check(x, y)
-        if self.graph is not None and len(x) == self.batch_size:
-            self.x.copy_(x)
-            self.y.copy_(y)
-            self.graph.replay()
-            return self.loss_out, self.correct_out
+        if self.graph is not None and x.shape == self.x.shape:
+            return self._replay(x, y)
         return self.eager(x, y)
 
-    def _capture_and_check(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # Here, not in __init__: a resumed checkpoint has brought its param groups by now.
+    def _replay(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.graph.replay()
+        return self.loss_out, self.correct_out
+
+    def _prepare(self) -> None:
+        """Make the optimizer ready for capture; here, not in __init__: a resumed checkpoint
+        has brought its param groups by now."""
         ready_for_capture(self.optimizer, self.device)
+
+    def _capture_and_check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._prepare()
         try:
             self._capture(x, y)
             reason = self._disagreement()
@@ -189,14 +196,26 @@ class GraphStep:
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
         return tensors
 
-    def _save(self) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    def _save(self) -> tuple[dict[int, torch.Tensor], object]:
         """Weights, buffers, optimizer state and the RNG, to put back with ``_restore``."""
-        return {id(t): t.detach().clone() for t in self._state_tensors()}, torch.cuda.get_rng_state()
+        return {id(t): t.detach().clone() for t in self._state_tensors()}, self._other_state()
 
-    def _restore(self, saved: tuple[dict[int, torch.Tensor], torch.Tensor]) -> None:
+    def _other_state(self) -> object:
+        """What a step changes besides its state tensors: the device's random-number state."""
+        return torch.cuda.get_rng_state()
+
+    def _set_other_state(self, state: object) -> None:
+        torch.cuda.set_rng_state(state)
+
+    def _generators(self) -> list[torch.Generator]:
+        """Random-number generators the step draws from besides the device's default one (which
+        every graph follows): each must be registered with the graph before its capture."""
+        return []
+
+    def _restore(self, saved: tuple[dict[int, torch.Tensor], object]) -> None:
         """In place: the graph holds these tensors' addresses."""
-        tensors, rng = saved
-        torch.cuda.set_rng_state(rng)
+        tensors, other = saved
+        self._set_other_state(other)
         with torch.no_grad():
             for tensor in self._state_tensors():
                 if id(tensor) in tensors:
@@ -205,9 +224,11 @@ class GraphStep:
                     tensor.zero_()
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.batch_size = len(x)
+        self.batch_size = y.shape[-1]
         self.x, self.y = x.clone(), y.clone()
         self.graph = torch.cuda.CUDAGraph()
+        for generator in self._generators():
+            self.graph.register_generator_state(generator)
         # Warm-up steps build the optimizer state and cuDNN plans the capture needs. They
         # change weights and state and draw random numbers (dropout): put all that back after.
         saved = self._save()
@@ -250,17 +271,24 @@ class GraphStep:
         state back. None if they agree, else what differs (a phrase for a log line)."""
         saved = self._save()
         self.graph.replay()
-        graph_loss = float(self.loss_out)
+        graph_loss = self.loss_out.detach().cpu().clone()
         graph_params = [p.detach().clone() for p in self.net.parameters()]
         self._restore(saved)
-        eager_loss = float(self.eager(self.x, self.y)[0])
+        eager_loss = self.eager(self.x, self.y)[0].detach().cpu().clone()
         eager_params = [p.detach().clone() for p in self.net.parameters()]
         self._restore(saved)
-        pairs = [(torch.tensor(graph_loss), torch.tensor(eager_loss)), *zip(graph_params, eager_params, strict=True)]
+        pairs = [(graph_loss, eager_loss), *zip(graph_params, eager_params, strict=True)]
         if all(torch.allclose(g, e, rtol=CHECK_RTOL, atol=CHECK_ATOL, equal_nan=True) for g, e in pairs):
             return None
         worst = max(float((g - e).abs().max()) for g, e in pairs[1:])
         return (
-            f"the captured step disagrees with the eager step (loss {graph_loss:.6g} against {eager_loss:.6g}, "
-            f"parameters differ by up to {worst:.3g}; tolerance rtol={CHECK_RTOL}, atol={CHECK_ATOL})"
+            f"the captured step disagrees with the eager step (loss {_numbers(graph_loss)} against "
+            f"{_numbers(eager_loss)}, parameters differ by up to {worst:.3g}; "
+            f"tolerance rtol={CHECK_RTOL}, atol={CHECK_ATOL})"
         )
+
+
+def _numbers(loss: torch.Tensor) -> str:
+    """A loss for a log line: one number, or a pack's list of them."""
+    values = [f"{v:.6g}" for v in loss.flatten().tolist()]
+    return values[0] if loss.dim() == 0 else f"[{', '.join(values)}]"

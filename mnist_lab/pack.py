@@ -3,8 +3,9 @@
 ``Pack(cfgs, device)`` builds, for each job, what ``train.fit_and_test`` builds (its net under
 its own seed, its loss, optimizer and scheduler, its batch order), then stacks them: a
 ``PackedNet``, a ``PackedLoss``, a ``PackedOptimizer``, the jobs' own schedulers
-(``JobSchedules``) and ``PackedBatches``. ``train_epoch`` runs one epoch of ``PackedStep`` and
-steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives job i's net back as an
+(``JobSchedules``) and ``PackedBatches``. ``train_epoch`` runs one epoch of its step
+(``packed_graph.make_packed_step``: captured as a CUDA graph on a GPU, as a solo run's step is;
+``PackedStep`` on the CPU) and steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives job i's net back as an
 ordinary ``models.py`` module, and ``resume`` takes the jobs' ``last.ckpt`` back in (a resumed
 sweep's jobs, ``packed_resume``).
 
@@ -28,11 +29,12 @@ from torch import nn
 
 from mnist_lab.classifier import dropout_seed
 from mnist_lab.data import DeviceBatches, device_tensors, split_indices
+from mnist_lab.packed_graph import make_packed_step
 from mnist_lab.packed_models import PackedNet
 from mnist_lab.packed_optim import PackedOptimizer
 from mnist_lab.packed_resume import load_job, start_epoch
 from mnist_lab.packed_schedules import JobSchedules
-from mnist_lab.packed_step import PackedBatches, PackedLoss, PackedStep
+from mnist_lab.packed_step import PackedBatches, PackedLoss
 
 # Settings every job of a pack shares (the others, optimizer and scheduler arguments, loss,
 # seed and dropout rates, may differ per job). The net's shape and the optimizer and scheduler
@@ -51,6 +53,7 @@ MUST_MATCH = (
     "trainer.accelerator",
     "trainer.devices",
     "step.check_every",  # one check for the whole pack, at its jobs' interval
+    "step.cuda_graph",  # one step for the whole pack (packed_graph)
 )
 
 
@@ -82,7 +85,8 @@ class Pack:
         make_optimizers = [instantiate(cfg.optimizer) for cfg in cfgs]
         self.make_optimizers = make_optimizers  # each job's solo optimizer (its checkpoints' format)
         self.optimizer = PackedOptimizer(self.net.parameters(), make_optimizers)
-        self.step = PackedStep(self.net, self.loss, self.optimizer)
+        # the jobs' shared step.cuda_graph (MUST_MATCH): a captured step on a GPU, else the eager one
+        self.step = make_packed_step(self.net, self.loss, self.optimizer, self.device, str(cfgs[0].step.cuda_graph))
 
         data, first = cfgs[0].data, cfgs[0]
         tensors = device_tensors(data.data_dir, self.device, data.get("normalize", True))

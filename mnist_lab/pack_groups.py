@@ -1,13 +1,14 @@
 """Which jobs of a sweep can share a pack: ``why_solo`` says why a job trains alone, ``pack_key``
 groups the others by everything a pack's jobs must share.
 
-A job packs only if the pack reproduces all of its run: one process on the CPU (no pack has run on
-a GPU yet), float32, no checkpoint to resume but its own ``last.ckpt`` (``ckpt_path=last``,
+A job packs only if the pack reproduces all of its run: one process on one device (the CPU or a
+GPU, where the pack's step is captured as a CUDA graph as a solo run's is: ``packed_graph``),
+float32, no checkpoint to resume but its own ``last.ckpt`` (``ckpt_path=last``,
 ``packed_resume``), no Lightning debugging or limits (``trainer.limit_*``, ``max_steps``,
 ``fast_dev_run``, ``overfit_batches``, a profiler), no early stopping, the default callbacks
-(checkpoints as ``conf/callbacks/default.yaml`` writes them, no added callback), the eager step
-(``step.cuda_graph=on`` asks for the graph step), and a net, loss and optimizer the packed classes
-implement. Dropout packs: each job draws its solo run's masks from its own stream
+(checkpoints as ``conf/callbacks/default.yaml`` writes them, no added callback), no
+``step.cuda_graph=on`` off a GPU (its solo run refuses it in one sentence), and a net, loss and
+optimizer the packed classes implement. Dropout packs: each job draws its solo run's masks from its own stream
 (``PackedNet.seed_dropout``). Anything else runs as it does without packing, through the job's
 normal path.
 """
@@ -46,8 +47,8 @@ def why_solo(cfg: DictConfig) -> str | None:
         return "it resumes a checkpoint"
     if str(trainer.get("accelerator")) not in DEVICES or trainer.get("devices") not in (1, "1"):
         return "it is not on one CPU or GPU"
-    if DEVICES[str(trainer.accelerator)] == "cuda" or (trainer.accelerator == "auto" and torch.cuda.is_available()):
-        return "it runs on a GPU, where no pack has run yet"
+    device = DEVICES[str(trainer.accelerator)]
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if trainer.get("strategy", "auto") != "auto":
         return f"trainer.strategy={trainer.strategy}"
     if str(trainer.get("precision")) not in ("32-true", "32"):
@@ -55,8 +56,8 @@ def why_solo(cfg: DictConfig) -> str | None:
     extra = [key for key, value in trainer.items() if key not in TRAINER_KEYS and value not in (None, False, 0, -1)]
     if extra:
         return f"trainer.{extra[0]} is set"
-    if cfg.step.cuda_graph == "on":
-        return "step.cuda_graph=on"
+    if cfg.step.cuda_graph == "on" and not on_gpu:  # its solo run says why it cannot be
+        return "step.cuda_graph=on off a GPU"
     callbacks = cfg.get("callbacks") or {}
     if (callbacks.get("early_stopping") or {}).get("patience") is not None:
         return "early stopping is on"

@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from mnist_lab.config_checks import out_of_memory
 from mnist_lab.data import DeviceBatches, device_tensors, split_indices
 from mnist_lab.pack import Pack
-from mnist_lab.step import EagerStep, eager_optimizer_kwargs, skip_capture_check
+from mnist_lab.step_factory import make_step
 
 SLACK = 1.1  # the target: a pack takes at most 10 % longer than its jobs one after another
 SIZES = (2, 4, 8, 16, 32)  # the pack sizes the probe may try
@@ -60,15 +60,14 @@ def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[i
 
 
 def solo_steps(cfg, device: torch.device) -> Iterator:
-    """A job's training steps on its own batches, forever: its net and optimizer built as
-    ``Classifier`` builds them for the eager step (``step.EagerStep``)."""
+    """A job's training steps on its own batches, forever: its net, optimizer and step built as
+    ``Classifier`` builds them (``step_factory.make_step``: on a GPU, the CUDA-graph step)."""
     L.seed_everything(cfg.seed, verbose=False)
     net, loss = instantiate(cfg.model).to(device), instantiate(cfg.loss)
+    make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     make_optimizer = instantiate(cfg.optimizer)
-    optimizer = make_optimizer(net.parameters(), **eager_optimizer_kwargs(make_optimizer, device))
-    if device.type == "cpu":
-        skip_capture_check(optimizer)
-    step = EagerStep(net, loss, optimizer)
+    quiet = lambda message: None  # noqa: E731 - the job's own run says why its graph is off
+    step, _ = make_step(net, loss, make_optimizer, device, str(cfg.step.cuda_graph), make_scheduler, say=quiet)
     tensors = device_tensors(cfg.data.data_dir, device, cfg.data.get("normalize", True))
     rows = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))[0].to(device)
     x, y = tensors["train_x"][rows], tensors["train_y"][rows]

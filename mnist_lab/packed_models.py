@@ -281,8 +281,21 @@ class PackedNet(nn.Module):
         # draws on the wrong device. A seed is all the state a stream has before its first draw,
         # so making it at its first use, where the input is, gives the same masks; and no stream
         # state has to be carried between device types (a CPU and a CUDA generator's differ).
-        self.generators[:] = [torch.Generator(device=device).manual_seed(seed) for seed in self._dropout_seeds]
+        # A stream already on that device is reseeded in place: a captured CUDA graph draws from
+        # the generators registered with it (``packed_graph``), not from new ones.
+        self.generators[:] = [
+            generator.manual_seed(seed)
+            if generator.device == device
+            else torch.Generator(device=device).manual_seed(seed)
+            for generator, seed in zip(self.generators, self._dropout_seeds, strict=True)
+        ]
         self._dropout_seeds = None
+
+    def start_dropout_streams(self, device: torch.device) -> None:
+        """Start the streams seeded since the last training forward now, on ``device`` (a
+        captured step needs them made, and saved, before its warm-up)."""
+        if self._dropout_seeds is not None:
+            self._start_dropout_streams(device)
 
     def copy_into(self, i: int, solo: nn.Module) -> nn.Module:
         """Write model ``i``'s parameters and buffers into ``solo`` (a fresh net of its config)."""

@@ -104,12 +104,29 @@ class PackedOptimizer:
             else:
                 self.hyper[name] = torch.tensor([float(s[name]) for s in settings], dtype=torch.float64, device=device)
         self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
-        self.steps = 0  # every model of a pack has made the same number of steps
+        # Every model of a pack has made the same number of steps: ``steps`` on the host (the CPU
+        # path, checkpoints), ``step_count`` on the device for the written-out update, which a
+        # CUDA graph captures and replays (a Python number would be frozen in the graph).
+        self.step_count = torch.zeros((), dtype=torch.float64, device=device)
+        self._steps = 0
         self._grouping: tuple[tuple, list] | None = None  # (hyperparameter versions, _groups)
         self.grouped = device.type == "cpu"
         # as a solo run on the CPU steps Adam and AdamW (step.eager_optimizer_kwargs): fused,
         # unless the config says otherwise
         self.fused = self.cls in (torch.optim.Adam, torch.optim.AdamW) and settings[0].get("fused") is not False
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    @steps.setter
+    def steps(self, steps: int) -> None:  # a resumed pack's step count
+        self._steps = steps
+        self.step_count.fill_(steps)
+
+    def count_replayed_step(self) -> None:
+        """A step a captured graph made: ``step_count`` moved inside the graph, ``steps`` here."""
+        self._steps += 1
 
     def set(self, name: str, values: torch.Tensor | Sequence[float]) -> None:
         """Change one hyperparameter of every model (a scheduler's lr, momentum or betas)."""
@@ -129,7 +146,7 @@ class PackedOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        self.steps += 1
+        self._steps += 1
         if self.grouped:
             self._step_by_groups()
         else:

@@ -17,13 +17,18 @@ import functools
 import torch
 
 
-def coefficients(cls: type, hyper: dict[str, torch.Tensor], steps: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def coefficients(
+    cls: type, hyper: dict[str, torch.Tensor], steps: torch.Tensor, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """Every per-model number this step uses, computed in float64 as torch computes them in
-    Python, then cast once to the parameters' dtype, as torch's kernels cast a Python number."""
+    Python, then cast once to the parameters' dtype, as torch's kernels cast a Python number.
+    ``steps``: the steps made, this one included (a float64 tensor on the device)."""
     h = hyper
     c = {"lr": h["lr"], "weight_decay": h["weight_decay"]}
     if cls is torch.optim.SGD:
-        c.update(momentum=h["momentum"], dampened=1 - h["dampening"], nesterov=h["nesterov"])
+        # first: torch's first momentum buffer is the gradient itself (a tensor, not a branch,
+        # so that a captured step takes it only at the first step)
+        c.update(momentum=h["momentum"], dampened=1 - h["dampening"], nesterov=h["nesterov"], first=steps == 1)
     elif cls in (torch.optim.Adam, torch.optim.AdamW):
         c.update(
             decay=1 - h["lr"] * h["weight_decay"],
@@ -44,7 +49,7 @@ def coefficients(cls: type, hyper: dict[str, torch.Tensor], steps: int, dtype: t
         )
     else:
         c.update(rho=h["rho"], one_minus_rho=1 - h["rho"], eps=h["eps"])
-    return {name: value.to(dtype) for name, value in c.items()}
+    return {name: value if value.dtype == torch.bool else value.to(dtype) for name, value in c.items()}
 
 
 @torch.no_grad()
@@ -58,7 +63,8 @@ def written_out_step(optimizer) -> None:
         torch.optim.RMSprop: _rmsprop,
         torch.optim.Adadelta: _adadelta,
     }[optimizer.cls]
-    c = coefficients(optimizer.cls, optimizer.hyper, optimizer.steps, optimizer.params[0].dtype)
+    optimizer.step_count.add_(1)
+    c = coefficients(optimizer.cls, optimizer.hyper, optimizer.step_count, optimizer.params[0].dtype)
     for param, state in zip(optimizer.params, optimizer.state, strict=True):
         if param.grad is not None:
             shape = (-1, *[1] * (param.dim() - 1))  # [M] broadcast over each model's tensor
@@ -73,11 +79,10 @@ def _weight_decayed(param: torch.Tensor, grad: torch.Tensor, c: dict) -> torch.T
 
 def _sgd(param, grad, state, c) -> None:
     grad = _weight_decayed(param, grad, c)
-    if "momentum_buffer" not in state:  # torch: the first buffer is the gradient itself
-        state["momentum_buffer"] = grad.clone()
-    else:
-        state["momentum_buffer"].mul_(c["momentum"]).add_(grad * c["dampened"])
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = torch.zeros_like(param)
     buf = state["momentum_buffer"]
+    buf.copy_(torch.where(c["first"], grad, buf * c["momentum"] + grad * c["dampened"]))
     with_momentum = torch.where(c["nesterov"].bool(), grad + buf * c["momentum"], buf)
     grad = torch.where(c["momentum"] != 0, with_momentum, grad)  # momentum 0: plain gradient step
     param.sub_(grad * c["lr"])

@@ -10,8 +10,9 @@ Kinds of step, all with the ``Step`` interface:
 - ``EagerStep`` (here): forward, loss, backward, optimizer step, as written;
 - ``GraphStep`` (``cuda_graph.py``): the same step captured once as a CUDA graph and replayed.
 
-``step_factory.make_step`` picks one; a new kind (say, many nets trained at once) implements
-``Step`` and is returned there.
+``step_factory.make_step`` picks one. A pack of jobs trained at once steps through the same
+interface with a model dimension in front (``packed_step.PackedStep``, and on a GPU
+``packed_graph.PackedGraphStep``, a ``GraphStep``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A CPU stand-in for ``torch.cuda.CUDAGraph``, strict where a real graph is strict.
 
 CI has no GPU, so the graph path of ``mnist_lab/cuda_graph.py`` is tested here against an
-emulation that keeps a real graph's three rules:
+emulation that keeps a real graph's four rules:
 
 1. Capture records every aten op with the very tensors it read and wrote, and replay re-runs
    those ops on those tensors: Python values (a float lr, momentum, betas) are frozen at
@@ -11,6 +11,9 @@ emulation that keeps a real graph's three rules:
 3. A tensor made before the capture and used by it must stay alive: the real graph keeps
    only its address, and freed memory is soon reused by other tensors. Replay fails if
    one has been freed.
+4. A random-number generator of one's own (``generator=``) must be registered with the graph
+   (``register_generator_state``) before the capture draws from it; replay draws on from its
+   current state, so reseeding it between replays is seen, as on the GPU.
 
 What it cannot show: kernels, streams, the memory pool, CPU tensors baked into a CUDA graph.
 """
@@ -44,6 +47,9 @@ class _Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in HOST_SYNCS:
             raise CaptureError(f"operation not permitted when stream is capturing ({func})")
+        generator = kwargs.get("generator")
+        if generator is not None and not self.graph.registered(generator):
+            raise CaptureError(f"{func} draws from a generator not registered with the graph")
         out = func(*args, **kwargs)
         if func in LIFTS:
             self.graph.internal += list(args)
@@ -84,6 +90,17 @@ class EmulatedCUDAGraph:
     def __init__(self):
         self.ops: list = []
         self.internal: list[torch.Tensor] = []
+        self.generators: list[torch.Generator] = []
+
+    def register_generator_state(self, generator: torch.Generator) -> None:
+        self.generators.append(generator)
+
+    def registered(self, generator: torch.Generator) -> bool:
+        # The dispatcher hands an op a new Python object for the same generator, so a registered
+        # one is recognised by its state (a generator in the very state of a registered one would
+        # pass too: the check is for a stream left out, not for a copy of one).
+        state = generator.get_state()
+        return any(torch.equal(state, g.get_state()) for g in self.generators)
 
     def replay(self) -> None:
         with torch.no_grad():

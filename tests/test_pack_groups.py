@@ -80,10 +80,17 @@ def test_a_packs_remainder_of_one_trains_alone(job):
     assert split_into_packs(cfgs, lambda group: 1) == [[0], [1], [2], [3], [4]]
 
 
-def test_no_pack_runs_on_a_gpu_yet(job, monkeypatch):
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # trainer.accelerator=auto picks the GPU
-    assert "GPU" in why_solo(job("trainer.accelerator=auto"))
-    assert why_solo(job("trainer.accelerator=cpu")) is None
+def test_gpu_jobs_pack_and_ask_for_the_cuda_graph_only_on_a_gpu(job, monkeypatch):
+    assert "cuda_graph=on" in why_solo(job("trainer.accelerator=auto", "step.cuda_graph=on"))  # no GPU here
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # a GPU; trainer.accelerator=auto picks it
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert why_solo(job("trainer.accelerator=gpu")) is None
+    assert why_solo(job("trainer.accelerator=gpu", "step.cuda_graph=on")) is None  # the pack's step is captured
+    assert why_solo(job("trainer.accelerator=auto", "step.cuda_graph=on")) is None
+    assert "cuda_graph=on" in why_solo(job("trainer.accelerator=cpu", "step.cuda_graph=on"))
+    cfgs = [job("trainer.accelerator=gpu"), job("trainer.accelerator=gpu", "seed=1"), job("seed=2"), job("seed=3")]
+    cfgs += [job("trainer.accelerator=gpu", "step.cuda_graph=off", "seed=4")]
+    assert split_into_packs(cfgs, 8) == [[0, 1], [2, 3], [4]]  # a pack's jobs share device and step
 
 
 def test_a_resumed_sweeps_jobs_pack_by_the_epoch_they_resume_at(job):
