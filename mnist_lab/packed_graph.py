@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from mnist_lab.cuda_graph import GraphStep, graph_off
-from mnist_lab.packed_models import PackedNet
+from mnist_lab.packed_models import PackedDropout, PackedNet
 from mnist_lab.packed_optim import PackedOptimizer
 from mnist_lab.packed_step import PackedLoss, PackedStep
 
@@ -87,7 +87,8 @@ class PackedGraphStep(GraphStep):
         return tensors
 
     def _generators(self) -> list[torch.Generator]:
-        return self.net.generators
+        dropout = any(isinstance(module, PackedDropout) for module in self.net.modules())
+        return self.net.generators if dropout else []  # a net without dropout draws from none
 
     def _other_state(self) -> tuple[list[torch.Tensor], int]:
         """The jobs' dropout streams and the host's step count."""
