@@ -216,6 +216,17 @@ def _solo_layers(solo: nn.Sequential) -> list[tuple[nn.Module, float]]:
 PACKED = {nn.Linear: PackedLinear, nn.Conv2d: PackedConv2d, nn.BatchNorm1d: PackedBatchNorm1d}
 
 
+def _same_device(generator_device: torch.device, device: torch.device) -> bool:
+    """Whether a generator on ``generator_device`` draws on ``device``: a device named without an
+    index ("cuda", as a pack's is) means the current one, where a generator always has one."""
+    if generator_device.type != device.type:
+        return False
+    if device.type != "cuda":
+        return True  # one CPU, whatever index a name gives it
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return generator_device.index == index
+
+
 class PackedNet(nn.Module):
     """M solo ``nn.Sequential`` nets of one shape (``models.MLP``/``models.CNN``) as one module.
 
@@ -285,7 +296,7 @@ class PackedNet(nn.Module):
         # the generators registered with it (``packed_graph``), not from new ones.
         self.generators[:] = [
             generator.manual_seed(seed)
-            if generator.device == device
+            if _same_device(generator.device, device)
             else torch.Generator(device=device).manual_seed(seed)
             for generator, seed in zip(self.generators, self._dropout_seeds, strict=True)
         ]

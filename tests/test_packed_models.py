@@ -142,6 +142,23 @@ def test_dropout_streams_start_on_the_device_the_net_trains_on():
             torch.testing.assert_close(logits[step][i], solo(x[i]), rtol=1e-5, atol=1e-6, msg=f"model {i}")
 
 
+def test_a_reseeded_stream_stays_the_generator_a_captured_step_draws_from():
+    """Each epoch reseeds the streams; on the device they are on (named with an index or
+    without, as a pack names "cuda") they are reseeded in place: a CUDA graph keeps drawing from
+    the generators registered with it, and would not see new ones."""
+    packed = PackedNet(solo_nets("mlp_bn", [0.3, 0.5])).train()
+    packed.seed_dropout([1, 2])
+    packed.start_dropout_streams(torch.device("cpu"))
+    streams = list(packed.generators)
+    first = packed(torch.randn(2, 8, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    for device in (torch.device("cpu"), torch.device("cpu", 0)):
+        packed.seed_dropout([1, 2])
+        packed.start_dropout_streams(device)
+        assert all(new is old for new, old in zip(packed.generators, streams, strict=True)), device
+        again = packed(torch.randn(2, 8, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+        assert torch.equal(again, first), "reseeded: the same masks again"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_dropout_streams_seeded_on_the_cpu_follow_the_net_to_the_gpu():
     solos = solo_nets("mlp_bn", [0.3, 0.5])
