@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_lab import report
 from tests.conftest import QUICK, read_metrics, run_cli
+from tests.test_evaluate_predict import predictions
 
 pytestmark = pytest.mark.slow
 
@@ -162,6 +165,33 @@ def test_packed_checkpoints_are_solo_checkpoints_that_evaluate_and_predict_load(
     assert result.stdout.startswith("digit.png")
 
 
+def write_block_digits(directory) -> None:
+    """Six images like the synthetic digits (conftest.synthetic_arrays), each with two of the ten
+    classes' blocks, so that predict's crop and centring leave them different."""
+    from PIL import Image
+
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = rng.integers(0, 60, (28, 28)).astype(np.uint8)
+        for c in rng.choice(10, 2, replace=False):
+            row, col = divmod(int(c), 5)
+            image[2 + row * 12 : 9 + row * 12, 2 + col * 5 : 7 + col * 5] += 180
+        Image.fromarray(image).save(directory / f"blocks_{i}.png")
+
+
+def predict(tmp_path, checkpoints) -> list[dict[str, list[tuple[int, float]]]]:
+    """``predict``'s digit and ten probabilities for each of ``digits/*.png`` with each checkpoint,
+    run as a user runs it; two runs at a time (each is mostly its imports)."""
+
+    def run(checkpoint) -> dict[str, list[tuple[int, float]]]:
+        args = (f"ckpt_path='{checkpoint}'", "images=digits/*.png", "top=10")
+        return predictions(run_cli("mnist_lab.predict", *args, cwd=tmp_path).stdout)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(run, checkpoints))
+
+
 # `python -m mnist_lab.train ...` that kills itself with SIGKILL (kill -9) once packed jobs have
 # ended KILL_AFTER epochs between them (their checkpoints and records written).
 KILLED_IN_A_PACK = """
@@ -245,6 +275,17 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
     job = sweep_dir / JOBS[0]
     result = run_cli("mnist_lab.evaluate", f"ckpt_path='{job}'", cwd=tmp_path, data_dir=synthetic_data_dir)
     assert f"test/acc {read_metrics(job)['test_acc']:.4f}" in result.stdout
+    # predict, as a user runs it, on the resumed pack's second job: its run dir (best.ckpt) and
+    # last.ckpt give the uninterrupted pack's digit and all ten probabilities for each image
+    write_block_digits(tmp_path / "digits")
+    checkpoints = [JOBS[1], f"{JOBS[1]}/checkpoints/last.ckpt"]
+    found = predict(tmp_path, [run / c for run in (sweep_dir, packed) for c in checkpoints])
+    for checkpoint, resumed, uninterrupted in zip(checkpoints, found[:2], found[2:], strict=True):
+        assert sorted(resumed) == sorted(uninterrupted) == [f"digits/blocks_{i}.png" for i in range(6)], checkpoint
+        for image, ranked in uninterrupted.items():
+            assert resumed[image][0][0] == ranked[0][0], (checkpoint, image)  # the predicted digit
+            # each probability as printed (to 0.1 %): one rounding step apart at most
+            assert dict(resumed[image]) == pytest.approx(dict(ranked), abs=0.0015), (checkpoint, image)
 
     # pack_size=1 (no packing): the pack's two jobs resume alone, from the same packed last.ckpt
     args_alone = ["-m", *QUICK, "optimizer.lr=0.00001,0.00002", "model.dropout=0.2", "hydra/launcher=packed"]
