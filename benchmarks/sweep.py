@@ -1,8 +1,8 @@
 """A sweep's training steps, packed and one by one, in one process: same jobs, data and steps.
 
-  one-by-one  each job alone: its net, loss and optimizer (Adam/AdamW fused on CPU, as a solo
-              run builds them), its own batches, ``--steps`` eager steps, one job after another
-              (``mnist_lab.pack_size.solo_steps``)
+  one-by-one  each job alone: its net, loss, optimizer and step as a solo run builds them (Adam/
+              AdamW fused on CPU; the CUDA-graph step on a GPU), its own batches, ``--steps``
+              steps, one job after another (``mnist_lab.pack_size.solo_steps``)
   packed      the same jobs in packs of ``--sizes`` (jobs that must match, e.g. by batch size,
               are split first): ``mnist_lab.pack.Pack``, ``--steps`` packed steps per pack
 

@@ -120,6 +120,26 @@ def _release_failed_capture(pool) -> None:
             pass
 
 
+def _default_generator(device: torch.device) -> list[torch.Generator]:
+    """The device's default generator (dropout's in a solo net), which every capture follows."""
+    if device.type != "cuda":
+        return []
+    return [torch.cuda.default_generators[torch.cuda.current_device() if device.index is None else device.index]]
+
+
+def _end_generator_capture(generators: list[torch.Generator]) -> None:
+    """A capture that fails ends before ``capture_end`` takes the generators it drew from out of
+    capture mode, and torch then refuses every later draw from them ("Offset increment outside
+    graph capture"): the eager fall-back of a net with dropout would fail at its first step. Give
+    each generator a fresh graph-safe state holding its own seed and offset."""
+    for generator in generators:
+        if generator.device.type != "cuda":
+            continue  # only CUDA generators take part in a capture
+        seed_and_offset = generator.get_state()
+        generator.graphsafe_set_state(torch.Generator(device=generator.device).graphsafe_get_state())
+        generator.set_state(seed_and_offset)
+
+
 # The self-check's tolerance: one replay against one eager step from the same state and batch.
 # Both run the same kernels, so they agree to float32 rounding (cuDNN may sum in another order);
 # a graph that froze a value or lost an update is off by far more.
@@ -247,6 +267,7 @@ class GraphStep:
         except Exception:
             if capturing:
                 _release_failed_capture(pool)
+                _end_generator_capture([*self._generators(), *_default_generator(self.device)])
             raise
         finally:
             torch.cuda.set_stream(stream)  # a failed capture can leave its own stream current

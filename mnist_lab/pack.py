@@ -68,7 +68,13 @@ def unshared_setting(cfgs: list[DictConfig]) -> str | None:
 class Pack:
     """M jobs (their composed train configs) trained side by side on ``device``."""
 
-    def __init__(self, cfgs: list[DictConfig], device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfgs: list[DictConfig],
+        device: torch.device | str = "cpu",
+        cuda_graph: str | None = None,
+        say: Callable[[str], None] = print,
+    ):
         key = unshared_setting(cfgs)
         if key:
             raise ValueError(f"the jobs of a pack must share {key}")
@@ -85,8 +91,10 @@ class Pack:
         make_optimizers = [instantiate(cfg.optimizer) for cfg in cfgs]
         self.make_optimizers = make_optimizers  # each job's solo optimizer (its checkpoints' format)
         self.optimizer = PackedOptimizer(self.net.parameters(), make_optimizers)
-        # the jobs' shared step.cuda_graph (MUST_MATCH): a captured step on a GPU, else the eager one
-        self.step = make_packed_step(self.net, self.loss, self.optimizer, self.device, str(cfgs[0].step.cuda_graph))
+        # the jobs' shared step.cuda_graph (MUST_MATCH; or ``cuda_graph``): a captured step on a GPU,
+        # else the eager one; ``say`` hears why a graph is off
+        cuda_graph = str(cfgs[0].step.cuda_graph) if cuda_graph is None else cuda_graph
+        self.step = make_packed_step(self.net, self.loss, self.optimizer, self.device, cuda_graph, say)
 
         data, first = cfgs[0].data, cfgs[0]
         tensors = device_tensors(data.data_dir, self.device, data.get("normalize", True))
@@ -123,6 +131,7 @@ class Pack:
         self.diverged_at: list[int | None] = [None] * self.models  # run-wide step (1-based) of the bad loss
         self.stopped_at: list[int | None] = [None] * self.models  # steps the job had made when frozen
         self._frozen: list[int] = []
+        self._frozen_index = torch.zeros(0, dtype=torch.long, device=self.device)  # _frozen on the device
         self._snapshots: list[torch.Tensor] = []
         self._tables: dict[str, torch.Tensor] = {}  # this epoch's per-step schedule
 
@@ -201,6 +210,7 @@ class Pack:
         """Stop job ``i``: lr 0 from now on, and its weights put back after every step."""
         self.active[i] = False
         self._frozen.append(i)
+        self._frozen_index = torch.tensor(self._frozen, device=self.device)  # once: no host copy per step
         with torch.no_grad():
             self._snapshots = [t[self._frozen].clone() for t in self._job_tensors()]
         self._mask_lr()
@@ -212,9 +222,8 @@ class Pack:
 
     @torch.no_grad()
     def _restore_frozen(self) -> None:
-        index = torch.tensor(self._frozen, device=self.device)
         for tensor, snapshot in zip(self._job_tensors(), self._snapshots, strict=True):
-            tensor.index_copy_(0, index, snapshot)
+            tensor.index_copy_(0, self._frozen_index, snapshot)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import CONF_DIR
 from mnist_lab.config_checks import check_config, check_required
+from mnist_lab.cuda_graph import graph_unsupported_reason
 from mnist_lab.pack import MUST_MATCH
 from mnist_lab.packed_optim import HYPERPARAMETERS, IMPLEMENTATION, optimizer_class, settings_of, unpackable_reason
 from mnist_lab.packed_step import loss_setting
@@ -56,8 +57,12 @@ def why_solo(cfg: DictConfig) -> str | None:
     extra = [key for key, value in trainer.items() if key not in TRAINER_KEYS and value not in (None, False, 0, -1)]
     if extra:
         return f"trainer.{extra[0]} is set"
-    if cfg.step.cuda_graph == "on" and not on_gpu:  # its solo run says why it cannot be
-        return "step.cuda_graph=on off a GPU"
+    if cfg.step.cuda_graph == "on":  # a pack captures what its solo run must capture, or that run says why not
+        if not on_gpu:
+            return "step.cuda_graph=on off a GPU"
+        scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+        if graph_unsupported_reason(instantiate(cfg.optimizer), scheduler, torch.device("cuda")):
+            return "step.cuda_graph=on, which its solo run cannot capture"
     callbacks = cfg.get("callbacks") or {}
     if (callbacks.get("early_stopping") or {}).get("patience") is not None:
         return "early stopping is on"

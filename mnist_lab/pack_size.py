@@ -23,6 +23,7 @@ at most about 8 % of its short training where the probe would cost it more than 
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -45,7 +46,7 @@ UNPROBED_SIZE = 5  # the largest pack measured for every grid of docs/performanc
 def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[int]) -> int:
     """The pack size that trains the most jobs per second; 1 (no packing) if no pack beats one
     job alone. ``seconds_per_step(size)`` times one step of a pack of ``size`` jobs (``size=1``:
-    one job alone, the eager step)."""
+    one job alone, with the step its run takes)."""
     best, best_rate = 1, 1 / seconds_per_step(1)
     for size in sizes:
         try:
@@ -59,6 +60,17 @@ def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[i
     return best
 
 
+def probe_graph(cfg) -> str:
+    """The ``step.cuda_graph`` a probe times with: "auto" for "on", so that a capture that fails
+    (out of memory, say) is timed as what it falls back to instead of ending the sweep's planning
+    (the job's own run then says why)."""
+    return "off" if cfg.step.cuda_graph == "off" else "auto"
+
+
+def quiet(message: str) -> None:
+    """Where a probe's steps say why a graph is off: nowhere (the job's own run says it)."""
+
+
 def solo_steps(cfg, device: torch.device) -> Iterator:
     """A job's training steps on its own batches, forever: its net, optimizer and step built as
     ``Classifier`` builds them (``step_factory.make_step``: on a GPU, the CUDA-graph step)."""
@@ -66,8 +78,7 @@ def solo_steps(cfg, device: torch.device) -> Iterator:
     net, loss = instantiate(cfg.model).to(device), instantiate(cfg.loss)
     make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     make_optimizer = instantiate(cfg.optimizer)
-    quiet = lambda message: None  # noqa: E731 - the job's own run says why its graph is off
-    step, _ = make_step(net, loss, make_optimizer, device, str(cfg.step.cuda_graph), make_scheduler, say=quiet)
+    step, _ = make_step(net, loss, make_optimizer, device, probe_graph(cfg), make_scheduler, say=quiet)
     tensors = device_tensors(cfg.data.data_dir, device, cfg.data.get("normalize", True))
     rows = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))[0].to(device)
     x, y = tensors["train_x"][rows], tensors["train_y"][rows]
@@ -80,7 +91,7 @@ def solo_steps(cfg, device: torch.device) -> Iterator:
 
 def packed_steps(cfgs, device: torch.device) -> Iterator:
     """The pack's training steps on the jobs' own batches, forever."""
-    pack = Pack(cfgs, device)
+    pack = Pack(cfgs, device, cuda_graph=probe_graph(cfgs[0]), say=quiet)
     pack.net.train()
     while True:
         for x, y in pack.batches:
@@ -137,7 +148,13 @@ def probe_pack_size(
 
     def seconds_per_step(size: int) -> float:
         steps_iter = solo_steps(cfgs[0], device) if size == 1 else packed_steps(cfgs[:size], device)
-        return timed(steps_iter, steps, warmup, device) / steps
+        try:
+            return timed(steps_iter, steps, warmup, device) / steps
+        finally:
+            # A pack refers to itself (its batch order reads its epoch), so only the collector
+            # frees it, and with it its weights, data and graph memory, before the next size.
+            steps_iter.close()
+            gc.collect()
 
     return choose_pack_size(seconds_per_step, sizes_to_probe(len(cfgs), sizes))
 

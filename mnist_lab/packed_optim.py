@@ -147,6 +147,7 @@ class PackedOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self._steps += 1
+        self.step_count.add_(1)  # on the device, also on the CPU's path: the two never drift apart
         if self.grouped:
             self._step_by_groups()
         else:

@@ -63,7 +63,6 @@ def written_out_step(optimizer) -> None:
         torch.optim.RMSprop: _rmsprop,
         torch.optim.Adadelta: _adadelta,
     }[optimizer.cls]
-    optimizer.step_count.add_(1)
     c = coefficients(optimizer.cls, optimizer.hyper, optimizer.step_count, optimizer.params[0].dtype)
     for param, state in zip(optimizer.params, optimizer.state, strict=True):
         if param.grad is not None:

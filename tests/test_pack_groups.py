@@ -87,6 +87,9 @@ def test_gpu_jobs_pack_and_ask_for_the_cuda_graph_only_on_a_gpu(job, monkeypatch
     assert why_solo(job("trainer.accelerator=gpu")) is None
     assert why_solo(job("trainer.accelerator=gpu", "step.cuda_graph=on")) is None  # the pack's step is captured
     assert why_solo(job("trainer.accelerator=auto", "step.cuda_graph=on")) is None
+    cycling = ["scheduler=onecycle", "scheduler.cycle_momentum=true"]  # a solo graph cannot follow momentum
+    assert why_solo(job("trainer.accelerator=gpu", *cycling)) is None  # auto: its solo run goes eagerly
+    assert "solo run cannot capture" in why_solo(job("trainer.accelerator=gpu", "step.cuda_graph=on", *cycling))
     assert "cuda_graph=on" in why_solo(job("trainer.accelerator=cpu", "step.cuda_graph=on"))
     cfgs = [job("trainer.accelerator=gpu"), job("trainer.accelerator=gpu", "seed=1"), job("seed=2"), job("seed=3")]
     cfgs += [job("trainer.accelerator=gpu", "step.cuda_graph=off", "seed=4")]

@@ -111,6 +111,37 @@ def test_a_pack_on_the_gpu_replays_its_captured_step_and_makes_the_eager_steps_l
     assert (graph_losses[-20:].mean(0) < graph_losses[:20].mean(0)).all(), "equal curves prove little if none learns"
 
 
+def test_a_pack_whose_capture_fails_goes_on_eagerly_drawing_from_its_dropout_streams(mnist_dir, monkeypatch):
+    """A host sync inside the capture (the kind of mistake a change to the step can bring)
+    invalidates it. The generators the capture drew from are left in capture mode by torch, which
+    then refuses every later draw from them ("Offset increment outside graph capture"); the step
+    gives them fresh states (cuda_graph._end_generator_capture), so the pack with dropout trains on
+    eagerly from where it was, with the eager pack's masks."""
+    from mnist_lab.pack import Pack
+    from mnist_lab.packed_graph import PackedGraphStep
+
+    body = PackedGraphStep._graph_body
+
+    def host_sync_while_capturing(self):
+        out = body(self)
+        if torch.cuda.is_current_stream_capturing():
+            out[0].sum().item()
+        return out
+
+    monkeypatch.setattr(PackedGraphStep, "_graph_body", host_sync_while_capturing)
+    shared, jobs = GRAPH_CASES["adam_bn_dropout"]
+    graph = Pack(configs(mnist_dir, shared, jobs, "trainer.max_epochs=1"), DEVICE)
+    eager = Pack(configs(mnist_dir, shared, jobs, "trainer.max_epochs=1", "step.cuda_graph=off"), DEVICE)
+    said: list[str] = []
+    graph.step.fallback = said.append
+    graph_losses, eager_losses = graph.fit(), eager.fit()
+    assert len(said) == 1 and said[0].startswith("capturing the training step failed ("), said
+    assert graph.step.graph is None
+    torch.testing.assert_close(
+        graph_losses, eager_losses, rtol=1e-5, atol=0, msg=lambda m: f"fallen-back vs eager pack losses: {m}"
+    )
+
+
 @pytest.fixture
 def float32_kernels():
     """Matrix products and convolutions in full float32 (cuDNN's convolutions use TF32 by default

@@ -32,13 +32,24 @@ CASES = {
             ["seed=6", "model.dropout=0", "optimizer.lr=0.002"],
         ],
     ),
-    # one-cycle moves lr and beta1 every step: the graph reads both from the optimizer's tensors
-    "adamw_onecycle": (
-        ["model=mlp", "model.hidden=[32]", "optimizer=adamw", "scheduler=onecycle"],
+    # one-cycle with cycle_momentum moves lr and beta1 (SGD: momentum) every step: the graph
+    # reads them from the optimizer's tensors
+    "adamw_onecycle_betas": (
+        ["model=mlp", "model.hidden=[32]", "optimizer=adamw", "scheduler=onecycle", "scheduler.cycle_momentum=true"],
         [
             ["seed=7", "optimizer.lr=0.003", "optimizer.weight_decay=0.05"],
             ["seed=8", "optimizer.lr=0.01", "scheduler.pct_start=0.5"],
         ],
+    ),
+    "sgd_onecycle_momentum": (
+        [
+            "model=linear",
+            "optimizer=sgd",
+            "optimizer.momentum=0.9",
+            "scheduler=onecycle",
+            "scheduler.cycle_momentum=true",
+        ],
+        [["seed=16", "optimizer.lr=0.05"], ["seed=17", "optimizer.lr=0.02", "+scheduler.max_momentum=0.8"]],
     ),
     "rmsprop_centered": (
         ["model=mlp", "model.hidden=[32]", "optimizer=rmsprop"],
