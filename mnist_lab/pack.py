@@ -5,9 +5,9 @@ its own seed, its loss, optimizer and scheduler, its batch order), then stacks t
 ``PackedNet``, a ``PackedLoss``, a ``PackedOptimizer``, the jobs' own schedulers
 (``JobSchedules``) and ``PackedBatches``. ``train_epoch`` runs one epoch of its step
 (``packed_graph.make_packed_step``: captured as a CUDA graph on a GPU, as a solo run's step is;
-``PackedStep`` on the CPU) and steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives job i's net back as an
-ordinary ``models.py`` module, and ``resume`` takes the jobs' ``last.ckpt`` back in (a resumed
-sweep's jobs, ``packed_resume``).
+``PackedStep`` on the CPU) and steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives
+job i's net back as an ordinary ``models.py`` module, and ``resume`` takes the jobs'
+``last.ckpt`` back in (a resumed sweep's jobs, ``packed_resume``).
 
 A job whose loss goes bad (NaN, inf, or above its ``step.divergence_threshold``, checked every
 ``step.check_every`` steps as ``epoch_log.EpochLog`` checks a solo run) is frozen: its lr is

@@ -7,10 +7,10 @@ float32, no checkpoint to resume but its own ``last.ckpt`` (``ckpt_path=last``,
 ``packed_resume``), no Lightning debugging or limits (``trainer.limit_*``, ``max_steps``,
 ``fast_dev_run``, ``overfit_batches``, a profiler), no early stopping, the default callbacks
 (checkpoints as ``conf/callbacks/default.yaml`` writes them, no added callback), no
-``step.cuda_graph=on`` off a GPU (its solo run refuses it in one sentence), and a net, loss and
-optimizer the packed classes implement. Dropout packs: each job draws its solo run's masks from its own stream
-(``PackedNet.seed_dropout``). Anything else runs as it does without packing, through the job's
-normal path.
+``step.cuda_graph=on`` that its solo run refuses (off a GPU, or a set-up a graph cannot follow),
+and a net, loss and optimizer the packed classes implement. Dropout packs: each job draws its
+solo run's masks from its own stream (``PackedNet.seed_dropout``; on a GPU, its own masks).
+Anything else runs as it does without packing, through the job's normal path.
 """
 
 from __future__ import annotations
