@@ -110,7 +110,7 @@ class PackedOptimizer:
         self.step_count = torch.zeros((), dtype=torch.float64, device=device)
         self._steps = 0
         self._grouping: tuple[tuple, list] | None = None  # (hyperparameter versions, _groups)
-        self.grouped = device.type == "cpu"
+        self._grouped = device.type == "cpu"
         # as a solo run on the CPU steps Adam and AdamW (step.eager_optimizer_kwargs): fused,
         # unless the config says otherwise
         self.fused = self.cls in (torch.optim.Adam, torch.optim.AdamW) and settings[0].get("fused") is not False
@@ -147,11 +147,23 @@ class PackedOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self._steps += 1
-        self.step_count.add_(1)  # on the device, also on the CPU's path: the two never drift apart
         if self.grouped:
             self._step_by_groups()
         else:
+            self.step_count.add_(1)
             written_out_step(self)
+
+    @property
+    def grouped(self) -> bool:
+        """Which road ``step`` takes: the CPU's groups of models with equal hyperparameters, or
+        the written-out update (other devices, and a captured step)."""
+        return self._grouped
+
+    @grouped.setter
+    def grouped(self, grouped: bool) -> None:
+        if not grouped:  # the written-out update counts on the device, from where the host's count is
+            self.step_count.fill_(self._steps)
+        self._grouped = grouped
 
     # ------------------------------------------------------------------ the CPU path
 

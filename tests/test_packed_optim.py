@@ -33,11 +33,15 @@ SHAPES = [(5, 3), (3,), (2, 3, 3, 3)]
 CASES = [(cls, False) for cls in HYPERPARAMETERS] + [(torch.optim.Adam, True), (torch.optim.AdamW, True)]
 
 
-@pytest.mark.parametrize("grouped", [True, False], ids=["cpu_path", "device_path"])
+@pytest.mark.parametrize(
+    "grouped, switch_at", [(True, None), (False, None), (True, 15)], ids=["cpu_path", "device_path", "cpu_then_device"]
+)
 @pytest.mark.parametrize("cls, amsgrad", CASES, ids=lambda v: getattr(v, "__name__", f"amsgrad={v}"))
-def test_each_model_of_a_pack_steps_as_torch_optim_steps_it_alone(cls, amsgrad, grouped):
+def test_each_model_of_a_pack_steps_as_torch_optim_steps_it_alone(cls, amsgrad, grouped, switch_at):
     """Both roads: torch's functional optimizers per group of equal hyperparameters (the CPU's),
-    and the written-out formulas with hyperparameters as tensors (other devices')."""
+    and the written-out formulas with hyperparameters as tensors (other devices'); and the one
+    after the other (a captured step takes the written-out road: it counts steps on the device,
+    from where the other left off)."""
     settings = [{**kw, "amsgrad": True} if amsgrad else kw for kw in HYPERPARAMETERS[cls]]
     models = len(settings)
     torch.manual_seed(0)
@@ -46,7 +50,9 @@ def test_each_model_of_a_pack_steps_as_torch_optim_steps_it_alone(cls, amsgrad, 
     solo_optimizers = [cls(params, foreach=False, **kw) for params, kw in zip(solos, settings, strict=True)]
     packed_optimizer = PackedOptimizer(packed, [functools.partial(cls, **kw) for kw in settings])
     packed_optimizer.grouped = grouped
-    for _ in range(30):
+    for step in range(30):
+        if step == switch_at:
+            packed_optimizer.grouped = False
         grads = [torch.randn_like(p) for p in packed]
         for i, optimizer in enumerate(solo_optimizers):
             for param, grad in zip(solos[i], grads, strict=True):
