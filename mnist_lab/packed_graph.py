@@ -53,7 +53,8 @@ def make_packed_step(
 
 
 class PackedGraphStep(GraphStep):
-    """``PackedStep`` captured once, on the first full batch, and replayed (``GraphStep``)."""
+    """``PackedStep`` captured once, on its first batch, and replayed for every batch of that shape
+    (``GraphStep``; the ragged last batch of an epoch steps eagerly)."""
 
     def __init__(
         self,
