@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from mnist_lab import train
-from mnist_lab.data import MEAN, STD, MNISTDataModule
+from mnist_lab import CONF_DIR
+from mnist_lab.data.datamodule import MEAN, STD, MNISTDataModule
+from mnist_lab.run import experiment
 
 MODELS = {
     "bench": ["model=mlp", "model.hidden=[64,128,64]", "model.batch_norm=true"],  # the anchors' MLP
@@ -45,7 +46,7 @@ MODEL = MODELS["bench"]
 
 
 def config(*overrides: str):
-    with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[*MODEL, *overrides])
 
 
@@ -78,7 +79,7 @@ def ours(device: str, batch: int, epochs: int, data_dir: str, extra: list[str] =
     ]
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
-        metrics = train.run(config(*overrides), Path(run_dir), overrides)
+        metrics = experiment.run(config(*overrides), Path(run_dir), overrides)
         wall = time.perf_counter() - started
     return {"epoch_s": metrics["epoch_time_s"][1:], "fit_and_test_wall_s": wall, "test_acc": metrics["test_acc"]}
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnist_lab import mnist_files
-from mnist_lab.data import MEAN, STD
+from mnist_lab.data import mnist_files
+from mnist_lab.data.datamodule import MEAN, STD
 from mnist_lab.models import CNN, MLP
 
 

@@ -2,9 +2,9 @@
 
   one-by-one  each job alone: its net, loss, optimizer and step as a solo run builds them (Adam/
               AdamW fused on CPU; the CUDA-graph step on a GPU), its own batches, ``--steps``
-              steps, one job after another (``mnist_lab.pack_size.solo_steps``)
+              steps, one job after another (``mnist_lab.packed.size_probe.solo_steps``)
   packed      the same jobs in packs of ``--sizes`` (jobs that must match, e.g. by batch size,
-              are split first): ``mnist_lab.pack.Pack``, ``--steps`` packed steps per pack
+              are split first): ``mnist_lab.packed.pack.Pack``, ``--steps`` packed steps per pack
 
 Each time is the training steps only (no validation, checkpoints or Lightning), after
 ``--warmup`` steps; the ratio is one-by-one time / packed time (above 1: packing is faster).
@@ -14,7 +14,7 @@ time). ``--repeats`` times the whole comparison again (one-by-one and packed int
 each repeat's ratios, so a machine whose speed drifts shows as a spread. ``--written-out`` also
 times packs whose optimizer takes the path it takes off the CPU (``PackedOptimizer.grouped =
 False``: the formulas written out with hyperparameters as tensors), for comparison. The size
-``mnist_lab.pack_size.probe_pack_size`` picks for the grid's first jobs is printed too.
+``mnist_lab.packed.size_probe.probe_pack_size`` picks for the grid's first jobs is printed too.
 ``--bound`` also profiles the packs (``torch.profiler``, a separate run of the same steps) and
 prints ``bound_<size>``: one-by-one time / the packs' per-parameter work alone (the matrix
 products: matmuls and convolutions, forward and backward; and the optimizer's update kernels:
@@ -22,8 +22,8 @@ fused Adam/AdamW/SGD, the foreach ops; their self CPU time) - the ratio packing 
 everything else in a packed step took no time. That work is each job's own, which no pack
 shares, so a ratio above the bound is out of reach on that machine.
 A pack size is kept only where it is never more than 10 % slower than one-by-one
-(``ratio >= 1 / 1.1``, ``mnist_lab.pack_size.SLACK``): the printed rule picks the fastest such
-size (``mnist_lab.pack_size`` makes the same choice from a short probe).
+(``ratio >= 1 / 1.1``, ``mnist_lab.packed.size_probe.SLACK``): the printed rule picks the fastest such
+size (``mnist_lab.packed.size_probe`` makes the same choice from a short probe).
 
     python -m benchmarks.sweep [--grid softmax_seeds mlp_lr cnn_small_lr mlp_batch] [--steps 200]
                                [--sizes 2,4,8,16] [--device cpu|cuda] [--data-dir data]
@@ -40,9 +40,9 @@ import re
 import torch
 from hydra import compose, initialize_config_dir
 
-from mnist_lab import train
-from mnist_lab.pack import Pack
-from mnist_lab.pack_size import SLACK, probe_pack_size, solo_steps, timed
+from mnist_lab import CONF_DIR
+from mnist_lab.packed.pack import Pack
+from mnist_lab.packed.size_probe import SLACK, probe_pack_size, solo_steps, timed
 
 # torch.profiler's names of a step's per-parameter work: the matrix products of linear layers
 # (mm, addmm, bmm, baddbmm: forward and both gradients) and convolutions (forward and backward,
@@ -86,7 +86,7 @@ GRIDS.update(
 
 def configs(shared: list[str], jobs: list[list[str]], data_dir: str, device: str):
     accelerator = "gpu" if device == "cuda" else "cpu"
-    with initialize_config_dir(str(train.CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return [
             compose(
                 "train", overrides=[*shared, *job, f"data.data_dir={data_dir}", f"trainer.accelerator={accelerator}"]

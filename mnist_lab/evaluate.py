@@ -12,130 +12,24 @@ for every model a run can train.
 from __future__ import annotations
 
 # isort: off
-import mnist_lab.quiet_interrupt  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+import mnist_lab.cli.quiet_interrupt  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
 
 # isort: on
-import os
 import sys
-from pathlib import Path
 
 import hydra
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
 from mnist_lab import CONF_DIR
-from mnist_lab.atomic_files import replaced_atomically
-from mnist_lab.data import DeviceBatches, device_tensors
-from mnist_lab.hydra_errors import hydra_errors_as_sentences
-from mnist_lab.metrics_file import first_line
-from mnist_lab.tensorboard_images import batched_logits, confusion_matrix, confusion_matrix_figure
-
-HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
-# What a checkpoint's run config may name as ``_target_``: instantiating anything else would run
-# code chosen by whoever wrote the file, although weights_only=True kept its unpickling safe.
-BUILDABLE = ("mnist_lab.models.", "mnist_lab.losses.", "torch.nn.")
-
-
-class CheckpointError(ValueError):
-    """The path given is not a checkpoint this package can rebuild a model from."""
-
-
-def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The .ckpt file for ``path``: the file itself, or a run dir's best (else last) checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path} is a directory with no checkpoints/best.ckpt in it; {HOW_TO_PASS}.")
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; {HOW_TO_PASS}.")
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, device: torch.device) -> tuple[Path, dict, nn.Module, nn.Module]:
-    """(checkpoint file, run config, net in eval mode on ``device``, loss) from a checkpoint."""
-    file = checkpoint_file(path)
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception:  # not a torch file at all, or one that holds arbitrary Python objects
-        raise CheckpointError(f"{file} is not a PyTorch checkpoint; {HOW_TO_PASS}.") from None
-    config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
-    if (
-        not isinstance(config, dict)
-        or not isinstance(checkpoint.get("state_dict"), dict)
-        or not all(isinstance(config.get(part), dict) for part in ("model", "loss"))
-    ):
-        raise CheckpointError(f"{file} holds no mnist_lab run config, so the net cannot be rebuilt; {HOW_TO_PASS}.")
-    for part in ("model", "loss"):
-        target = _foreign_target(config.get(part))
-        if target:
-            raise CheckpointError(
-                f"{file} asks to build {target} as its {part}, which is not a model or loss of "
-                f"mnist_lab or torch.nn, and is not run; {HOW_TO_PASS}."
-            )
-    prefix = "net."
-    weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    try:  # a config or weights changed by hand: the constructor's or torch's first line
-        net = instantiate(config["model"])
-        net.load_state_dict(weights)
-        loss = instantiate(config["loss"])
-    except Exception as error:  # noqa: BLE001  (constructors raise anything)
-        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-        raise CheckpointError(
-            f"{file} does not rebuild into a net ({first_line(cause)}); it was not "
-            f"written by mnist_lab.train as it is; {HOW_TO_PASS}."
-        ) from None
-    return file, config, net.to(device).eval(), loss.to(device)
-
-
-def _foreign_target(node) -> str | None:
-    """The first ``_target_`` in a config tree that is not in BUILDABLE (or not a string)."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if "_target_" in node and not (isinstance(target, str) and target.startswith(BUILDABLE)):
-            return repr(target)
-        children = node.values()
-    elif isinstance(node, list):
-        children = node
-    else:
-        return None
-    return next((found for child in children if (found := _foreign_target(child))), None)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` (the GPU if there is one), ``cpu`` or ``cuda``, checked: a ValueError says what to use."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not str(name).startswith("cuda:"):
-        raise ValueError(f"device={name} is not a device here; use device=auto, cpu or cuda.")
-    if name != "cpu" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but this machine has no CUDA GPU; use device=cpu or device=auto.")
-    return torch.device(name)
-
-
-def evaluate(net: nn.Module, loss: nn.Module, batches, device: torch.device) -> dict:
-    """Test loss (mean over images), accuracy and the confusion matrix."""
-    loss_sum, count = torch.zeros((), device=device), 0
-
-    def scored():
-        nonlocal loss_sum, count
-        for logits, _, y in batched_logits(net, batches, device):
-            loss_sum += loss(logits, y) * len(y)
-            count += len(y)
-            yield logits, y
-
-    counts = confusion_matrix(scored(), device).cpu()
-    return {
-        "test_loss": float(loss_sum) / count,
-        "test_acc": float(counts.trace() / counts.sum()),
-        "confusion": counts,
-    }
+from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.data.datamodule import DeviceBatches, device_tensors
+from mnist_lab.records.atomic_files import replaced_atomically
+from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, load_checkpoint, pick_device
+from mnist_lab.run.evaluation import evaluate
+from mnist_lab.tracking.tensorboard_images import confusion_matrix_figure
 
 
 def per_class_table(confusion: torch.Tensor) -> Table:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from mnist_lab.replicates import describe
-from mnist_lab.report import load
+from mnist_lab.analysis.replicates import describe
+from mnist_lab.analysis.summary import load
 
 WITHIN = 0.01  # one point of accuracy
 

@@ -12,7 +12,7 @@ data. Prints each file's predicted digit and the top probabilities.
 from __future__ import annotations
 
 # isort: off
-import mnist_lab.quiet_interrupt  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+import mnist_lab.cli.quiet_interrupt  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
 
 # isort: on
 import glob
@@ -27,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from mnist_lab import CONF_DIR, NUM_CLASSES
-from mnist_lab.data import MEAN, STD
-from mnist_lab.evaluate import HOW_TO_PASS, load_checkpoint, pick_device
-from mnist_lab.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.data.datamodule import MEAN, STD
+from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, load_checkpoint, pick_device
 
 FIELD, BOX = 28, 20  # MNIST: a 28x28 field, the digit fitted in a 20x20 box
 INK_THRESHOLD = 0.2  # fraction of the darkest-to-lightest range that counts as ink, for the crop

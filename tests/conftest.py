@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_lab import mnist_files
+from mnist_lab.data import mnist_files
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT / "data"

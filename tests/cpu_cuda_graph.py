@@ -1,6 +1,6 @@
 """A CPU stand-in for ``torch.cuda.CUDAGraph``, strict where a real graph is strict.
 
-CI has no GPU, so the graph path of ``mnist_lab/cuda_graph.py`` is tested here against an
+CI has no GPU, so the graph path of ``mnist_lab/run/cuda_graph.py`` is tested here against an
 emulation that keeps a real graph's four rules:
 
 1. Capture records every aten op with the very tensors it read and wrote, and replay re-runs

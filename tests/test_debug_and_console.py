@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnist_lab.console import settings_line
+from mnist_lab.cli.console import settings_line
 from tests.conftest import QUICK, compose_train, read_metrics, run_cli
 
 
@@ -66,7 +66,7 @@ def test_debug_profiler_prints_where_the_time_went(tmp_path, synthetic_data_dir)
 
 
 def test_debug_overfit_trains_on_the_same_batches_every_epoch(tmp_path, synthetic_data_dir):
-    from mnist_lab import train
+    from mnist_lab.run import experiment
 
     cfg = compose_train(
         "debug=overfit",
@@ -76,13 +76,13 @@ def test_debug_overfit_trains_on_the_same_batches_every_epoch(tmp_path, syntheti
         f"data.data_dir={synthetic_data_dir}",
         "~callbacks.images",
     )
-    metrics = train.run(cfg, tmp_path, [])
+    metrics = experiment.run(cfg, tmp_path, [])
     assert metrics["status"] == "ok" and metrics["epochs"] == 8
     assert metrics["train_acc"][-1] == 1.0 and metrics["train_loss"][-1] < 0.05  # 4 batches, learnt by heart
 
 
 def test_callbacks_switch_off_with_an_override_and_early_stopping_on_with_a_patience(tmp_path, synthetic_data_dir):
-    from mnist_lab import train
+    from mnist_lab.run import experiment
 
     cfg = compose_train(
         *QUICK,
@@ -93,7 +93,7 @@ def test_callbacks_switch_off_with_an_override_and_early_stopping_on_with_a_pati
         "~callbacks.images",
         "callbacks.early_stopping.patience=1",
     )
-    metrics = train.run(cfg, tmp_path, [])
+    metrics = experiment.run(cfg, tmp_path, [])
     # at lr=1e-9 val/acc never improves on epoch 1's, so patience 1 stops after epoch 2
     assert metrics["status"] == "ok" and metrics["epochs"] == 2
     assert metrics["test_acc"] is not None  # the last weights, as there is no best.ckpt
@@ -115,7 +115,7 @@ def test_each_callback_is_an_entry_of_the_callbacks_group(tmp_path):
 def test_the_training_batches_repeat_from_epoch_to_epoch_only_when_overfitting(synthetic_data_dir, overfit_batches):
     import torch
 
-    from mnist_lab.data import MNISTDataModule
+    from mnist_lab.data.datamodule import MNISTDataModule
 
     trainer = SimpleNamespace(
         overfit_batches=overfit_batches,

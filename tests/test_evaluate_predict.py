@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_lab import mnist_files
-from mnist_lab.evaluate import CheckpointError, load_checkpoint
+from mnist_lab.data import mnist_files
 from mnist_lab.predict import ImageError, image_paths, load_images, mnist_like
+from mnist_lab.records.checkpoint_loading import CheckpointError, load_checkpoint
 from tests.conftest import QUICK, REAL_DATA, read_metrics, run_cli
 
 MODELS = {"cnn": ["model=cnn_small", "model.fc=[64]"], "mlp": ["model=mlp"]}

@@ -10,23 +10,41 @@ import sys
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "mnist_lab"
+# The commands: they run, print and exit; nothing of the package imports them (what they share
+# lives below them).
+COMMANDS = {"train", "evaluate", "predict", "report", "lab_check", "data.__main__"}
+
+
+def module_names() -> list[str]:
+    """Every module of the package, dotted below ``mnist_lab`` (``packed.pack``, ``data``)."""
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return [name for name in names if name]
 
 
 def imports_of(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    """The package's modules that ``module`` imports (``from mnist_lab.x import y`` counts ``x.y``
+    when ``x.y`` is a module, else ``x``)."""
+    known = set(module_names())
+    path = PACKAGE / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = PACKAGE / module.replace(".", "/") / "__init__.py"
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnist_lab"):
-            names = [node.module.removeprefix("mnist_lab").lstrip(".")] if node.module != "mnist_lab" else []
-            names += [alias.name for alias in node.names] if node.module == "mnist_lab" else []
-            found.update(name for name in names if name)
+            base = node.module.removeprefix("mnist_lab").lstrip(".")
+            for alias in node.names:
+                name = f"{base}.{alias.name}" if base else alias.name
+                found.add(name if name in known else base)
         elif isinstance(node, ast.Import):
             found.update(a.name.removeprefix("mnist_lab.") for a in node.names if a.name.startswith("mnist_lab."))
-    return found
+    return {name for name in found if name}
 
 
 def test_no_import_circle():
-    graph = {path.stem: imports_of(path.stem) for path in PACKAGE.glob("*.py")}
+    graph = {module: imports_of(module) for module in module_names()}
 
     def circle_from(module: str, path: list[str]) -> list[str] | None:
         for imported in sorted(graph.get(module, ())):
@@ -41,9 +59,15 @@ def test_no_import_circle():
         assert circle_from(module, [module]) is None, " -> ".join(circle_from(module, [module]))
 
 
+def test_no_module_imports_a_command():
+    for module in module_names():
+        commands = imports_of(module) & COMMANDS
+        assert not commands, f"mnist_lab.{module} imports the command(s) {sorted(commands)}"
+
+
 def test_the_report_and_the_error_sentences_start_without_lightning():
     code = (
-        "import sys, mnist_lab.report, mnist_lab.hydra_errors; "
+        "import sys, mnist_lab.report, mnist_lab.cli.hydra_errors; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_lab import mnist_files
+from mnist_lab.data import mnist_files
 from tests.conftest import QUICK, compose_train, read_metrics, run_cli, synthetic_arrays, write_idx_files
 
 FORKING_RUNNER = r"""
 import json, os, runpy, sys, traceback
 # torch, Lightning, Hydra: imported once, shared by every forked case (all but mnist_lab.train,
 # which each case runs as __main__, as `python -m` does)
-import mnist_lab.config_checks, mnist_lab.hydra_errors, mnist_lab.sweep
-import mnist_lab.tensorboard_images
+import mnist_lab.cli.config_checks, mnist_lab.cli.hydra_errors, mnist_lab.analysis.sweep
+import mnist_lab.tracking.tensorboard_images
 
 for case in json.load(sys.stdin):
     pid = os.fork()
@@ -518,15 +518,16 @@ def test_two_sweeps_into_one_sweep_dir(tmp_path, synthetic_data_dir):
 
 def test_out_of_memory_names_the_batch_sizes(tmp_path, monkeypatch, synthetic_data_dir):
     """A CUDA OOM (faked on CPU) becomes a sentence naming the batch sizes, in metrics.json too."""
-    from mnist_lab import train
+    from mnist_lab.cli.config_checks import ConfigError
+    from mnist_lab.run import experiment
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train, "fit_and_test", out_of_memory)
+    monkeypatch.setattr(experiment, "fit_and_test", out_of_memory)
     cfg = compose_train(f"data.data_dir={synthetic_data_dir}", "data.batch_size=512")
-    with pytest.raises(train.ConfigError) as error:
-        train.run(cfg, tmp_path / "run", [])
+    with pytest.raises(ConfigError) as error:
+        experiment.run(cfg, tmp_path / "run", [])
     assert str(error.value) == (
         "the GPU ran out of memory with data.batch_size=512 and data.eval_batch_size=10000 "
         "(validation and test batches); lower data.eval_batch_size first (e.g. "
@@ -552,7 +553,7 @@ def test_unwritable_data_dir(tmp_path, synthetic_data_dir):
 @pytest.mark.slow
 def test_every_study_config_passes_the_checks(synthetic_data_dir):
     """No false alarms: each job of each conf/experiment sweep is a valid setting."""
-    from mnist_lab.config_checks import check_config
+    from mnist_lab.cli.config_checks import check_config
     from tests.test_experiments import STUDIES, grid
 
     checked = 0
@@ -570,9 +571,9 @@ def test_processes_for_other_devices_do_not_claim_the_run_dir(tmp_path, monkeypa
     from lightning.pytorch.utilities import rank_zero_only
     from omegaconf import OmegaConf
 
-    from mnist_lab.config_checks import ConfigError
-    from mnist_lab.run_dir import claim_run_dir
-    from mnist_lab.run_record import RunRecord
+    from mnist_lab.cli.config_checks import ConfigError
+    from mnist_lab.records.run_dir import claim_run_dir
+    from mnist_lab.records.run_record import RunRecord
 
     cfg = OmegaConf.create({"ckpt_path": None})
     RunRecord(tmp_path, [], {}).claim(exclusive=True)  # rank 0

@@ -1,7 +1,7 @@
 """``hydra/launcher=packed`` (conf/hydra/launcher/packed.yaml): the Launcher class Hydra
 instantiates. Hydra takes launchers only from the ``hydra_plugins`` package, and imports every
 module of it when any Hydra app starts, so this one imports no torch: the work is done in
-``mnist_lab.packed_launcher``, imported when a sweep launches."""
+``mnist_lab.packed.launch``, imported when a sweep launches."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class PackedLauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from mnist_lab.packed_launcher import PackedLaunch
+        from mnist_lab.packed.launch import PackedLaunch
 
         launch = PackedLaunch(self.pack_size, self.hydra_context, self.task_function, self.config, self.gpus)
         return launch.launch(job_overrides, initial_job_idx)

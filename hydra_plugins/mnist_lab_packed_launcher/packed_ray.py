@@ -1,6 +1,6 @@
 """``hydra/launcher=ray_cluster`` and ``ray_gpus`` (conf/hydra/launcher/): hydra-ray-launcher's
 launcher, each unit of a packed sweep (a pack, or a job alone) one Ray task instead of each job.
-``launch`` plans the units as ``hydra/launcher=packed`` does (``mnist_lab.packed_launcher``) and
+``launch`` plans the units as ``hydra/launcher=packed`` does (``mnist_lab.packed.launch``) and
 starts Ray and its tasks as the plugin's ``_core.launch`` does; ``ray.init`` and ``ray.remote``
 are the plugin's keys, and ``pack_size`` is ``packed.yaml``'s. Registered as ``packed_ray`` (the
 plugin's structured config with ``pack_size``) when the plugin is installed (the ``launchers``
@@ -37,8 +37,8 @@ if RayLauncher is not None:
             import ray
             from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
 
-            from mnist_lab.launch_units import describe, run_unit_remote
-            from mnist_lab.packed_launcher import PackedLaunch
+            from mnist_lab.packed.launch import PackedLaunch
+            from mnist_lab.packed.units import describe, run_unit_remote
 
             launch = PackedLaunch(self.pack_size, self.hydra_context, self.task_function, self.config)
             units = launch.plan(job_overrides, initial_job_idx)

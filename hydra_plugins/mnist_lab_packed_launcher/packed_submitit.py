@@ -1,6 +1,6 @@
 """``hydra/launcher=slurm`` and ``slurm_local`` (conf/hydra/launcher/): hydra-submitit-launcher's
 launchers, each unit of a packed sweep (a pack, or a job alone) one submitit job instead of each
-job. ``launch`` plans the units as ``hydra/launcher=packed`` does (``mnist_lab.packed_launcher``)
+job. ``launch`` plans the units as ``hydra/launcher=packed`` does (``mnist_lab.packed.launch``)
 and submits them as the plugin submits jobs; every key of the plugin's config works, and
 ``pack_size`` is ``packed.yaml``'s. Registered as ``packed_submitit_slurm`` and
 ``packed_submitit_local`` (the plugin's structured configs with ``pack_size``) when the plugin is
@@ -39,8 +39,8 @@ if BaseSubmititLauncher is not None:
             ``hydra.job.id`` is the submitit job's)."""
             import submitit
 
-            from mnist_lab.launch_units import run_unit_remote
-            from mnist_lab.packed_launcher import PackedLaunch
+            from mnist_lab.packed.launch import PackedLaunch
+            from mnist_lab.packed.units import run_unit_remote
 
             Singleton.set_state(singleton_state)
             for config in unit.configs:  # (read-only once Hydra's run_job ran them: a requeued unit's)
@@ -57,8 +57,8 @@ if BaseSubmititLauncher is not None:
             return submitit.helpers.DelayedSubmission(self, unit.resumed(), singleton_state)
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-            from mnist_lab.launch_units import describe
-            from mnist_lab.packed_launcher import PackedLaunch
+            from mnist_lab.packed.launch import PackedLaunch
+            from mnist_lab.packed.units import describe
 
             launch = PackedLaunch(self.pack_size, self.hydra_context, self.task_function, self.config)
             units = launch.plan(job_overrides, initial_job_idx)

@@ -1,0 +1,4 @@
+"""A sweep's report: job folders named by their overrides and the report written at the end of
+every ``--multirun`` (``sweep``); the table of jobs and its files (``summary``); points run with
+several seeds compared with their intervals (``replicates``); the report's figures (``figures``).
+"""

@@ -1,0 +1,79 @@
+"""What ``--multirun`` adds to single runs: job folders named by their overrides, and a report.
+
+``conf/train.yaml`` names each job's folder ``${job_dirname:${hydra.job.num},...}`` and lists
+``SweepReport`` under ``hydra.callbacks``. Importing this module registers the resolver; every
+process that runs jobs imports it (train.py does, and the launchers that ship jobs to other
+processes pickle the callbacks, which imports this module there).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+MAX_NAME = 200  # folder names stay well under the usual 255-byte limit
+
+
+def job_dirname(num: int, override_dirname: str) -> str:
+    """Job 3, ``model.hidden=[64,32],optimizer.lr=0.1`` -> ``3_model.hidden=64-32,optimizer.lr=0.1``
+
+    List brackets go (commas inside a list become "-", an empty list is "none") and anything
+    outside ``[A-Za-z0-9_.=,+-]`` becomes "_", so the name is one path component a shell can
+    type. Long names are cut; the job number in front keeps them unique.
+    """
+    name = override_dirname
+    while (unbracketed := re.sub(r"\[([^\[\]]*)\]", _flatten_list, name)) != name:
+        name = unbracketed
+    name = re.sub(r"[^\w.=,+-]", "_", name, flags=re.ASCII)
+    return f"{num}_{name}"[:MAX_NAME] if name else str(num)
+
+
+def _flatten_list(match: re.Match) -> str:
+    return match.group(1).replace(",", "-") or "none"
+
+
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+
+
+class SweepReport(Callback):
+    """At the start of a multirun: refuse a sweep dir that holds another sweep. At the end:
+    write the sweep report and say how many jobs did not finish."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # Runs before the sweeper writes multirun.yaml. Hydra turns a callback's exception
+        # into a warning, so exit here (SystemExit is not an Exception).
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if (sweep_dir / "multirun.yaml").exists() and config.get("ckpt_path") != "last":
+            print(
+                f"error: {sweep_dir} already holds a sweep (its multirun.yaml); add ckpt_path=last "
+                "to resume it, or give this sweep its own hydra.sweep.dir.",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from mnist_lab.analysis import (
+            summary as report,  # here, not at the top: keeps its imports out of every run's start-up
+        )
+        from mnist_lab.tracking.trackers import log_sweep_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = report.write_report(sweep_dir)
+        try:
+            log_sweep_report(config.get("logger"), sweep_dir, [sweep_dir / name for name in report.REPORT_FILES])
+        except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
+            print(f"warning: the report did not reach MLflow: {error}".splitlines()[0], file=sys.stderr)
+        counts = Counter(row["status"] for row in rows)
+        others = ", ".join(
+            f"{n} {status}" for status, n in sorted(counts.items()) if status not in ("ok", "diverged", "failed")
+        )
+        print(
+            f"sweep: {len(rows)} jobs, {counts['ok']} ok, {counts['diverged']} diverged, "
+            f"{counts['failed']} failed{', ' + others if others else ''}; "
+            f"report in {sweep_dir}/summary.md"
+        )

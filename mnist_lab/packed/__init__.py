@@ -1,0 +1,27 @@
+"""Packed sweeps: the jobs of a ``--multirun`` trained together as one stacked model
+(docs/packed_sweeps.md says what packs, what is proven and how fast it is).
+
+How a sweep runs, top to bottom:
+
+- ``launch``: ``PackedLaunch``, what ``hydra/launcher=packed`` runs (the Launcher class itself
+  is in ``hydra_plugins/mnist_lab_packed_launcher/``): each job's config composed, the jobs
+  split into units, each unit run; ``units``: a unit (a pack, or one job alone) and how a
+  worker process (submitit, Ray, ``gpu_workers``) runs one.
+- ``groups``: which jobs can pack (``why_solo``) and which share a pack (``pack_key``);
+  ``size_probe``: how many jobs a pack holds (``pack_size=auto``'s timing probe).
+- ``training``: one pack's epochs; ``job``: one packed job recorded through the solo run's code
+  (run dir, ``metrics.json``, trackers, test); ``images``: its TensorBoard images.
+- ``pack``: ``Pack``, M jobs built as their solo runs build them, trained as one model.
+
+The model, piece by piece:
+
+- ``nets``: ``PackedNet``, M solo nets as one module (batched matmuls, grouped convolutions,
+  per-job dropout streams); ``copy_into``/``load_from`` move a job's weights out and in.
+- ``step``: the packed training step, its per-job loss and batches; ``graph``: that step
+  captured as a CUDA graph on a GPU.
+- ``optimizer``: ``PackedOptimizer``, each hyperparameter one value per job; ``updates``: its
+  update written out with torch's formulas where grouping cannot be used; ``schedules``: each
+  job's own torch scheduler, stepped as its solo run steps it.
+- ``checkpoint``: each job's ``best.ckpt``/``last.ckpt`` as its solo run writes them;
+  ``resume``: the inverse, a job's ``last.ckpt`` back into its slice of a pack.
+"""

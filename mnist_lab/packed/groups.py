@@ -1,0 +1,123 @@
+"""Which jobs of a sweep can share a pack: ``why_solo`` says why a job trains alone, ``pack_key``
+groups the others by everything a pack's jobs must share.
+
+A job packs only if the pack reproduces all of its run: one process on one device (the CPU or a
+GPU, where the pack's step is captured as a CUDA graph as a solo run's is: ``packed_graph``),
+float32, no checkpoint to resume but its own ``last.ckpt`` (``ckpt_path=last``,
+``packed_resume``), no Lightning debugging or limits (``trainer.limit_*``, ``max_steps``,
+``fast_dev_run``, ``overfit_batches``, a profiler), no early stopping, the default callbacks
+(checkpoints as ``conf/callbacks/default.yaml`` writes them, no added callback), no
+``step.cuda_graph=on`` that its solo run refuses (off a GPU, or a set-up a graph cannot follow),
+and a net, loss and optimizer the packed classes implement. Dropout packs: each job draws its
+solo run's masks from its own stream (``PackedNet.seed_dropout``; on a GPU, its own masks).
+Anything else runs as it does without packing, through the job's normal path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lab import CONF_DIR
+from mnist_lab.cli.config_checks import check_config, check_required
+from mnist_lab.packed.optimizer import HYPERPARAMETERS, IMPLEMENTATION, optimizer_class, settings_of, unpackable_reason
+from mnist_lab.packed.pack import MUST_MATCH
+from mnist_lab.packed.step import loss_setting
+from mnist_lab.run.cuda_graph import graph_unsupported_reason
+
+PACKED_MODELS = ("mnist_lab.models.MLP", "mnist_lab.models.CNN")
+DEVICES = {"cpu": "cpu", "auto": "auto", "gpu": "cuda", "cuda": "cuda"}  # trainer.accelerator -> pack device
+# trainer settings a pack follows; any other trainer setting must keep its default (null/false/0/-1)
+TRAINER_KEYS = {"accelerator", "devices", "strategy", "max_epochs", "precision"}
+PER_JOB_MODEL_KEYS = ("dropout", "conv_dropout")  # the net's shape is the rest
+DEFAULT_CALLBACKS = OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml")
+
+
+def why_solo(cfg: DictConfig) -> str | None:
+    """None if the job can train in a pack, else the reason (a few words) it trains alone."""
+    try:  # a job whose settings are refused fails through its solo path, which says why
+        check_required(cfg)
+        check_config(cfg)
+    except Exception:  # noqa: BLE001
+        return "its settings are refused"
+    trainer = cfg.trainer
+    if cfg.get("ckpt_path") not in (None, "last"):  # a resumed sweep's jobs pack (packed_resume)
+        return "it resumes a checkpoint"
+    if str(trainer.get("accelerator")) not in DEVICES or trainer.get("devices") not in (1, "1"):
+        return "it is not on one CPU or GPU"
+    device = DEVICES[str(trainer.accelerator)]
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if trainer.get("strategy", "auto") != "auto":
+        return f"trainer.strategy={trainer.strategy}"
+    if str(trainer.get("precision")) not in ("32-true", "32"):
+        return f"trainer.precision={trainer.precision}"
+    extra = [key for key, value in trainer.items() if key not in TRAINER_KEYS and value not in (None, False, 0, -1)]
+    if extra:
+        return f"trainer.{extra[0]} is set"
+    if cfg.step.cuda_graph == "on":  # a pack captures what its solo run must capture, or that run says why not
+        if not on_gpu:
+            return "step.cuda_graph=on off a GPU"
+        scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+        if graph_unsupported_reason(instantiate(cfg.optimizer), scheduler, torch.device("cuda")):
+            return "step.cuda_graph=on, which its solo run cannot capture"
+    callbacks = cfg.get("callbacks") or {}
+    if (callbacks.get("early_stopping") or {}).get("patience") is not None:
+        return "early stopping is on"
+    added = sorted(set(callbacks) - set(DEFAULT_CALLBACKS))
+    if added:
+        return f"it adds callbacks.{added[0]}"
+    checkpoint = callbacks.get("checkpoint")
+    if checkpoint is not None and checkpoint != DEFAULT_CALLBACKS.checkpoint:
+        return "its checkpoints are not the default ones"
+    if cfg.model.get("_target_") not in PACKED_MODELS:
+        return f"{cfg.model.get('_target_')} has no packed form"
+    try:
+        loss_setting(instantiate(cfg.loss))
+        return unpackable_reason([instantiate(cfg.optimizer)])
+    except Exception as error:  # noqa: BLE001  (constructors raise anything; the solo path reports it)
+        return str(error)
+
+
+def pack_key(cfg: DictConfig) -> tuple:
+    """What the jobs of one pack share: ``pack.MUST_MATCH``, the net's shape, the optimizer and
+    scheduler classes and the optimizer settings that are not per job."""
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in PER_JOB_MODEL_KEYS}
+    make_optimizer = instantiate(cfg.optimizer)
+    cls = optimizer_class(make_optimizer)
+    per_job = set(HYPERPARAMETERS[cls]) | set(IMPLEMENTATION)
+    fixed = {k: str(v) for k, v in settings_of(make_optimizer).items() if k not in per_job}
+    scheduler = cfg.get("scheduler")
+    return (
+        tuple(str(OmegaConf.select(cfg, key)) for key in MUST_MATCH),
+        str(sorted(model.items())),
+        cls.__name__,
+        str(sorted(fixed.items())),
+        str(scheduler.get("_target_")) if scheduler else None,
+    )
+
+
+def split_into_packs(cfgs: list[DictConfig], pack_size, starts: Sequence[int | None] | None = None) -> list[list[int]]:
+    """The jobs (indices into ``cfgs``) as units to run, in the order of their first job: packs
+    of up to ``pack_size(group)`` jobs (a callable given the group's configs, or a number), and
+    single jobs (one that cannot pack, or a pack's remainder of one). ``starts``, in a resumed
+    sweep: the epoch each job trains first (after its ``last.ckpt``'s), or None for one that
+    runs alone (finished, or a checkpoint the solo path must judge); jobs pack only with jobs
+    that start at the same epoch."""
+    groups: dict[tuple, list[int]] = {}
+    units: list[list[int]] = []
+    for i, cfg in enumerate(cfgs):
+        start = 0 if starts is None else starts[i]
+        if start is None or why_solo(cfg) is not None:
+            units.append([i])
+        else:
+            groups.setdefault((*pack_key(cfg), start), []).append(i)
+    for members in groups.values():
+        size = pack_size([cfgs[i] for i in members]) if callable(pack_size) else int(pack_size)
+        size = max(1, size)
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            units.extend([[i] for i in chunk] if len(chunk) == 1 else [chunk])
+    return sorted(units, key=lambda unit: unit[0])

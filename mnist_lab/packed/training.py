@@ -1,0 +1,69 @@
+"""Train one pack to the end and record each of its jobs as a solo run (``PackedJob``).
+
+Per epoch, as a solo run's epoch: the training steps (``Pack.train_epoch``, which freezes a
+job whose loss goes bad), validation of every job, the schedules' epoch step, then the jobs'
+history rows, step losses, scalars and checkpoints. A job frozen for divergence is
+finished there (status "diverged", no test); the others train on. At the end each job tests its
+best weights and writes its final record.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from mnist_lab.cli.config_checks import as_config_error
+from mnist_lab.packed.job import PackedJob
+from mnist_lab.packed.pack import Pack
+
+
+def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
+    """Train ``pack``; ``jobs`` maps a job's index in the pack to its record (jobs whose folder
+    was refused have none: they train along, unrecorded). Returns each job's final record.
+    An error is recorded as every unfinished job's failure, then raised (running out of memory as
+    the ``ConfigError`` that says what to lower); Ctrl-C or SIGTERM as their interruption."""
+    results: dict[int, dict] = {}
+    live = dict(jobs)
+    try:
+        for i, job in list(live.items()):
+            try:
+                job.start(pack)
+            except Exception:  # noqa: BLE001 - recorded as its failure; the rest of the pack goes on
+                results[i] = live.pop(i).record.data
+        while live and pack.steps_done < pack.total_steps:
+            first_step, images = pack.steps_done, pack.batches.x.shape[0]
+            started = time.perf_counter()
+            losses, correct = pack.train_epoch()
+            if pack.device.type == "cuda":
+                torch.cuda.synchronize(pack.device)
+            epoch_time = time.perf_counter() - started
+            val_loss, val_acc = (t.tolist() for t in pack.evaluate(pack.val_x, pack.val_y))
+            lrs = pack.schedules.current()["lr"]  # before the epoch's scheduler step, as the solo row
+            losses, correct = losses.cpu(), correct.tolist()
+            pack.end_epoch(val_acc if pack.schedules.plateau else None)  # before the checkpoints, as solo
+            for i, job in list(live.items()):
+                steps = (pack.stopped_at[i] or pack.steps_done) - first_step
+                stats = {
+                    "correct": correct[i],
+                    "images": min(steps * pack.batches.batch_size, images),
+                    "val_loss": val_loss[i],
+                    "val_acc": val_acc[i],
+                    "lr": lrs[i],
+                    "time_s": epoch_time,
+                }
+                job.end_epoch(pack, pack.epoch - 1, first_step, losses[:steps, i], stats)
+                if pack.diverged_at[i] is not None:
+                    results[i] = live.pop(i).finish()
+        for i in list(live):
+            results[i] = live.pop(i).finish()
+    except KeyboardInterrupt as stop:
+        for job in live.values():
+            job.interrupt(stop)
+        raise
+    except Exception as error:
+        error = as_config_error(error, pack.cfgs[0], pack.models)  # out of memory: what to lower
+        for job in live.values():
+            job.fail(error)
+        raise error from None
+    return results

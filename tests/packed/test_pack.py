@@ -1,0 +1,130 @@
+"""What may and may not share a pack, and how many jobs share one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import QUICK, compose_train
+
+
+def test_jobs_that_must_match_do_not_share_a_pack(synthetic_data_dir):
+    from mnist_lab.packed.pack import Pack
+
+    base = [*QUICK, f"data.data_dir={synthetic_data_dir}"]
+    with pytest.raises(ValueError, match="must share data.batch_size"):
+        Pack([compose_train(*base), compose_train(*base, "data.batch_size=32")])
+    with pytest.raises(ValueError, match="differ in shape"):
+        Pack([compose_train(*base), compose_train(*base, "model.hidden=[64]")])
+    with pytest.raises(ValueError, match="optimizers differ in class"):
+        Pack([compose_train(*base), compose_train(*base, "optimizer=sgd")])
+    with pytest.raises(ValueError, match="schedulers of a pack differ"):
+        Pack([compose_train(*base), compose_train(*base, "scheduler=step")])
+
+
+def test_the_pack_size_trains_the_most_jobs_per_second_and_packs_only_where_that_beats_one_by_one():
+    from mnist_lab.packed.size_probe import choose_pack_size
+
+    solo = 1.0  # seconds per step of one job alone
+    assert choose_pack_size({1: solo, 2: 1.0, 4: 1.5, 8: 4.0}.get, [2, 4, 8]) == 4  # 8 is slower per job than 4
+    assert choose_pack_size({1: solo, 2: 1.5, 4: 4.5}.get, [2, 4]) == 2
+    assert choose_pack_size({1: solo, 2: 2.1, 4: 4.2}.get, [2, 4]) == 1  # 5 % slower than one by one: not packed
+
+
+def test_the_probe_tries_a_whole_group_that_fits_in_one_pack():
+    from mnist_lab.packed.size_probe import sizes_to_probe
+
+    assert sizes_to_probe(5) == [2, 4, 5]  # 5 seeds: one pack of 5, not 4 and one alone
+    assert sizes_to_probe(16) == [2, 4, 8, 16]
+    assert sizes_to_probe(40) == [2, 4, 8, 16, 32]
+    assert sizes_to_probe(1) == []  # one job: nothing to pack
+
+
+def test_the_probe_times_real_packs(synthetic_data_dir):
+    from mnist_lab.packed.size_probe import probe_pack_size
+
+    cfgs = [compose_train(*QUICK, f"data.data_dir={synthetic_data_dir}", f"seed={s}") for s in range(4)]
+    assert probe_pack_size(cfgs, torch.device("cpu"), sizes=(2, 4, 8), steps=2, warmup=1) in (1, 2, 4)
+
+
+def test_the_probe_runs_only_where_it_can_pay(synthetic_data_dir, monkeypatch):
+    """One job: nothing to probe. A CPU group too short for the probe (here 2,500 images at batch
+    64: 40 steps an epoch) packs whole, up to 5 jobs, untimed; a long one is probed."""
+    from mnist_lab.packed import size_probe as pack_size
+
+    probed = []
+    monkeypatch.setattr(pack_size, "probe_pack_size", lambda cfgs, device: probed.append(len(cfgs)) or 3)
+    cpu = torch.device("cpu")
+
+    def group(jobs: int, *overrides: str) -> list:
+        base = [*QUICK, f"data.data_dir={synthetic_data_dir}", *overrides]
+        return [compose_train(*base, f"seed={s}") for s in range(jobs)]
+
+    assert pack_size.training_steps(group(1)[0], cpu) == 80  # 40 batches (the last ragged) x 2 epochs
+    assert pack_size.pack_size(group(1), cpu) == (1, "one job")
+    assert pack_size.pack_size(group(2), cpu) == (2, "no timing probe: it would train 69 of 160 job-steps")
+    assert pack_size.pack_size(group(7), cpu)[0] == 5  # the largest pack measured for every grid
+    assert probed == []
+    # batch 4: 625 steps an epoch, 6,250 job-steps in all; the probe's 69 are 1 %
+    assert pack_size.pack_size(group(2, "data.batch_size=4", "trainer.max_epochs=5"), cpu) == (3, "timing probe")
+    assert probed == [2]
+
+
+def test_a_pack_trains_on_the_pixels_its_jobs_ask_for(synthetic_data_dir):
+    """data.normalize=false (lab 003's x / 255) must reach the pack, and jobs differing in it do not share one."""
+    from mnist_lab.packed.pack import Pack
+
+    base = [*QUICK, f"data.data_dir={synthetic_data_dir}"]
+    scaled = Pack(
+        [compose_train(*base, "data.normalize=false"), compose_train(*base, "data.normalize=false", "seed=1")]
+    )
+    assert 0 <= float(scaled.val_x.min()) and float(scaled.val_x.max()) <= 1
+    with pytest.raises(ValueError, match="must share data.normalize"):
+        Pack([compose_train(*base), compose_train(*base, "data.normalize=false")])
+
+
+def test_a_weights_only_packed_checkpoint_of_an_earlier_version_is_refused_in_one_sentence(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mnist_lab.cli.config_checks import ConfigError
+    from mnist_lab.records.checkpoint_checks import check_checkpoint
+
+    cfg = compose_train(*QUICK, "ckpt_path=last")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    weights_only = {"state_dict": {}, "hyper_parameters": {"config": config}, "epoch": 0, "packed": 2}
+    path = tmp_path / "last.ckpt"
+    torch.save(weights_only, path)
+    with pytest.raises(ConfigError, match=r"packed sweep of an earlier version.*start a new run without ckpt_path\.$"):
+        check_checkpoint(cfg, path)
+    torch.save({**weights_only, "optimizer_states": [{}]}, path)  # a packed checkpoint in full resumes
+    check_checkpoint(cfg, path)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"),
+    ],
+)
+def test_a_pack_size_that_runs_out_of_memory_ends_the_probe_not_the_sweep(error):
+    from mnist_lab.packed.size_probe import choose_pack_size
+
+    def seconds_per_step(size: int) -> float:
+        if size >= 8:
+            raise error
+        return {1: 1.0, 2: 1.0, 4: 1.5}[size]
+
+    assert choose_pack_size(seconds_per_step, [2, 4, 8, 16]) == 4
+
+
+def test_a_probe_error_that_is_not_out_of_memory_is_raised():
+    from mnist_lab.packed.size_probe import choose_pack_size
+
+    def seconds_per_step(size: int) -> float:
+        if size >= 4:
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        choose_pack_size(seconds_per_step, [2, 4])
