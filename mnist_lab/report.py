@@ -11,13 +11,15 @@ writes into the sweep dir:
 then prints the table. Every ``--multirun`` runs it at its end (``mnist_lab.sweep``). A sweep
 whose grid points ran with several seeds (``seed=0,1,2`` or ``seed='range(5)'``) gets the
 replicated report instead: one row per point with mean, std and a 95 % interval over the seeds,
-and which points are indistinguishable from the best (``mnist_lab.replicates``).
+and each point's difference to the best with its interval, Holm-adjusted p and verdict
+(``mnist_lab.replicates``); ``--resolve 0.1`` adds how many seeds a 0.1-point difference takes.
 
 ``load(sweep_dir)`` gives the jobs as a pandas DataFrame for a notebook's own analysis.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -266,17 +268,23 @@ def print_table(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs: no 80-column cut
 
 
-def write_report(sweep_dir: str | os.PathLike, show: bool = True) -> list[dict]:
+def write_report(sweep_dir: str | os.PathLike, show: bool = True, resolve: float | None = None) -> list[dict]:
     """Write summary.csv, summary.md, curves.png and time.png into ``sweep_dir``; return rows.
 
-    Per job; or per grid point over its seeds when some point ran more than one seed.
+    Per job; or per grid point over its seeds when some point ran more than one seed. ``resolve``
+    (accuracy points, replicated sweeps only): print the seeds a difference that size takes.
     """
     sweep_dir = Path(sweep_dir)
     rows = rows_of(sweep_dir)
     jobs = frame_of(rows)
     if replicates.is_replicated(jobs):
-        replicates.write_report(jobs, sweep_dir, lambda d: thin(*step_losses(d)), show)
+        replicates.write_report(jobs, sweep_dir, lambda d: thin(*step_losses(d)), show, resolve)
         return rows
+    if resolve is not None:
+        raise ValueError(
+            f"--resolve needs a sweep whose points ran several seeds, and every point of {sweep_dir} ran "
+            "one; run the grid with 'seed=range(3)' or more first."
+        )
     rows.sort(key=lambda r: -r["best_val_acc"] if r["best_val_acc"] is not None else math.inf)
     labels = labels_of(rows)
     write_tables(rows, sweep_dir)
@@ -288,15 +296,27 @@ def write_report(sweep_dir: str | os.PathLike, show: bool = True) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m mnist_lab.report <sweep dir>, e.g. outputs/multirun/<date>/<time>")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    parser = argparse.ArgumentParser(prog="python -m mnist_lab.report", description="Write a sweep's report.")
+    parser.add_argument("sweep_dir", help="the sweep dir, e.g. outputs/multirun/<date>/<time>")
+    parser.add_argument(
+        "--resolve", type=float, metavar="POINTS", help="also print how many seeds a difference this size (0.1) takes"
+    )
     try:
-        write_report(argv[0])
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or arguments argparse has said what is wrong with
+        return int(stop.code or 0)
+    if args.resolve is not None and not args.resolve > 0:
+        print(
+            f"error: --resolve takes a difference in accuracy points above 0, e.g. 0.1; got {args.resolve}.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        write_report(args.sweep_dir, resolve=args.resolve)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote summary.csv, summary.md, curves.png and time.png into {argv[0]}")
+    print(f"wrote summary.csv, summary.md, curves.png and time.png into {args.sweep_dir}")
     return 0
 
 
