@@ -102,8 +102,11 @@ def seeds_needed(difference: float, std: float) -> int:
     """Seeds per point for Welch's test to find ``difference`` with POWER at this std."""
     if not (difference > 0 and std > 0):
         raise ValueError(f"a difference to resolve must be above 0 (got {difference}), and the seeds must vary")
-    n = TTestIndPower().solve_power(effect_size=difference / std, nobs1=None, alpha=ALPHA, power=POWER, ratio=1.0)
-    return max(2, math.ceil(float(np.asarray(n).item()) - 1e-9))
+    analysis, d = TTestIndPower(), difference / std
+    if analysis.power(effect_size=d, nobs1=2, alpha=ALPHA, ratio=1.0) >= POWER:  # the solver fails this far out
+        return 2
+    n = analysis.solve_power(effect_size=d, nobs1=None, alpha=ALPHA, power=POWER, ratio=1.0)
+    return math.ceil(float(np.asarray(n).item()) - 1e-9)
 
 
 def pooled_std(stds, ns) -> float:

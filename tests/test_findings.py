@@ -39,6 +39,7 @@ def test_the_seeds_a_difference_takes_match_cohens_table():
     # and the seeds it takes are the fewest whose power, by the noncentral t, reaches 80 %
     n = findings.seeds_needed(0.001, 0.0012)
     assert power_by_hand(0.001 / 0.0012, n) >= 0.80 > power_by_hand(0.001 / 0.0012, n - 1)
+    assert findings.seeds_needed(0.1, 0.001) == 2  # 100 stds apart: two seeds each tell
 
 
 def test_the_detectable_difference_has_80_percent_power():
