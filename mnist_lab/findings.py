@@ -109,13 +109,6 @@ def seeds_needed(difference: float, std: float) -> int:
     return math.ceil(float(np.asarray(n).item()) - 1e-9)
 
 
-def pooled_std(stds, ns) -> float:
-    """The std of all points together, each weighted by its degrees of freedom (n - 1)."""
-    pairs = [(s, n) for s, n in zip(stds, ns, strict=True) if n > 1 and math.isfinite(s)]
-    dof = sum(n - 1 for _, n in pairs)
-    return math.sqrt(sum((n - 1) * s**2 for s, n in pairs) / dof) if dof else math.nan
-
-
 def shape(values) -> dict[str, float]:
     """Distribution-free numbers of one point's seeds: median, min, max; and ``shapiro_p``, the
     Shapiro–Wilk test's p that the values come from a normal distribution (NaN under 3 values or
