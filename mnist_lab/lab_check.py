@@ -3,14 +3,23 @@
 The labs' own numbers (``LAB_NUMBERS``, quoted in docs/studies.md with where each comes from)
 against the sweeps given: for each lab number that a sweep ran (finished jobs with
 ``experiment=<study>``, the point's overrides and no other override but the seed), ours over
-the seeds (mean ± std, 95 % t-interval, ``replicates.describe``) and the verdict:
+the seeds (mean ± std, 95 % t-interval, ``replicates.describe``), ours minus the lab's with its
+95 % interval and the t-test's p Holm-adjusted over the lab numbers compared in one call (the
+sweep report's machinery, ``findings``, with the lab's number as a side without spread), and the
+verdict:
 
-- *reproduced*: the lab's number lies in our 95 % interval;
-- *within 1 point*: it does not, but lies less than one point (0.01) from our mean. Every lab
-  leaves part of its set-up unsaid (initialization at least; each study's base file lists what
-  we inferred), so a small offset is not read as a failure;
-- *not reproduced*: otherwise;
+- *reproduced*: no difference found (Holm p >= 0.05), and the interval of ours minus the lab's
+  lies within one point (0.01) either way;
+- *not resolved by n seeds*: no difference found, but the interval reaches past one point: these
+  seeds cannot tell;
+- *within 1 point*: a difference is found, and ours lies less than one point from the lab's.
+  Every lab leaves part of its set-up unsaid (initialization at least; each study's base file
+  lists what we inferred), so a small offset is not read as a failure;
+- *not reproduced*: a difference of a point or more is found;
 - *one seed*: a single job has no interval: no verdict.
+
+Where our seeds are far from normal (Shapiro–Wilk), the row adds their median and range and a
+bootstrap interval of the difference.
 
 Prints a Markdown table, one row per lab number found, to paste into docs/studies.md.
 """
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from mnist_lab.analysis import findings
 from mnist_lab.analysis.replicates import describe
 from mnist_lab.analysis.summary import load
 
@@ -113,36 +123,72 @@ def jobs_of(jobs: pd.DataFrame, number: LabNumber) -> pd.DataFrame:
     return jobs[keep]
 
 
-def verdict(value: float, ours: dict) -> str:
-    if ours["n"] < 2:
+def verdict(row: dict) -> str:
+    """The row's verdict from its difference, interval and Holm p (the rules of the docstring)."""
+    if row["n"] < 2:
         return "one seed"
-    if ours["ci_low"] <= value <= ours["ci_high"]:
-        return "reproduced"
-    return "within 1 point" if abs(value - ours["mean"]) < WITHIN else "not reproduced"
+    found = findings.verdict(row["diff"], row["p_holm"], row["n"], row["n"])
+    if found not in ("better", "worse"):  # no difference found: do the seeds bound it within a point?
+        return "reproduced" if -WITHIN < row["diff_ci_low"] and row["diff_ci_high"] < WITHIN else found
+    return "within 1 point" if abs(row["diff"]) < WITHIN else "not reproduced"
+
+
+def judge(rows: list[dict]) -> list[dict]:
+    """Each row (``number`` and our ``n``, ``mean``, ``std``) with ours minus the lab's, its
+    interval, Welch's p with the lab's number as a side without spread (the one-sample t-test),
+    that p Holm-adjusted over the rows, and the verdict."""
+    for row in rows:
+        found = findings.welch(row["mean"], row["std"], row["n"], row["number"].value, 0.0, 2)
+        row.update({"diff": found["diff"], "diff_ci_low": found["ci_low"], "diff_ci_high": found["ci_high"]})
+        row["p"] = found["p"]
+    for row, p in zip(rows, findings.holm([row["p"] for row in rows]), strict=True):
+        row["p_holm"] = p
+        row["verdict"] = verdict(row)
+    return rows
 
 
 def compare(jobs: pd.DataFrame) -> list[dict]:
-    """One row per lab number that ``jobs`` ran: the lab's value, ours, and the verdict."""
+    """One row per lab number that ``jobs`` ran: the lab's value, ours, the difference and the verdict."""
     rows = []
     for number in LAB_NUMBERS:
         mine = jobs_of(jobs, number)
         if mine.empty:
             continue
-        ours = describe(mine[number.metric].tolist())
-        rows.append({"number": number, **ours, "verdict": verdict(number.value, ours)})
-    return rows
+        values = mine[number.metric].tolist()
+        low, high = findings.bootstrap_difference(values, number.value)
+        shape = findings.shape(values)
+        rows.append({"number": number, **describe(values), **shape, "bootstrap_low": low, "bootstrap_high": high})
+    return judge(rows)
+
+
+def pt(value: float, sign: str = "") -> str:
+    return f"{100 * value:{sign}.2f}"
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| lab | study: point | lab | ours (n seeds) | 95 % interval | verdict |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| lab | study: point | lab | ours (n seeds) | 95 % interval | ours − lab [95 % interval] "
+        f"| p, Holm over {len(rows)} | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         number = row["number"]
         metric = "val" if number.metric == "best_val_acc" else "test"
-        std = f" ± {100 * row['std']:.2f}" if row["n"] > 1 else ""
-        interval = f"{100 * row['ci_low']:.2f} – {100 * row['ci_high']:.2f}" if row["n"] > 1 else ""
+        ours = f"{pt(row['mean'])}" + (f" ± {pt(row['std'])}" if row["n"] > 1 else "") + f" % ({row['n']})"
+        odd = findings.far_from_normal(row.get("shapiro_p", math.nan))
+        if odd:
+            ours += f"; median {pt(row['median'])}, range {pt(row['min'])}–{pt(row['max'])} (far from normal)"
+        interval = f"{pt(row['ci_low'])} – {pt(row['ci_high'])}" if row["n"] > 1 else ""
+        diff = ""
+        if row["n"] > 1:
+            diff = f"{pt(row['diff'], '+')} [{pt(row['diff_ci_low'], '+')}, {pt(row['diff_ci_high'], '+')}]"
+            diff += f"; bootstrap [{pt(row['bootstrap_low'], '+')}, {pt(row['bootstrap_high'], '+')}]" if odd else ""
+        p = row["p_holm"]
+        p_text = "" if math.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
         lines.append(
-            f"| {number.lab} | `{number.study}`: {number.what} | {100 * number.value:.2f} % {metric} "
-            f"| {100 * row['mean']:.2f}{std} % ({row['n']}) | {interval} | {row['verdict']} |"
+            f"| {number.lab} | `{number.study}`: {number.what} | {pt(number.value)} % {metric} "
+            f"| {ours} | {interval} | {diff} | {p_text} "
+            f"| {row['verdict']} |"
         )
     return "\n".join(lines)
 

@@ -1,13 +1,15 @@
-"""Write a sweep's report again: ``python -m mnist_lab.report <sweep dir>``.
+"""Write a sweep's report again: ``python -m mnist_lab.report <sweep dir> [--resolve 0.1]``.
 
 Every ``--multirun`` writes it at its end; this rebuilds ``summary.csv``, ``summary.md``,
 ``curves.png`` and ``time.png`` from the job folders (``mnist_lab.analysis.summary``) and
-prints the table. In a notebook, ``load(sweep_dir)`` gives the jobs as a pandas DataFrame and
-``load_steps(run_dir)`` a run's loss at every step.
+prints the table. ``--resolve 0.1`` (a sweep run with several seeds) adds how many seeds a
+0.1-point difference takes. In a notebook, ``load(sweep_dir)`` gives the jobs as a pandas
+DataFrame and ``load_steps(run_dir)`` a run's loss at every step.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from mnist_lab.analysis.summary import load, load_steps, write_report
@@ -16,15 +18,27 @@ __all__ = ["load", "load_steps", "main"]
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m mnist_lab.report <sweep dir>, e.g. outputs/multirun/<date>/<time>")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    parser = argparse.ArgumentParser(prog="python -m mnist_lab.report", description="Write a sweep's report.")
+    parser.add_argument("sweep_dir", help="the sweep dir, e.g. outputs/multirun/<date>/<time>")
+    parser.add_argument(
+        "--resolve", type=float, metavar="POINTS", help="also print how many seeds a difference this size (0.1) takes"
+    )
     try:
-        write_report(argv[0])
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or arguments argparse has said what is wrong with
+        return int(stop.code or 0)
+    if args.resolve is not None and not args.resolve > 0:
+        print(
+            f"error: --resolve takes a difference in accuracy points above 0, e.g. 0.1; got {args.resolve}.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        write_report(args.sweep_dir, resolve=args.resolve)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote summary.csv, summary.md, curves.png and time.png into {argv[0]}")
+    print(f"wrote summary.csv, summary.md, curves.png and time.png into {args.sweep_dir}")
     return 0
 
 

@@ -11,7 +11,8 @@ writes into the sweep dir:
 then prints the table. Every ``--multirun`` runs it at its end (``mnist_lab.analysis.sweep``). A sweep
 whose grid points ran with several seeds (``seed=0,1,2`` or ``seed='range(5)'``) gets the
 replicated report instead: one row per point with mean, std and a 95 % interval over the seeds,
-and which points are indistinguishable from the best (``mnist_lab.analysis.replicates``).
+and each point's difference to the best with its interval, Holm-adjusted p and verdict
+(``mnist_lab.analysis.replicates``).
 
 ``load(sweep_dir)`` gives the jobs as a pandas DataFrame for a notebook's own analysis.
 """
@@ -266,17 +267,23 @@ def print_table(rows: list[dict], labels: list[str], sweep_dir: Path) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs: no 80-column cut
 
 
-def write_report(sweep_dir: str | os.PathLike, show: bool = True) -> list[dict]:
+def write_report(sweep_dir: str | os.PathLike, show: bool = True, resolve: float | None = None) -> list[dict]:
     """Write summary.csv, summary.md, curves.png and time.png into ``sweep_dir``; return rows.
 
-    Per job; or per grid point over its seeds when some point ran more than one seed.
+    Per job; or per grid point over its seeds when some point ran more than one seed. ``resolve``
+    (accuracy points, replicated sweeps only): print the seeds a difference that size takes.
     """
     sweep_dir = Path(sweep_dir)
     rows = rows_of(sweep_dir)
     jobs = frame_of(rows)
     if replicates.is_replicated(jobs):
-        replicates.write_report(jobs, sweep_dir, lambda d: thin(*step_losses(d)), show)
+        replicates.write_report(jobs, sweep_dir, lambda d: thin(*step_losses(d)), show, resolve)
         return rows
+    if resolve is not None:
+        raise ValueError(
+            f"--resolve needs a sweep whose points ran several seeds, and every point of {sweep_dir} ran "
+            "one; run the grid with 'seed=range(3)' or more first."
+        )
     rows.sort(key=lambda r: -r["best_val_acc"] if r["best_val_acc"] is not None else math.inf)
     labels = labels_of(rows)
     write_tables(rows, sweep_dir)

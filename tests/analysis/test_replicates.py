@@ -1,5 +1,6 @@
 """The seed-replicated sweep report and ``report.load`` on hand-made job folders: every number
-is checked against one computed here by hand with numpy (the t quantiles from a printed table)."""
+is checked against one computed here by hand with numpy (the t quantiles from a printed table or
+scipy's t distribution, Holm's adjustment and the power of a t-test written out here)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
+from mnist_lab import report as report_command
 from mnist_lab.analysis import summary as report
+from tests.analysis.test_findings import power_by_hand
 from tests.conftest import compose_train
 
 # Two-sided 95 % quantiles of Student's t (any statistics table): df 2 and df 3.
@@ -56,54 +59,87 @@ def by_hand(values: list[float]) -> tuple[float, float, float, float]:
     return mean, std, mean - half, mean + half
 
 
-def welch_by_hand(a: list[float], b: list[float]) -> float:
+def welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
+    """mean(a) - mean(b), its 95 % interval and the two-sided p, Welch–Satterthwaite df."""
     a, b = np.array(a), np.array(b)
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+    diff, se = a.mean() - b.mean(), np.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
-    return 2 * stats.t.sf(abs(t), df)  # only the t distribution's tail comes from scipy
+    half = stats.t.ppf(0.975, df) * se  # only the t distribution comes from scipy
+    return diff, diff - half, diff + half, 2 * stats.t.sf(abs(diff) / se, df)
 
 
-def test_a_point_is_the_jobs_that_differ_only_in_the_seed(seeded_sweep):
+def read_points(sweep: Path) -> list[dict]:
+    with open(sweep / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_each_point_gets_its_difference_to_the_best_with_a_holm_p_and_a_verdict(seeded_sweep):
     report.write_report(seeded_sweep, show=False)
-    with open(seeded_sweep / "summary.csv", newline="") as f:
-        points = {row["point"]: row for row in csv.DictReader(f)}
-    assert len(points) == 3
-    for lr, values in VAL.items():
-        row = points[f"optimizer.lr={lr} model.hidden=[128]"]
-        assert int(row["n"]) == len(values) and row["status"] == f"{len(values)} ok"
-        mean, std, low, high = by_hand(values)
-        got = [float(row[f"best_val_acc_{k}"]) for k in ("mean", "std", "ci_low", "ci_high")]
-        assert got == pytest.approx([mean, std, low, high], rel=1e-9)
-        assert float(row["test_acc_mean"]) == pytest.approx(mean + 0.002)
-        assert float(row["final_train_loss_mean"]) == pytest.approx(1 - mean)
-        assert float(row["train_time_s_mean"]) == pytest.approx(10 + (len(values) - 1) / 2)
-
-
-def test_the_report_says_which_points_are_indistinguishable_from_the_best(seeded_sweep):
-    report.write_report(seeded_sweep, show=False)
-    with open(seeded_sweep / "summary.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_points(seeded_sweep)
     assert [r["point"].split()[0] for r in rows] == [
         "optimizer.lr=0.001",
         "optimizer.lr=0.01",
         "optimizer.lr=0.1",
-    ]  # best mean first
-    p_01 = welch_by_hand(VAL[0.001], VAL[0.01])
-    p_1 = welch_by_hand(VAL[0.001], VAL[0.1])
-    assert float(rows[1]["p_vs_best"]) == pytest.approx(p_01, rel=1e-9) and p_01 >= 0.05
-    assert float(rows[2]["p_vs_best"]) == pytest.approx(p_1, rel=1e-9) and p_1 < 0.05
-    assert [r["indistinguishable_from_best"] for r in rows] == ["True", "True", "False"]
+    ]  # best mean val acc first
+    d_01, low_01, high_01, p_01 = welch_by_hand(VAL[0.01], VAL[0.001])
+    d_1, low_1, high_1, p_1 = welch_by_hand(VAL[0.1], VAL[0.001])
+    assert p_1 < p_01  # Holm by hand: the smaller p times 2, the larger times 1 but never below it
+    holm_1, holm_01 = min(1, 2 * p_1), max(min(1, 2 * p_1), p_01)
+    for metric in ("best_val_acc", "test_acc"):  # test_acc is val + 0.002: the same differences
+        got = [[float(r[f"{metric}_diff_to_best{k}"]) for k in ("", "_ci_low", "_ci_high")] for r in rows[1:]]
+        assert got == [pytest.approx([d_01, low_01, high_01]), pytest.approx([d_1, low_1, high_1])]
+        assert [float(r[f"{metric}_p_holm"]) for r in rows[1:]] == pytest.approx([holm_01, holm_1], rel=1e-9)
+        assert [r[f"{metric}_vs_best"] for r in rows] == ["best", "not resolved by 3 seeds", "worse"]
+    assert p_01 >= 0.05 and holm_1 < 0.001
     summary = (seeded_sweep / "summary.md").read_text()
-    assert "Welch" in summary and "p >= 0.05" in summary
-    assert "Indistinguishable from the best" in summary
-    assert (
-        summary.split("Indistinguishable from the best")[1]
-        .split("\n")[0]
-        .endswith("optimizer.lr=0.001, optimizer.lr=0.01.")
-    )
+    row_1 = next(line for line in summary.splitlines() if line.startswith("| optimizer.lr=0.1 |"))
+    assert f"| {100 * d_1:+.2f} pt [{100 * low_1:+.2f}, {100 * high_1:+.2f}], p_holm<0.001: worse |" in row_1
+    row_01 = next(line for line in summary.splitlines() if line.startswith("| optimizer.lr=0.01 |"))
+    assert f", p_holm={holm_01:.3f}: not resolved by 3 seeds |" in row_01
+    assert "Holm-adjusted over the grid's 2 comparisons" in summary
     for png in ("curves.png", "time.png"):
         assert (seeded_sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_says_what_the_seeds_resolve_and_what_a_difference_would_take(seeded_sweep, capsys):
+    assert report_command.main([str(seeded_sweep), "--resolve", "0.1"]) == 0
+    std = float(np.median([np.std(v, ddof=1) for v in VAL.values()]))  # a typical point's spread
+    d = optimize.brentq(lambda d: power_by_hand(d, 3) - 0.80, 0.1, 6)  # 3 seeds: the fewest of a point
+    seeds = next(n for n in range(2, 10_000) if power_by_hand(0.001 / std, n) >= 0.80)
+    expected = f"best_val_acc: with 3 seeds per point and a typical std of {100 * std:.2f} pt"
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert f"{expected} (the median over points), a difference of {100 * d * std:.2f} pt is found" in printed
+    assert f"A difference of 0.1 pt would take {seeds} seeds per point." in printed
+    summary = (seeded_sweep / "summary.md").read_text()
+    assert f"{expected} (the median over points), a difference of {100 * d * std:.2f} pt" in summary
+
+
+def test_a_point_whose_seeds_are_far_from_normal_gets_its_median_range_and_a_bootstrap(tmp_path):
+    values = {0.001: [0.971, 0.975, 0.973, 0.972, 0.974], 0.1: [0.970, 0.972, 0.971, 0.10, 0.973]}
+    number = 0
+    for lr, seeds in values.items():
+        for seed, val in enumerate(seeds):
+            make_job(tmp_path, number, lr, seed, val)
+            number += 1
+    report.write_report(tmp_path, show=False)
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    collapsed = next(line for line in lines if line.startswith("| optimizer.lr=0.1 |"))
+    assert "; median 0.9710, range 0.1000–0.9730 (far from normal)" in collapsed
+    assert "; bootstrap [" in collapsed
+    best = next(line for line in lines if line.startswith("| optimizer.lr=0.001 |"))
+    assert "median" not in best and "bootstrap" not in best
+    assert next(line for line in lines if line.startswith("**Far from normal**")).endswith(": optimizer.lr=0.1.")
+    row = read_points(tmp_path)[1]
+    assert float(row["best_val_acc_shapiro_p"]) < 0.05
+    assert float(row["best_val_acc_diff_to_best_bootstrap_low"]) < float(row["best_val_acc_diff_to_best"]) < 0
+
+
+def test_resolve_on_a_sweep_of_one_seed_per_point_says_what_to_run(tmp_path, capsys):
+    for number, lr in enumerate(VAL):
+        make_job(tmp_path, number, lr, 0, VAL[lr][0])
+    assert report_command.main([str(tmp_path), "--resolve", "0.1"]) == 1
+    assert capsys.readouterr().err.startswith("error: --resolve needs a sweep whose points ran several seeds")
 
 
 def test_a_single_seed_sweep_keeps_the_per_job_report(tmp_path):

@@ -234,7 +234,10 @@ def test_a_sweep_with_three_seeds_reports_each_point_over_its_seeds(tmp_path, sy
         assert row["n"] == "3" and row["status"] == "3 ok"
         assert float(row["best_val_acc_mean"]) == pytest.approx(seeds.mean())
         assert float(row["best_val_acc_ci_low"]) <= seeds.mean() <= float(row["best_val_acc_ci_high"])
-    assert "Indistinguishable from the best" in (sweep_dir / "summary.md").read_text()
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "**What these seeds resolve**" in summary and "with 3 seeds per point" in summary
+    verdict = next(row["best_val_acc_vs_best"] for row in points.values() if row["best_val_acc_vs_best"] != "best")
+    assert verdict in ("worse", "not resolved by 3 seeds")
     assert_png(sweep_dir / "curves.png")
     assert "vs best" in result.stdout and "Welch" in result.stdout  # the printed table
     assert closing_line(result.stdout).startswith("sweep: 6 jobs, 6 ok")
