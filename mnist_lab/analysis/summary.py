@@ -20,7 +20,6 @@ and each point's difference to the best with its interval, Holm-adjusted p and v
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnist_lab.analysis import replicates
 from mnist_lab.analysis.figures import plot_job_curves, plot_job_times, thin
 from mnist_lab.records.atomic_files import replaced_atomically
-from mnist_lab.records.metrics_file import METRICS_FILE
+from mnist_lab.records.metrics_file import METRICS_FILE, NUMBER, RecordError, read_record
 
 COLUMNS = (
     "job",
@@ -71,58 +70,14 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda p: (job_number(p), p.name))
 
 
-# What each field a row reads must hold (the types mnist_lab.records.run_record writes).
-NUMBER, WHOLE = (int, float), int
-FIELD_TYPES = {
-    "status": str,
-    "best_val_acc": NUMBER,
-    "test_acc": NUMBER,
-    "final_train_loss": NUMBER,
-    "epochs": WHOLE,
-    "train_time_s": NUMBER,
-    "packed": WHOLE,
-    "diverged_at_step": WHOLE,
-    "error": str,
-    "overrides": list,
-    "val_acc": list,
-}
-
-
-def record_problem(metrics, path: Path) -> str | None:
-    """Why ``metrics`` (a parsed metrics.json) is not a run record, in a sentence; None if it is."""
-    if not isinstance(metrics, dict):
-        return f"{path} holds {json.dumps(metrics)[:40]}, not a run record; delete it or rerun the job"
-    for key, kind in FIELD_TYPES.items():
-        value = metrics.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            return (
-                f"{path} has {key}={json.dumps(value)[:40]}, which is not what a run records; "
-                "delete it or rerun the job"
-            )
-    items = [*metrics.get("overrides", []), *metrics.get("val_acc", [])]
-    if not all(v is None or isinstance(v, (str, *NUMBER)) for v in items):
-        return f"{path} has overrides or val_acc that are not plain values; delete it or rerun the job"
-    return None
-
-
 def read_job(job_dir: Path) -> dict:
     """One row of the table, plus the per-epoch ``val_acc`` and the job's ``overrides`` list."""
-    path = job_dir / METRICS_FILE
     try:
-        metrics = json.loads(path.read_text())
-        problem = record_problem(metrics, path)
-        if problem:
-            raise ValueError(problem)
-    except (OSError, ValueError) as error:  # no record, or one damaged outside mnist_lab
+        metrics = read_record(job_dir / METRICS_FILE)
+    except RecordError as problem:  # no record, or one damaged outside mnist_lab
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
-        if not path.exists():
-            problem = f"no {METRICS_FILE}: the job stopped before training started"
-        elif isinstance(error, json.JSONDecodeError):
-            problem = f"{path} is not valid JSON ({error}); delete it or rerun the job"
-        else:
-            problem = str(error)
-        metrics = {"status": "failed", "overrides": [str(o) for o in overrides], "error": problem}
+        metrics = {"status": "failed", "overrides": [str(o) for o in overrides], "error": str(problem)}
     row = {key: metrics.get(key) for key in COLUMNS}
     row["job"] = job_dir.name
     row["job_dir"] = job_dir

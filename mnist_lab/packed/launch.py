@@ -47,11 +47,11 @@ from mnist_lab.packed.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.packed.groups import DEVICES, split_into_packs, why_solo
 from mnist_lab.packed.job import PackedJob
 from mnist_lab.packed.pack import Pack
-from mnist_lab.packed.resume import FINISHED, last_checkpoint, read_record, start_of
+from mnist_lab.packed.resume import FINISHED, last_checkpoint, start_of
 from mnist_lab.packed.size_probe import pack_size
 from mnist_lab.packed.training import train_pack
 from mnist_lab.packed.units import Unit, describe
-from mnist_lab.records.metrics_file import METRICS_FILE, first_line
+from mnist_lab.records.metrics_file import METRICS_FILE, first_line, record_or_empty
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class PackedLaunch:
         last.ckpt, a packed job's too (it holds its solo run's full state), through the sweep's
         task function."""
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        record = read_record(run_dir / METRICS_FILE)
+        record = record_or_empty(run_dir / METRICS_FILE)
         if record.get("status") not in FINISHED:
             return self.task_function(cfg)
         print(f"{summary_line(record)} (finished: left as it was)", flush=True)

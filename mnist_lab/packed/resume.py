@@ -16,7 +16,6 @@ starts it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 
 from mnist_lab.packed.optimizer import IMPLEMENTATION
 from mnist_lab.records.checkpoint_checks import check_checkpoint
-from mnist_lab.records.metrics_file import METRICS_FILE
+from mnist_lab.records.metrics_file import METRICS_FILE, record_or_empty
 from mnist_lab.records.run_dir import resume_path
 
 FINISHED = ("ok", "diverged")  # a resumed sweep leaves these jobs as they are
@@ -42,15 +41,6 @@ UPDATE_STATE = {
 }
 
 
-def read_record(path: Path) -> dict:
-    """A job's metrics.json, or {} if there is none or it is not a record."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def start_of(cfg: DictConfig, run_dir: Path) -> int | None:
     """The epoch a job of a resumed sweep trains first: 0 for one that never started (its
     ``ckpt_path`` is set to null: it trains as in a fresh sweep) or has no last.ckpt, the epoch
@@ -62,7 +52,7 @@ def start_of(cfg: DictConfig, run_dir: Path) -> int | None:
         with open_dict(cfg):
             cfg.ckpt_path = None
         return 0
-    if read_record(run_dir / METRICS_FILE).get("status") in FINISHED:
+    if record_or_empty(run_dir / METRICS_FILE).get("status") in FINISHED:
         return None
     try:
         return start_epoch(last_checkpoint(cfg, run_dir))

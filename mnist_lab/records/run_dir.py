@@ -10,7 +10,6 @@ ours runs; ``write_hydra_files`` writes the same three files once the dir is thi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.cli.config_checks import ConfigError
 from mnist_lab.records.atomic_files import write_atomic
+from mnist_lab.records.metrics_file import record_or_empty
 from mnist_lab.records.run_record import RunRecord
 
 HYDRA_SUBDIR = ".hydra"
@@ -69,11 +69,7 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path, record: RunRecord, sweep_dir: 
 
 
 def _status_of(metrics_path: Path) -> str:
-    try:
-        status = json.loads(metrics_path.read_text()).get("status", "unknown")
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
-    return status if isinstance(status, str) else "unknown"
+    return record_or_empty(metrics_path).get("status") or "unknown"
 
 
 def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:

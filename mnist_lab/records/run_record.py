@@ -11,7 +11,6 @@ A job that trained in a pack (``packed_job``) has ``packed`` (the jobs in its pa
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,7 +21,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_lab.cli.exit_codes import Terminated
-from mnist_lab.records.metrics_file import METRICS_FILE, finite_or_none, first_line, write_json_atomic
+from mnist_lab.records.metrics_file import METRICS_FILE, finite_or_none, first_line, record_or_empty, write_json_atomic
 
 if TYPE_CHECKING:
     from mnist_lab.run.classifier import Classifier
@@ -161,12 +160,7 @@ class RunRecord(L.Callback):
     def _trained_elsewhere(self) -> dict:
         """When and where the process that trained (trainer.strategy=ddp_spawn's rank 0, or an
         earlier run of a resumed record) says it trained, from the record it wrote."""
-        try:
-            on_disk = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(on_disk, dict):
-            return {}
+        on_disk = record_or_empty(self.path)
         kept = {k: on_disk[k] for k in ("train_started_at", "device") if k in on_disk}
         if isinstance(on_disk.get("train_time_s"), (int, float)) and not self.train_time_s:
             self.train_time_s = on_disk["train_time_s"]
