@@ -73,7 +73,7 @@ def start_epoch(checkpoint: dict | None) -> int:
     return 0 if checkpoint is None else int(checkpoint["epoch"]) + 1
 
 
-def solo_net(cfg: DictConfig, checkpoint: dict) -> nn.Module:
+def net_from_checkpoint(cfg: DictConfig, checkpoint: dict) -> nn.Module:
     """The job's net as its solo run's class, holding the checkpoint's weights and buffers."""
     net = instantiate(cfg.model)
     state = checkpoint["state_dict"]
@@ -84,8 +84,8 @@ def solo_net(cfg: DictConfig, checkpoint: dict) -> nn.Module:
 def load_job(pack, i: int, checkpoint: dict) -> None:
     """Job ``i``'s state from its checkpoint into the pack: optimizer state, schedule, weights."""
     (saved,) = checkpoint["optimizer_states"]
-    _load_optimizer_state(pack, i, saved, solo_net(pack.cfgs[i], checkpoint))
-    pack.net.load_from(i, solo_net(pack.cfgs[i], checkpoint))  # after the state: it overwrote the scratch net
+    _load_optimizer_state(pack, i, saved, net_from_checkpoint(pack.cfgs[i], checkpoint))
+    pack.net.load_from(i, net_from_checkpoint(pack.cfgs[i], checkpoint))  # after the state: it overwrote the scratch net
     group = pack.schedules.optimizers[i].param_groups[0]
     for key, value in saved["param_groups"][0].items():  # lr, momentum or betas, initial_lr, ...
         if key in group and key != "params" and key not in IMPLEMENTATION:
