@@ -26,10 +26,9 @@ from omegaconf import DictConfig
 
 from mnist_lab import CONF_DIR
 from mnist_lab.analysis.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
-from mnist_lab.cli.console import print_config, quiet_lightning, settings_line, summary_line
+from mnist_lab.cli.console import first_line, print_config, quiet_lightning, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, raise_terminated
 from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences, override_for_shell
-from mnist_lab.records.run_record import first_line
 from mnist_lab.run.experiment import run
 
 

@@ -1,8 +1,8 @@
-"""What a training run prints: one line of settings, the progress bar (on a terminal only) and
-one line of results (``train.summary_line``). Lightning's notes (devices found, a cloud-logging
-advertisement, why fit stopped, which checkpoint the test loads) and a deprecation warning from
-inside Lightning are dropped here: they say nothing about the run. ``print_config=true`` shows
-the resolved config as a tree first.
+"""What a training run prints: one line of settings, the progress bar (on a terminal only), one
+line of results (``summary_line``) and an error as one line (``first_line``). Lightning's notes
+(devices found, a cloud-logging advertisement, why fit stopped, which checkpoint the test
+loads) and a deprecation warning from inside Lightning are dropped here: they say nothing about
+the run. ``print_config=true`` shows the resolved config as a tree first.
 """
 
 from __future__ import annotations
@@ -85,3 +85,9 @@ def summary_line(metrics: dict) -> str:
         f"val/acc {pct(metrics.get('best_val_acc'))}  time {metrics.get('train_time_s', 0):.1f}s  "
         f"run {metrics['run_dir']}"
     )
+
+
+def first_line(exception: BaseException) -> str:
+    """An error as metrics.json's ``error`` holds it: its type and its message's first line."""
+    text = str(exception).strip().splitlines()
+    return f"{type(exception).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -19,7 +19,7 @@ from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 
 from mnist_lab import CONF_DIR
-from mnist_lab.records.metrics_file import first_line
+from mnist_lab.cli.console import first_line
 
 
 @contextmanager

@@ -35,11 +35,11 @@ from omegaconf import DictConfig
 
 from mnist_lab.cli.console import quiet_lightning
 from mnist_lab.packed.schedules import SCHEDULED
+from mnist_lab.records.lightning_internals import set_fit_progress
 from mnist_lab.records.run_dir_checkpoint import AtomicCheckpointIO
 from mnist_lab.records.run_record import RunRecord
 from mnist_lab.run.classifier import Classifier
 from mnist_lab.run.experiment import build_callbacks
-from mnist_lab.run.lightning_internals import set_fit_progress
 from mnist_lab.run.step import eager_optimizer_kwargs
 
 

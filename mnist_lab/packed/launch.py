@@ -41,7 +41,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
-from mnist_lab.cli.console import settings_line, summary_line
+from mnist_lab.cli.console import first_line, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_INTERRUPTED, Terminated, raise_terminated
 from mnist_lab.packed.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.packed.groups import DEVICES, split_into_packs, why_solo
@@ -51,7 +51,7 @@ from mnist_lab.packed.resume import FINISHED, last_checkpoint, start_of
 from mnist_lab.packed.size_probe import pack_size
 from mnist_lab.packed.training import train_pack
 from mnist_lab.packed.units import Unit, describe
-from mnist_lab.records.metrics_file import METRICS_FILE, first_line, record_or_empty
+from mnist_lab.records.metrics_file import METRICS_FILE, record_or_empty
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,9 @@ def load_job(pack, i: int, checkpoint: dict) -> None:
     """Job ``i``'s state from its checkpoint into the pack: optimizer state, schedule, weights."""
     (saved,) = checkpoint["optimizer_states"]
     _load_optimizer_state(pack, i, saved, net_from_checkpoint(pack.cfgs[i], checkpoint))
-    pack.net.load_from(i, net_from_checkpoint(pack.cfgs[i], checkpoint))  # after the state: it overwrote the scratch net
+    pack.net.load_from(
+        i, net_from_checkpoint(pack.cfgs[i], checkpoint)
+    )  # after the state: it overwrote the scratch net
     group = pack.schedules.optimizers[i].param_groups[0]
     for key, value in saved["param_groups"][0].items():  # lr, momentum or betas, initial_lr, ...
         if key in group and key != "params" and key not in IMPLEMENTATION:

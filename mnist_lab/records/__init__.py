@@ -6,6 +6,7 @@
 - ``run_dir_checkpoint``: ``best.ckpt``/``last.ckpt`` inside the run dir, written atomically.
 - ``checkpoint_checks``: a checkpoint to resume from, checked before it is used;
   ``checkpoint_loading``: a net back from a checkpoint for ``evaluate``/``predict``, safely.
-- ``lightning_internals``: every private name of Lightning the records rely on, in one place.
+- ``lightning_internals``: every private name of Lightning the package relies on (counting its own
+  optimizer steps, ``last.ckpt`` after every epoch, a packed job's checkpoint), in one place.
 - ``atomic_files``: write through a temporary name, then rename.
 """

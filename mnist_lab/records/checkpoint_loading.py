@@ -12,7 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from mnist_lab.records.metrics_file import first_line
+from mnist_lab.cli.console import first_line
 
 HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
 # What a checkpoint's run config may name as ``_target_``: instantiating anything else would run

@@ -37,12 +37,6 @@ def finite_or_none(value):
     return value
 
 
-def first_line(exception: BaseException) -> str:
-    """An error as metrics.json's ``error`` holds it: its type and its message's first line."""
-    text = str(exception).strip().splitlines()
-    return f"{type(exception).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 class RecordError(ValueError):
     """A metrics.json that is missing, unreadable, or not a run record; the message says which."""
 

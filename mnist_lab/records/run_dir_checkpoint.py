@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from mnist_lab.records.atomic_files import replaced_atomically
-from mnist_lab.run.lightning_internals import save_last_if_nothing_saved
+from mnist_lab.records.lightning_internals import save_last_if_nothing_saved
 
 
 class RunDirCheckpoint(ModelCheckpoint):

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from mnist_lab.cli.console import first_line
 from mnist_lab.cli.exit_codes import Terminated
-from mnist_lab.records.metrics_file import METRICS_FILE, finite_or_none, first_line, record_or_empty, write_json_atomic
+from mnist_lab.records.metrics_file import METRICS_FILE, finite_or_none, record_or_empty, write_json_atomic
 
 if TYPE_CHECKING:
     from mnist_lab.run.classifier import Classifier

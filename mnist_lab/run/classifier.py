@@ -27,8 +27,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lab import NUM_CLASSES
 from mnist_lab.data.datamodule import grouping, optimizer_steps, ungroup
+from mnist_lab.records.lightning_internals import count_optimizer_step
 from mnist_lab.run.epoch_log import EpochLog, empty_history, history_row
-from mnist_lab.run.lightning_internals import count_optimizer_step
 from mnist_lab.run.process_group_exit import destroy_process_group_at_exit
 from mnist_lab.run.schedules import PER_STEP_SCHEDULERS, build_scheduler, step_at_epoch_end
 from mnist_lab.run.step import EagerStep, Step, ready_for_eager

@@ -6,7 +6,7 @@ automatic loop (``Classifier`` steps the raw optimizer or replays a CUDA graph),
 fit loop's progress to a given epoch so that a packed job's checkpoint holds what its solo run's
 would (``packed.checkpoint``). Each is written here against Lightning's internals as of the
 versions ``pyproject.toml`` allows; ``missing_names`` lists what a newer Lightning no longer
-has, and ``tests/run/test_lightning_internals.py`` fails on it, naming the attribute.
+has, and ``tests/records/test_lightning_internals.py`` fails on it, naming the attribute.
 """
 
 from __future__ import annotations

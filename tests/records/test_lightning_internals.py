@@ -1,4 +1,4 @@
-"""The private names of Lightning that ``mnist_lab.run.lightning_internals`` relies on are all
+"""The private names of Lightning that ``mnist_lab.records.lightning_internals`` relies on are all
 there in the Lightning installed: when a new Lightning drops or renames one, this fails first,
 naming it (README *Tests* says how to move the bound in pyproject.toml)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mnist_lab.run import lightning_internals
+from mnist_lab.records import lightning_internals
 
 
 def test_every_private_lightning_name_we_use_is_there():
