@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mnist_lab import CONF_DIR, NUM_CLASSES
 from mnist_lab.data import MEAN, STD
-from mnist_lab.evaluate import HOW_TO_PASS, load_checkpoint, pick_device
+from mnist_lab.evaluate import HOW_TO_PASS, buildable_setting, load_checkpoint, pick_device
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
 
 FIELD, BOX = 28, 20  # MNIST: a 28x28 field, the digit fitted in a 20x20 box
@@ -127,7 +127,7 @@ def main(cfg: DictConfig) -> None:
         device = pick_device(cfg.device)
         paths = image_paths(str(cfg.images))
         pixels = load_images(paths, normalize=False)  # bad images are reported before the checkpoint
-        _, config, net, _ = load_checkpoint(cfg.ckpt_path, device)
+        _, config, net, _ = load_checkpoint(cfg.ckpt_path, device, buildable_setting(cfg))
         x = (pixels - MEAN) / STD if config["data"].get("normalize", True) else pixels
         x = x.to(device)
     except ValueError as error:  # CheckpointError, ImageError and pick_device's are ValueErrors
