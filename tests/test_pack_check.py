@@ -81,11 +81,15 @@ def job(synthetic_data_dir):
 
 PACKS = {
     "mlp, batch norm, dropout, Adam": ["model.batch_norm=true", "model.dropout=0.3"],
-    "cnn_small, dropout, SGD, one-cycle": ["model=cnn_small", "optimizer=sgd", "scheduler=onecycle"],
+    "small cnn, dropout, SGD, one-cycle": [
+        *("model=cnn_small", "model.channels=[4]", "model.fc=[16]", "model.conv_dropout=0.2", "model.dropout=0.3"),
+        *("optimizer=sgd", "optimizer.momentum=0.9", "scheduler=onecycle"),
+    ],
     "softmax, SGD with momentum, mse": ["model=linear", "optimizer=sgd", "optimizer.momentum=0.9", "loss=mse"],
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", PACKS.values(), ids=PACKS.keys())
 def test_a_pack_of_shipped_models_proves_itself_and_the_check_changes_nothing(job, overrides):
     cfgs = [job(*overrides, f"seed={s}", f"optimizer.lr={0.01 * (s + 1)}") for s in range(3)]
