@@ -23,7 +23,7 @@ Tolerance: both sides compute the same float32 sums, possibly in another order (
 matmul against M single ones, a grouped convolution, a fused optimizer kernel against a
 ``foreach`` one). Rounding then moves a result by about sqrt(n) float32 epsilons (2^-23, 1.2e-7)
 of the magnitude of its n terms, n at most 784 pixels or the batch size (5,000 in
-``softmax_batch``): 1e-5 of the tensor's scale at worst; ``RTOL`` = 1e-4 of its largest
+``softmax_batch``): under 1e-5 of the tensor's scale; ``RTOL`` = 1e-4 of its largest
 element leaves ten times that, as ``cuda_graph.CHECK_RTOL`` (the CUDA graph's self-check)
 does. A network that computes something else (a scaled output, a skipped or extra layer, other
 weights) is off by a large fraction of the scale. On a GPU the check turns TF32 off for its
