@@ -27,7 +27,7 @@ from mnist_lab import CONF_DIR
 from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.data.datamodule import DeviceBatches, device_tensors
 from mnist_lab.records.atomic_files import replaced_atomically
-from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, load_checkpoint, pick_device
+from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, buildable_setting, load_checkpoint, pick_device
 from mnist_lab.run.evaluation import evaluate
 from mnist_lab.tracking.tensorboard_images import confusion_matrix_figure
 
@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"error: batch_size={cfg.batch_size} is not a whole number of images ≥ 1; use e.g. batch_size=10000.")
     try:
         device = pick_device(cfg.device)
-        file, config, net, loss = load_checkpoint(cfg.ckpt_path, device)
+        file, config, net, loss = load_checkpoint(cfg.ckpt_path, device, buildable_setting(cfg))
     except ValueError as error:  # CheckpointError is one
         sys.exit(f"error: {error}")
     data = device_tensors(cfg.data_dir, device, config["data"].get("normalize", True))

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from mnist_lab import CONF_DIR, NUM_CLASSES
 from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.data.datamodule import MEAN, STD
-from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, load_checkpoint, pick_device
+from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, buildable_setting, load_checkpoint, pick_device
 
 FIELD, BOX = 28, 20  # MNIST: a 28x28 field, the digit fitted in a 20x20 box
 INK_THRESHOLD = 0.2  # fraction of the darkest-to-lightest range that counts as ink, for the crop
@@ -127,7 +127,7 @@ def main(cfg: DictConfig) -> None:
         device = pick_device(cfg.device)
         paths = image_paths(str(cfg.images))
         pixels = load_images(paths, normalize=False)  # bad images are reported before the checkpoint
-        _, config, net, _ = load_checkpoint(cfg.ckpt_path, device)
+        _, config, net, _ = load_checkpoint(cfg.ckpt_path, device, buildable_setting(cfg))
         x = (pixels - MEAN) / STD if config["data"].get("normalize", True) else pixels
         x = x.to(device)
     except ValueError as error:  # CheckpointError, ImageError and pick_device's are ValueErrors

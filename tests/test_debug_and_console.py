@@ -101,7 +101,7 @@ def test_callbacks_switch_off_with_an_override_and_early_stopping_on_with_a_pati
 
 
 def test_each_callback_is_an_entry_of_the_callbacks_group(tmp_path):
-    from mnist_lab.train import build_callbacks
+    from mnist_lab.run.experiment import build_callbacks
 
     def built(*overrides: str) -> set[str]:
         return {type(c).__name__ for c in build_callbacks(compose_train(*overrides), tmp_path)}

@@ -190,10 +190,59 @@ def test_a_checkpoint_naming_other_code_to_build_is_refused(trained_run, tmp_pat
     )
     assert result.returncode == 1 and not marker.exists()
     assert result.stderr.strip().splitlines() == [
-        f"error: {forged} asks to build 'os.mkdir' as its model, which is not a model or loss of "
-        "mnist_lab or torch.nn, and is not run; pass a run dir (outputs/<date>/<time>) or a .ckpt file written "
-        "by mnist_lab.train."
+        f"error: {forged} asks to build 'os.mkdir' as its model, which is in no module that buildable lists "
+        "(mnist_lab.models, mnist_lab.losses, torch.nn), and is not run; pass a run dir (outputs/<date>/<time>) "
+        "or a .ckpt file written by mnist_lab.train, or, if you trust that code, add its module: "
+        "'buildable=[mnist_lab.models,mnist_lab.losses,torch.nn,os]'."
     ]
+
+
+TRUSTED = """
+from pathlib import Path
+
+from torch import nn
+
+Path("imported").touch()  # what importing this module does: the test sees whether it ran
+
+
+class Tiny(nn.Sequential):
+    def __init__(self, hidden: int = 16):
+        super().__init__(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+"""
+
+
+def test_buildable_lets_a_user_trust_their_own_module_and_nothing_else(tmp_path, synthetic_data_dir):
+    """A run of a model of the user's own module: evaluate refuses it unbuilt (the module is not
+    even imported) until ``buildable`` lists that module; a forged target is refused either way."""
+    (tmp_path / "trusted_nets.py").write_text(TRUSTED)
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "tiny.yaml").write_text("_target_: trusted_nets.Tiny\nhidden: 16\n")
+    run_dir = tmp_path / "run"
+    run_cli(
+        "mnist_lab.train",
+        *QUICK,
+        "trainer.max_epochs=1",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "model=tiny",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        data_dir=synthetic_data_dir,
+    )
+    (tmp_path / "imported").unlink()
+    refused = run_cli(
+        "mnist_lab.evaluate", f"ckpt_path={run_dir}", cwd=tmp_path, data_dir=synthetic_data_dir, check=False
+    )
+    assert refused.returncode == 1 and not (tmp_path / "imported").exists()
+    assert "'buildable=[mnist_lab.models,mnist_lab.losses,torch.nn,trusted_nets]'" in refused.stderr
+    trust = "buildable=[mnist_lab.models,mnist_lab.losses,torch.nn,trusted_nets]"
+    result = run_cli("mnist_lab.evaluate", f"ckpt_path={run_dir}", trust, cwd=tmp_path, data_dir=synthetic_data_dir)
+    assert f"test/acc {read_metrics(run_dir)['test_acc']:.4f}" in result.stdout
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["loss"] = {"_target_": "os.mkdir", "path": str(tmp_path / "ran")}
+    torch.save(checkpoint, tmp_path / "forged.ckpt")
+    forged = run_cli("mnist_lab.evaluate", "ckpt_path=forged.ckpt", trust, cwd=tmp_path, check=False)
+    assert forged.returncode == 1 and "asks to build 'os.mkdir' as its loss" in forged.stderr
+    assert not (tmp_path / "ran").exists()
 
 
 @pytest.mark.parametrize(

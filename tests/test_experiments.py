@@ -1,5 +1,6 @@
-"""Every study in conf/experiment/: its settings are the study's, every point of its grid
-composes and builds, and its first job trains (in this process, tiny limits, synthetic data)."""
+"""Every study in conf/experiment/ (found by glob: a study added there is tested with no edit
+here): every point of its grid composes and builds, and its first job trains (in this process,
+tiny limits, synthetic data); the shipped studies' settings are those their issue asked for."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
-from mnist_lab.train import CONF_DIR, run
+from mnist_lab.run.experiment import run
+from mnist_lab.train import CONF_DIR
 from tests.conftest import compose_train
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -53,11 +55,11 @@ def composed(name: str, overrides: list[str]):
     return compose_train(f"experiment={name}", *overrides)
 
 
-def test_every_study_has_an_expectation():
-    assert sorted(STUDIES) == EXPERIMENTS
+def test_every_study_the_issue_asked_for_is_shipped():
+    assert set(STUDIES) <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", sorted(STUDIES))
 def test_study_settings_match_the_issue(name):
     model, optimizer, epochs, jobs = STUDIES[name]
     cfg = composed(name, [])

@@ -1,7 +1,7 @@
 """The experiment files compose from shared bases (conf/experiment/base/); every study still
 composes to what it was before that refactoring (commit 3eb508a, recorded in
 study_configs_3eb508a.json), except the changes listed in CHANGED, made on purpose, and the
-studies in NEW, which replace those in REPLACED."""
+studies in NEW, which replace those in REPLACED. Studies added since are not held to the record."""
 
 from __future__ import annotations
 
@@ -119,11 +119,16 @@ def expected(name: str) -> dict:
     return study
 
 
-def test_every_study_is_recorded_renamed_or_new_on_purpose():
-    assert set(STUDIES) == (set(json.loads(RECORD.read_text())) - REPLACED) | set(RENAMED) | set(NEW)
+# The studies this record speaks for; any other file in conf/experiment/ (a study of your own) is
+# tested by tests/test_experiments.py, found by glob, with no edit here.
+KNOWN = (set(json.loads(RECORD.read_text())) - REPLACED) | set(RENAMED) | set(NEW)
 
 
-@pytest.mark.parametrize("name", STUDIES)
+def test_every_recorded_renamed_or_new_study_is_still_shipped():
+    assert KNOWN <= set(STUDIES)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
 def test_the_study_composes_as_before_except_the_listed_changes(name):
     assert study_settings(name) == expected(name)
 

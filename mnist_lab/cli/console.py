@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
@@ -52,6 +52,7 @@ def settings_line(cfg: DictConfig) -> str:
         return str(get(f"{key}._target_")).rsplit(".", 1)[-1]
 
     shape = get("model.hidden") if get("model.hidden") is not None else get("model.channels")
+    shape = shape if isinstance(shape, ListConfig) else None  # a model of the user's own may mean other things
     model = f"{name('model')} {list(shape)}" if shape is not None else name("model")
     if shape is not None and len(shape) == 0 and name("model") == "MLP":
         model = "softmax regression"

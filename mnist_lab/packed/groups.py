@@ -8,8 +8,10 @@ float32, no checkpoint to resume but its own ``last.ckpt`` (``ckpt_path=last``,
 ``fast_dev_run``, ``overfit_batches``, a profiler), no early stopping, the default callbacks
 (checkpoints as ``conf/callbacks/default.yaml`` writes them, no added callback), no
 ``step.cuda_graph=on`` that its solo run refuses (off a GPU, or a set-up a graph cannot follow),
-and a net, loss and optimizer the packed classes implement. Dropout packs: each job draws its
-solo run's masks from its own stream (``PackedNet.seed_dropout``; on a GPU, its own masks).
+and a net, loss and optimizer the packed classes implement (the net judged by what it is,
+``pack_check.packed_form_reason``; each pack proves it before training, ``pack_check.check_pack``).
+Dropout packs: each job draws its solo run's masks from its own stream (``PackedNet.seed_dropout``;
+on a GPU, its own masks).
 Anything else runs as it does without packing, through the job's normal path.
 """
 
@@ -23,12 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import CONF_DIR
 from mnist_lab.cli.config_checks import check_config, check_required
+from mnist_lab.cli.console import first_line
+from mnist_lab.packed.check import model_reason
 from mnist_lab.packed.optimizer import HYPERPARAMETERS, IMPLEMENTATION, optimizer_class, settings_of, unpackable_reason
 from mnist_lab.packed.pack import MUST_MATCH
 from mnist_lab.packed.step import loss_setting
 from mnist_lab.run.cuda_graph import graph_unsupported_reason
 
-PACKED_MODELS = ("mnist_lab.models.MLP", "mnist_lab.models.CNN")
 DEVICES = {"cpu": "cpu", "auto": "auto", "gpu": "cuda", "cuda": "cuda"}  # trainer.accelerator -> pack device
 # trainer settings a pack follows; any other trainer setting must keep its default (null/false/0/-1)
 TRAINER_KEYS = {"accelerator", "devices", "strategy", "max_epochs", "precision"}
@@ -72,8 +75,9 @@ def why_solo(cfg: DictConfig) -> str | None:
     checkpoint = callbacks.get("checkpoint")
     if checkpoint is not None and checkpoint != DEFAULT_CALLBACKS.checkpoint:
         return "its checkpoints are not the default ones"
-    if cfg.model.get("_target_") not in PACKED_MODELS:
-        return f"{cfg.model.get('_target_')} has no packed form"
+    reason = model_reason(cfg)
+    if reason:
+        return reason
     try:
         loss_setting(instantiate(cfg.loss))
         return unpackable_reason([instantiate(cfg.optimizer)])
@@ -99,25 +103,53 @@ def pack_key(cfg: DictConfig) -> tuple:
     )
 
 
-def split_into_packs(cfgs: list[DictConfig], pack_size, starts: Sequence[int | None] | None = None) -> list[list[int]]:
+def split_into_packs(
+    cfgs: list[DictConfig],
+    pack_size,
+    starts: Sequence[int | None] | None = None,
+    reasons: dict[int, str] | None = None,
+) -> list[list[int]]:
     """The jobs (indices into ``cfgs``) as units to run, in the order of their first job: packs
-    of up to ``pack_size(group)`` jobs (a callable given the group's configs, or a number), and
-    single jobs (one that cannot pack, or a pack's remainder of one). ``starts``, in a resumed
-    sweep: the epoch each job trains first (after its ``last.ckpt``'s), or None for one that
-    runs alone (finished, or a checkpoint the solo path must judge); jobs pack only with jobs
-    that start at the same epoch."""
+    of up to ``pack_size(group)`` jobs (a callable given the group's configs, returning a number
+    or a number and why it is 1; or a number), and single jobs (one that cannot pack, or a pack's
+    remainder of one). ``starts``, in a resumed sweep: the epoch each job trains first (after
+    its ``last.ckpt``'s), or None for one that runs alone (finished, or a checkpoint the solo
+    path must judge); jobs pack only with jobs that start at the same epoch. ``reasons``, if
+    given, gets why each job that runs alone does (a few words)."""
+    reasons = {} if reasons is None else reasons
     groups: dict[tuple, list[int]] = {}
     units: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
         start = 0 if starts is None else starts[i]
-        if start is None or why_solo(cfg) is not None:
+        reason = None if start is not None else "it resumes on its own (finished, or its own run judges its checkpoint)"
+        try:
+            reason = reason or why_solo(cfg)
+            key = None if reason else (*pack_key(cfg), start)
+        except Exception as error:  # noqa: BLE001 - a job the planner cannot group runs as it would alone
+            reason = f"its settings could not be grouped ({first_line(error)})"
+        if reason:
             units.append([i])
+            reasons[i] = reason
         else:
-            groups.setdefault((*pack_key(cfg), start), []).append(i)
+            groups.setdefault(key, []).append(i)
     for members in groups.values():
-        size = pack_size([cfgs[i] for i in members]) if callable(pack_size) else int(pack_size)
-        size = max(1, size)
+        if len(members) == 1:
+            units.append(members)
+            reasons[members[0]] = "no other job of the sweep shares its pack settings"
+            continue
+        size, why_one = _size_of(pack_size, [cfgs[i] for i in members])
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
-            units.extend([[i] for i in chunk] if len(chunk) == 1 else [chunk])
+            if len(chunk) > 1:
+                units.append(chunk)
+                continue
+            units.append(chunk)
+            reasons[chunk[0]] = why_one if size == 1 else f"the remainder of its group after packs of {size}"
     return sorted(units, key=lambda unit: unit[0])
+
+
+def _size_of(pack_size, cfgs: list[DictConfig]) -> tuple[int, str]:
+    """``pack_size`` for a group (at least 1), and why it is 1 where it is."""
+    size = pack_size(cfgs) if callable(pack_size) else int(pack_size)
+    size, why = size if isinstance(size, tuple) else (size, f"the pack size is {size}")
+    return max(1, int(size)), why

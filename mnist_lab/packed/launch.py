@@ -26,6 +26,7 @@ the others by the epoch they resume at: each job's last.ckpt is loaded into its 
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import math
 import signal
@@ -43,6 +44,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from mnist_lab.cli.console import first_line, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_INTERRUPTED, Terminated, raise_terminated
+from mnist_lab.packed.check import check_pack
 from mnist_lab.packed.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.packed.groups import DEVICES, split_into_packs, why_solo
 from mnist_lab.packed.job import PackedJob
@@ -138,14 +140,16 @@ class PackedLaunch:
         """``unit``'s jobs (a sweep's, or a unit's that runs again) split into packs and jobs alone
         (``pack_groups.split_into_packs``); in a resumed sweep, by the epoch each job starts at."""
         starts = [start_of(task, job_dir(config)) for config, task in zip(unit.configs, unit.tasks, strict=True)]
+        reasons: dict[int, str] = {}
         return [
             Unit(
                 [unit.jobs[k] for k in members],
                 [unit.configs[k] for k in members],
                 [unit.tasks[k] for k in members],
                 resume=unit.resume,
+                reason=reasons.get(members[0]) if len(members) == 1 else None,
             )
-            for members in split_into_packs(unit.tasks, pack_size, starts if unit.resume else None)
+            for members in split_into_packs(unit.tasks, pack_size, starts if unit.resume else None, reasons)
         ]
 
     @staticmethod
@@ -175,8 +179,7 @@ class PackedLaunch:
             return self._each_alone(unit, alone)
         reason = why_solo(unit.tasks[0])
         if reason is not None:
-            log.info(f"{unit} train one by one: {reason}")
-            return self._each_alone(unit, alone)
+            return self._each_alone(unit, alone, reason)
         return self._run_pack(unit)
 
     def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
@@ -195,13 +198,18 @@ class PackedLaunch:
             del task["hydra"]
         return task
 
-    def _pack_size(self, cfgs: list[DictConfig]) -> int:
+    def _pack_size(self, cfgs: list[DictConfig]) -> tuple[int, str]:
+        """The pack size for a group of jobs, and why it is 1 where it is. A probe that fails
+        (a pack it cannot build or time) leaves the group's jobs alone: it never ends the sweep."""
         if self.pack_size != "auto":
-            return self.pack_size
-        size, how = pack_size(cfgs, pack_device(cfgs[0]))
+            return int(self.pack_size), f"hydra.launcher.pack_size={self.pack_size}"
+        try:
+            size, how = pack_size(cfgs, pack_device(cfgs[0]))
+        except Exception as error:  # noqa: BLE001 - the jobs then run as they would unpacked, and say why
+            size, how = 1, f"the timing probe could not train their pack ({first_line(error)})"
         if len(cfgs) > 1:
             log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} ({how})")
-        return size
+        return size, how
 
     def _run_alone(self, config: DictConfig, task_function: TaskFunction | None = None) -> JobReturn:
         """The job through Hydra's ``run_job``, as BasicLauncher runs it (with the sweep's task
@@ -217,9 +225,17 @@ class PackedLaunch:
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def _each_alone(self, unit: Unit, task_function: TaskFunction | None = None) -> dict[int, JobReturn]:
-        """The unit's jobs one by one, each as ``_run_alone`` runs a job."""
-        return {i: self._run_alone(config, task_function) for i, config in zip(unit.jobs, unit.configs, strict=True)}
+    def _each_alone(
+        self, unit: Unit, task_function: TaskFunction | None = None, reason: str | None = None
+    ) -> dict[int, JobReturn]:
+        """The unit's jobs one by one, each as ``_run_alone`` runs a job; where a pack was
+        planned for them, each says why it trains alone (``reason``)."""
+        returns = {}
+        for i, config in zip(unit.jobs, unit.configs, strict=True):
+            if reason is not None:
+                log.info(f"job {config.hydra.job.num} trains alone: {reason}")
+            returns[i] = self._run_alone(config, task_function)
+        return returns
 
     def _resume(self, cfg: DictConfig) -> float | None:
         """A job of a resumed sweep that runs alone: a finished one (status ok or diverged) is
@@ -236,15 +252,20 @@ class PackedLaunch:
 
     def _run_pack(self, unit: Unit) -> dict[int, JobReturn]:
         checkpoints = [None] * len(unit.jobs)
+        pack, differs = None, None
         try:
             pack = Pack(unit.tasks, pack_device(unit.tasks[0]))
-            if unit.resume:  # each job's last.ckpt (None: it starts afresh) into its slice
+            differs = check_pack(pack)  # on copies: each job's step in the pack must be its solo step
+            if unit.resume and not differs:  # each job's last.ckpt (None: it starts afresh) into its slice
                 configs = zip(unit.configs, unit.tasks, strict=True)
                 checkpoints = [last_checkpoint(task, job_dir(config)) for config, task in configs]
                 pack.resume(checkpoints)
         except Exception as error:  # noqa: BLE001 - what Pack refuses trains as it would unpacked
-            log.info(f"{unit} train one by one: {first_line(error)}")
-            return self._each_alone(unit, self._resume if unit.resume else None)
+            differs = f"the pack could not be built ({first_line(error)})"
+        if differs:
+            pack = None  # it refers to itself (its batch order reads its epoch): the collector frees it
+            gc.collect()
+            return self._each_alone(unit, self._resume if unit.resume else None, differs)
         jobs: dict[int, PackedJob] = {}
         resumed = f", resuming after {pack.epoch} of {pack.epochs} epochs" if pack.epoch else ""
 

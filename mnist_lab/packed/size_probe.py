@@ -32,6 +32,7 @@ import torch
 from hydra.utils import instantiate
 
 from mnist_lab.cli.config_checks import out_of_memory
+from mnist_lab.cli.console import first_line
 from mnist_lab.data.datamodule import DeviceBatches, device_tensors, split_indices
 from mnist_lab.packed.pack import Pack
 from mnist_lab.run.step_factory import make_step
@@ -43,18 +44,22 @@ PROBE_SHARE = 0.1  # a probe that would train more than this share of its group'
 UNPROBED_SIZE = 5  # the largest pack measured for every grid of docs/performance.md (all >= 0.92x)
 
 
-def choose_pack_size(seconds_per_step: Callable[[int], float], sizes: Iterable[int]) -> int:
+def choose_pack_size(
+    seconds_per_step: Callable[[int], float], sizes: Iterable[int], failures: list[str] | None = None
+) -> int:
     """The pack size that trains the most jobs per second; 1 (no packing) if no pack beats one
     job alone. ``seconds_per_step(size)`` times one step of a pack of ``size`` jobs (``size=1``:
-    one job alone, with the step its run takes)."""
+    one job alone, with the step its run takes). A size that fails, out of memory or any other
+    way, ends the probe (larger ones would fail too) and the sizes timed before it stand; a
+    failure other than memory is added to ``failures`` (a line saying what failed)."""
     best, best_rate = 1, 1 / seconds_per_step(1)
     for size in sizes:
         try:
             rate = size / seconds_per_step(size)
-        except RuntimeError as error:  # torch.OutOfMemoryError is one
-            if out_of_memory(error) is None:
-                raise
-            break  # a pack this big does not fit the device's memory; nor will larger ones
+        except Exception as error:  # noqa: BLE001 - torch.OutOfMemoryError, or a pack that cannot be built
+            if out_of_memory(error) is None and failures is not None:
+                failures.append(f"a pack of {size} failed ({first_line(error)})")
+            break
         if rate > best_rate:
             best, best_rate = size, rate
     return best
@@ -115,7 +120,7 @@ def timed(steps: Iterator, count: int, warmup: int, device: torch.device) -> flo
 def pack_size(cfgs, device: torch.device) -> tuple[int, str]:
     """The pack size for a group of jobs that can share a pack, and how it was chosen: 1 for one
     job, ``UNPROBED_SIZE`` (or the group, if smaller) where the probe would not pay (module
-    docstring), else ``probe_pack_size``."""
+    docstring), else ``probe_pack_size`` (saying why where it gives 1)."""
     if len(cfgs) == 1:
         return 1, "one job"
     if device.type == "cpu":
@@ -123,7 +128,11 @@ def pack_size(cfgs, device: torch.device) -> tuple[int, str]:
         train = len(cfgs) * training_steps(cfgs[0], device)
         if probe > PROBE_SHARE * train:
             return min(len(cfgs), UNPROBED_SIZE), f"no timing probe: it would train {probe} of {train} job-steps"
-    return probe_pack_size(cfgs, device), "timing probe"
+    failures: list[str] = []
+    size = probe_pack_size(cfgs, device, failures=failures)
+    if size == 1:
+        return 1, f"timing probe: {failures[0] if failures else 'one job alone was the fastest'}"
+    return size, "timing probe"
 
 
 def probe_job_steps(jobs: int, sizes=SIZES) -> int:
@@ -142,7 +151,12 @@ def training_steps(cfg, device: torch.device) -> int:
 
 
 def probe_pack_size(
-    cfgs, device: torch.device, sizes=SIZES, steps: int = PROBE_STEPS, warmup: int = PROBE_WARMUP
+    cfgs,
+    device: torch.device,
+    sizes=SIZES,
+    steps: int = PROBE_STEPS,
+    warmup: int = PROBE_WARMUP,
+    failures: list[str] | None = None,
 ) -> int:
     """``choose_pack_size`` timed on the first jobs of ``cfgs`` (jobs that can share a pack)."""
 
@@ -156,7 +170,7 @@ def probe_pack_size(
             steps_iter.close()
             gc.collect()
 
-    return choose_pack_size(seconds_per_step, sizes_to_probe(len(cfgs), sizes))
+    return choose_pack_size(seconds_per_step, sizes_to_probe(len(cfgs), sizes), failures)
 
 
 def sizes_to_probe(jobs: int, sizes=SIZES) -> list[int]:

@@ -18,12 +18,14 @@ class Unit:
     """A pack, or one job alone (``resume``: jobs of a resumed sweep, packed again where they run
     by the epoch their last.ckpt resumes at; a finished one is left as it is).
     ``jobs`` are the jobs' places in the sweep's ``job_overrides``, ``configs`` their composed
-    configs and ``tasks`` what their task function gets (``configs`` without ``hydra``)."""
+    configs and ``tasks`` what their task function gets (``configs`` without ``hydra``);
+    ``reason``: why a job alone is not in a pack (None for a pack)."""
 
     jobs: list[int]
     configs: list[DictConfig]
     tasks: list[DictConfig]
     resume: bool = False
+    reason: str | None = None
 
     def resumed(self) -> Unit:
         """The unit again with ``ckpt_path=last``, as a resumed sweep runs its jobs (a finished
@@ -33,17 +35,27 @@ class Unit:
         for config in [*configs, *tasks]:
             with read_write(config), open_dict(config):
                 config.ckpt_path = "last"
-        return Unit(self.jobs, configs, tasks, resume=True)
+        return Unit(self.jobs, configs, tasks, resume=True, reason=self.reason)
 
     def __str__(self) -> str:
         return f"job{'s' if len(self.jobs) > 1 else ''} {', '.join(map(str, self.jobs))}"
 
 
 def describe(units: list[Unit], where: str) -> str:
-    """``Launching 3 jobs locally: 2 in 1 packs, 1 alone``."""
+    """``Launching 3 jobs locally: 2 in 1 packs, 1 alone: <why>``: each reason jobs run alone
+    named once (with its count of jobs where there are several reasons)."""
     packed = [len(unit.jobs) for unit in units if len(unit.jobs) > 1]
     jobs = sum(len(unit.jobs) for unit in units)
-    return f"Launching {jobs} jobs {where}: {sum(packed)} in {len(packed)} packs, {len(units) - len(packed)} alone"
+    line = f"Launching {jobs} jobs {where}: {sum(packed)} in {len(packed)} packs, {len(units) - len(packed)} alone"
+    reasons: dict[str, int] = {}
+    for unit in units:
+        if len(unit.jobs) == 1:
+            reason = unit.reason or "not said"
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if len(reasons) == 1:
+        return f"{line}: {next(iter(reasons))}"
+    counted = "; ".join(f"{reason} [{n} job{'s' if n > 1 else ''}]" for reason, n in reasons.items())
+    return f"{line}: {counted}" if reasons else line
 
 
 class Launch(Protocol):

@@ -1,23 +1,29 @@
 """A trained net back from a checkpoint, safely: the .ckpt of a run dir or path, loaded with
 ``weights_only=True``, its net and loss rebuilt from the run config it holds, but only from the
-``_target_``s allowed (``BUILDABLE``). ``evaluate`` and ``predict`` load their checkpoints here."""
+``_target_``s allowed (``buildable``, default ``BUILDABLE``). ``evaluate`` and ``predict`` load
+their checkpoints here."""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mnist_lab.cli.console import first_line
 
 HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
-# What a checkpoint's run config may name as ``_target_``: instantiating anything else would run
-# code chosen by whoever wrote the file, although weights_only=True kept its unpickling safe.
-BUILDABLE = ("mnist_lab.models.", "mnist_lab.losses.", "torch.nn.")
+# The modules whose callables a checkpoint's run config may name as ``_target_`` (the default of
+# ``buildable`` in conf/evaluate.yaml and conf/predict.yaml): instantiating anything else would run
+# code chosen by whoever wrote the file, although weights_only=True kept its unpickling safe. A user
+# who trusts their own module (a model of their own) lists it there.
+BUILDABLE = ("mnist_lab.models", "mnist_lab.losses", "torch.nn")
 
 
 class CheckpointError(ValueError):
@@ -37,8 +43,11 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device) -> tuple[Path, dict, nn.Module, nn.Module]:
-    """(checkpoint file, run config, net in eval mode on ``device``, loss) from a checkpoint."""
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device, buildable: Sequence[str] = BUILDABLE
+) -> tuple[Path, dict, nn.Module, nn.Module]:
+    """(checkpoint file, run config, net in eval mode on ``device``, loss) from a checkpoint whose
+    model and loss ``_target_``s lie in the modules ``buildable`` lists (and their submodules)."""
     file = checkpoint_file(path)
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
@@ -51,12 +60,16 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> tuple[Path
         or not all(isinstance(config.get(part), dict) for part in ("model", "loss"))
     ):
         raise CheckpointError(f"{file} holds no mnist_lab run config, so the net cannot be rebuilt; {HOW_TO_PASS}.")
+    buildable = [str(module).rstrip(".") for module in buildable]
     for part in ("model", "loss"):
-        target = _foreign_target(config.get(part))
-        if target:
+        found = _foreign_target(config.get(part), buildable)
+        if found:
+            (target,) = found
+            module = target.rsplit(".", 1)[0] if isinstance(target, str) and "." in target else None
+            trust = f", or, if you trust that code, add its module: 'buildable=[{','.join([*buildable, module])}]'"
             raise CheckpointError(
-                f"{file} asks to build {target} as its {part}, which is not a model or loss of "
-                f"mnist_lab or torch.nn, and is not run; {HOW_TO_PASS}."
+                f"{file} asks to build {target!r} as its {part}, which is in no module that buildable lists "
+                f"({', '.join(buildable)}), and is not run; {HOW_TO_PASS}{trust if module else ''}."
             )
     prefix = "net."
     weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -73,18 +86,32 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> tuple[Path
     return file, config, net.to(device).eval(), loss.to(device)
 
 
-def _foreign_target(node) -> str | None:
-    """The first ``_target_`` in a config tree that is not in BUILDABLE (or not a string)."""
+def _foreign_target(node, buildable: Sequence[str]) -> tuple | None:
+    """``(target,)`` for the first ``_target_`` in a config tree that is in no module of
+    ``buildable`` (or not a string); None if there is none."""
     if isinstance(node, dict):
         target = node.get("_target_")
-        if "_target_" in node and not (isinstance(target, str) and target.startswith(BUILDABLE)):
-            return repr(target)
+        allowed = isinstance(target, str) and target.startswith(tuple(f"{module}." for module in buildable))
+        if "_target_" in node and not allowed:
+            return (target,)
         children = node.values()
     elif isinstance(node, list):
         children = node
     else:
         return None
-    return next((found for child in children if (found := _foreign_target(child))), None)
+    return next((found for child in children if (found := _foreign_target(child, buildable))), None)
+
+
+def buildable_setting(cfg: DictConfig) -> list[str]:
+    """``buildable`` from evaluate's or predict's config: a list of module names (sys.exit's
+    sentence otherwise)."""
+    value = OmegaConf.to_container(cfg.buildable) if OmegaConf.is_list(cfg.get("buildable")) else cfg.get("buildable")
+    if not isinstance(value, list) or not all(isinstance(m, str) and m.strip(".") for m in value):
+        sys.exit(
+            f"error: buildable={value!r} is not a list of module names; give e.g. "
+            f"'buildable=[{','.join(BUILDABLE)},my_models]'."
+        )
+    return value
 
 
 def pick_device(name: str) -> torch.device:

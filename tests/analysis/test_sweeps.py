@@ -221,7 +221,7 @@ def test_a_sweep_with_three_seeds_reports_each_point_over_its_seeds(tmp_path, sy
         cwd=tmp_path,
         data_dir=synthetic_data_dir,
     )
-    from mnist_lab.report import load
+    from mnist_lab.analysis.summary import load
 
     jobs = load(sweep_dir)
     assert len(jobs) == 6 and sorted(jobs["seed"]) == [0, 0, 1, 1, 2, 2]

@@ -53,7 +53,7 @@ def test_the_probe_runs_only_where_it_can_pay(synthetic_data_dir, monkeypatch):
     from mnist_lab.packed import size_probe as pack_size
 
     probed = []
-    monkeypatch.setattr(pack_size, "probe_pack_size", lambda cfgs, device: probed.append(len(cfgs)) or 3)
+    monkeypatch.setattr(pack_size, "probe_pack_size", lambda cfgs, device, **_: probed.append(len(cfgs)) or 3)
     cpu = torch.device("cpu")
 
     def group(jobs: int, *overrides: str) -> list:
@@ -118,13 +118,15 @@ def test_a_pack_size_that_runs_out_of_memory_ends_the_probe_not_the_sweep(error)
     assert choose_pack_size(seconds_per_step, [2, 4, 8, 16]) == 4
 
 
-def test_a_probe_error_that_is_not_out_of_memory_is_raised():
+@pytest.mark.parametrize("error", [RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("BatchNorm")])
+def test_a_probe_error_that_is_not_out_of_memory_ends_the_probe_and_is_named(error):
     from mnist_lab.packed.size_probe import choose_pack_size
 
     def seconds_per_step(size: int) -> float:
-        if size >= 4:
-            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+        if size >= 2:
+            raise error
         return 1.0
 
-    with pytest.raises(RuntimeError, match="shapes"):
-        choose_pack_size(seconds_per_step, [2, 4])
+    failures = []
+    assert choose_pack_size(seconds_per_step, [2, 4], failures) == 1
+    assert failures == [f"a pack of 2 failed ({type(error).__name__}: {error})"]

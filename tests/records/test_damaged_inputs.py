@@ -70,7 +70,7 @@ def test_predict_on_a_huge_image_is_one_sentence(tmp_path, side):
     ],
 )
 def test_the_report_makes_a_metrics_json_that_is_not_a_record_a_failed_row(tmp_path, content):
-    from mnist_lab.report import write_report
+    from mnist_lab.analysis.summary import write_report
 
     good = {
         "status": "ok",

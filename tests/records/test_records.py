@@ -320,7 +320,8 @@ def test_a_run_refused_while_another_runs_in_the_dir_leaves_its_config(tmp_path,
 def test_a_resume_stopped_or_failing_before_it_trains_leaves_the_record_on_disk(tmp_path):
     """What the command prints and exits with says interrupted or failed; the file keeps the
     finished run's record."""
-    from mnist_lab.records.run_record import RunRecord, Terminated
+    from mnist_lab.cli.exit_codes import Terminated
+    from mnist_lab.records.run_record import RunRecord
 
     finished = {"status": "ok", "test_acc": 0.98, "run_dir": str(tmp_path)}
     (tmp_path / "metrics.json").write_text(json.dumps(finished))

@@ -197,7 +197,7 @@ def test_a_checkpoint_save_that_dies_halfway_leaves_the_previous_one_whole(tmp_p
 
     import torch
 
-    from mnist_lab.train import AtomicCheckpointIO
+    from mnist_lab.records.run_dir_checkpoint import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     last = tmp_path / "last.ckpt"
