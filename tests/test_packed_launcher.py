@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_lab import report
 from tests.conftest import QUICK, read_metrics, run_cli
+from tests.float_tolerance import assert_losses_close
 from tests.test_evaluate_predict import predictions
 
 pytestmark = pytest.mark.slow
@@ -114,12 +115,8 @@ def test_packed_jobs_write_the_solo_runs_tensorboard_scalars(sweeps):
     ours, theirs = scalars(packed / job), scalars(basic / job)
     assert set(ours) == set(theirs)
     assert [s for s, _ in ours["train/loss"]] == list(range(1, STEPS + 1))
-    torch.testing.assert_close(
-        torch.tensor([v for _, v in ours["train/loss"]]),
-        torch.tensor([v for _, v in theirs["train/loss"]]),
-        rtol=1e-5,
-        atol=0,
-    )
+    packed_losses, solo_losses = (torch.tensor([v for _, v in tags["train/loss"]]) for tags in (ours, theirs))
+    assert_losses_close(packed_losses, solo_losses)
     for tag in ("val/acc", "val/loss", "train/acc", "train/loss_epoch", "lr", "test/acc", "test/loss"):
         assert [s for s, _ in ours[tag]] == [s for s, _ in theirs[tag]], tag
         assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs[tag]], rel=1e-4), tag
@@ -256,9 +253,8 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
         losses = report.step_losses(sweep_dir / job)
         assert losses[0] == list(range(1, STEPS + 1))
         for uninterrupted in (packed, basic):  # the packed sweep, and each job's solo run
-            torch.testing.assert_close(
-                torch.tensor(losses[1]), torch.tensor(report.step_losses(uninterrupted / job)[1]), rtol=1e-5, atol=0
-            )
+            reference = torch.tensor(report.step_losses(uninterrupted / job)[1])
+            assert_losses_close(torch.tensor(losses[1]), reference, what=job)
     for job in JOBS[:2]:  # written by the resumed pack: the uninterrupted pack's weights and state
         assert read_metrics(sweep_dir / job)["packed"] == 2
         for name in ("best.ckpt", "last.ckpt"):
