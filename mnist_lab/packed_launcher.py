@@ -302,5 +302,8 @@ class PackedLaunch:
                     print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
             return {k: job.record.data for k, job in jobs.items()}
         for job in jobs.values():
-            print(summary_line(job.record.data))
+            if job.record.data.get("status") == "failed":  # its own trouble (packed_training.on_its_own)
+                print(f"[failed] {job.record.data.get('error')}  run {job.run_dir}", file=sys.stderr)
+            else:
+                print(summary_line(job.record.data))
         return results
