@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import QUICK, compose_train, read_metrics
+from tests.conftest import QUICK, compose_train, read_metrics, run_cli
 
 BASE = [*QUICK, "model.hidden=[32]", "trainer.max_epochs=2"]
 
@@ -39,3 +39,55 @@ def test_a_packed_jobs_folder_deleted_mid_sweep_fails_that_job_alone(tmp_path, s
     assert healthy["status"] == "ok" and healthy["epochs"] == 2 and healthy["test_acc"] > 0.5, healthy
     assert results[0]["status"] == "ok"
     assert results[1]["status"] == "failed" and "job1" in results[1]["error"], results[1]
+
+
+# Trainer settings that change what a run does although they are 0 or false: each one packed at
+# e2720c3, and the pack ignored it.
+IGNORED_BY_A_PACK = [
+    "+trainer.enable_checkpointing=false",
+    "+trainer.logger=false",
+    "trainer.limit_val_batches=0",
+    "+trainer.limit_test_batches=0",
+    "+trainer.max_steps=0",
+]
+
+
+@pytest.mark.parametrize("setting", IGNORED_BY_A_PACK)
+def test_a_trainer_setting_a_pack_would_ignore_keeps_the_job_out_of_packs(synthetic_data_dir, setting):
+    from mnist_lab.pack_groups import why_solo
+
+    settings = [*QUICK, "trainer=cpu", f"data.data_dir={synthetic_data_dir}"]
+    assert why_solo(compose_train(*settings)) is None, "the same job without the setting packs"
+    assert why_solo(compose_train(*settings, "trainer.deterministic=false")) is None, "a default packs"
+    reason = why_solo(compose_train(*settings, setting))  # its own key, or refused by the checks
+    assert reason in (f"{setting.lstrip('+')} is set", "its settings are refused"), reason
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            "+trainer.enable_checkpointing=false",
+            "error: trainer.enable_checkpointing is set by mnist_lab.train itself, not by the trainer group; "
+            "drop that override (to train without checkpoints, write ~callbacks.checkpoint).",
+        ),
+        (
+            "+trainer.logger=false",
+            "error: trainer.logger is set by mnist_lab.train itself, not by the trainer group; drop that "
+            "override (TensorBoard is always written; logger=csv, mlflow or wandb adds a tracker).",
+        ),
+        (
+            "+trainer.limit_test_batches=0",
+            "error: trainer.limit_test_batches=0 tests on no batch, and a run's result is its test; give a "
+            "number of batches (at least 1), a fraction of them in (0, 1], or null for all.",
+        ),
+    ],
+    ids=["enable_checkpointing", "logger", "limit_test_batches"],
+)
+def test_the_solo_run_of_such_a_setting_is_one_sentence(tmp_path, synthetic_data_dir, setting, message):
+    """At e2720c3 the first two were a TypeError (the Trainer got the argument twice), the third
+    trained and then failed with `list index out of range`."""
+    result = run_cli("mnist_lab.train", *QUICK, setting, cwd=tmp_path, data_dir=synthetic_data_dir, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.stderr
