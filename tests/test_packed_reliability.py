@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 
 from tests.conftest import QUICK, compose_train, read_metrics, run_cli
 
@@ -91,3 +92,23 @@ def test_the_solo_run_of_such_a_setting_is_one_sentence(tmp_path, synthetic_data
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in result.stderr
+
+
+def test_pack_size_auto_gives_one_command_one_packing_on_the_cpu(synthetic_data_dir, monkeypatch):
+    """An Adam group of two jobs long enough for e2720c3's probe (batch 4, 5 epochs: 6,250
+    job-steps), planned twice, once with packing timed slow and once fast (as a busy CPU times it), the same
+    pack size both times, chosen without timing anything."""
+    from mnist_lab import pack_size
+
+    timings = iter([1.0, 4.0, 1.0, 1.0])  # (one job alone, a pack of two) in the first run, then the second
+    monkeypatch.setattr(pack_size, "timed", lambda steps, count, warmup, device: next(timings))
+    settings = [
+        *QUICK,
+        f"data.data_dir={synthetic_data_dir}",
+        "optimizer=adam",
+        "data.batch_size=4",
+        "trainer.max_epochs=5",
+    ]
+    cfgs = [compose_train(*settings, f"optimizer.lr={lr}") for lr in (0.01, 0.02)]
+    first, second = (pack_size.pack_size(cfgs, torch.device("cpu"))[0] for _ in range(2))
+    assert first == second == 2
