@@ -20,6 +20,7 @@ from hydra.errors import HydraException, InstantiationException, MissingConfigEx
 
 from mnist_lab import CONF_DIR
 from mnist_lab.metrics_file import first_line
+from mnist_lab.sweep_start import forget_unstarted
 
 
 @contextmanager
@@ -37,9 +38,11 @@ def hydra_errors_as_sentences() -> Iterator[None]:
     try:
         yield
     except HydraException as error:
+        forget_unstarted()  # a --multirun refused at start: its corrected command is not a second sweep
         print(f"error: {hydra_error_sentence(error, sys.argv[1:])}", file=sys.stderr)
         sys.exit(1)
     except Exception as error:  # anything else before a job starts: one line, traceback on request
+        forget_unstarted()
         nulled = [a.partition("=")[0] for a in sys.argv[1:] if a.endswith("=null") and "." not in a]
         if "Config group override must be" in str(error) and nulled:  # model=null
             print(f"error: {group_not_set(nulled[0])}", file=sys.stderr)

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from mnist_lab.console import settings_line
 from mnist_lab.gpu_workers import run_on_gpus, visible_gpus
+from mnist_lab.hydra_errors import override_for_shell
 from mnist_lab.launch_units import Unit, describe
 from mnist_lab.metrics_file import METRICS_FILE, first_line
 from mnist_lab.pack import Pack
@@ -52,6 +53,7 @@ from mnist_lab.packed_job import PackedJob
 from mnist_lab.packed_resume import FINISHED, last_checkpoint, read_record, start_of
 from mnist_lab.packed_training import train_pack
 from mnist_lab.run_record import Terminated
+from mnist_lab.sweep_start import forget_unstarted
 from mnist_lab.train import EXIT_INTERRUPTED, raise_terminated, summary_line
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,19 @@ class PackedLaunch:
         """The sweep's units run in this process, or spread over this machine's GPUs."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, raise_terminated)  # as train.main: SIGTERM is handled like Ctrl-C
-        units = self.plan(job_overrides, initial_job_idx)
+        try:
+            units = self.plan(job_overrides, initial_job_idx)
+        except BaseException as stop:  # noqa: BLE001 - re-raised, or the interruption said in words
+            forget_unstarted()  # nothing ran: the same command must not be refused as a second sweep
+            if not isinstance(stop, KeyboardInterrupt):
+                raise
+            name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+            print(
+                f"interrupted ({'SIGTERM' if name == 'SIGTERM' else 'Ctrl-C'}) while the sweep was planned, "
+                "before any job started; run the same command again.",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_INTERRUPTED[name])
         gpus = self.gpus_for(units)
         if len(gpus) > 1 and len(units) > 1:
             log.info(describe(units, f"on {len(gpus)} GPUs ({', '.join(gpus)})"))
@@ -105,7 +119,7 @@ class PackedLaunch:
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the workers recorded their running jobs
                 print(
                     "interrupted: the running jobs are recorded as interrupted; resume with: the same command, "
-                    f"hydra.sweep.dir={self.config.hydra.sweep.dir} ckpt_path=last",
+                    f"{override_for_shell('hydra.sweep.dir', str(self.config.hydra.sweep.dir))} ckpt_path=last",
                     file=sys.stderr,
                 )
                 sys.exit(EXIT_INTERRUPTED["SIGTERM" if isinstance(stop, Terminated) else "SIGINT"])
@@ -291,7 +305,7 @@ class PackedLaunch:
                 print(summary_line(job.record.data))
             print(
                 f"interrupted: {len(jobs)} packed jobs recorded as interrupted; resume with: the same command, "
-                f"hydra.sweep.dir={self.config.hydra.sweep.dir} ckpt_path=last",
+                f"{override_for_shell('hydra.sweep.dir', str(self.config.hydra.sweep.dir))} ckpt_path=last",
                 file=sys.stderr,
             )
             stopped_by = next((job.record.data.get("stopped_by") for job in jobs.values()), "SIGINT")

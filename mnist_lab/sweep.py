@@ -16,6 +16,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab import sweep_start
+
 MAX_NAME = 200  # folder names stay well under the usual 255-byte limit
 
 
@@ -48,6 +50,8 @@ class SweepReport(Callback):
         # Runs before the sweeper writes multirun.yaml. Hydra turns a callback's exception
         # into a warning, so exit here (SystemExit is not an Exception).
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not (sweep_dir / "multirun.yaml").exists():
+            sweep_start.note_fresh(sweep_dir)  # a sweep that ends before any job leaves no multirun.yaml
         if (sweep_dir / "multirun.yaml").exists() and config.get("ckpt_path") != "last":
             print(
                 f"error: {sweep_dir} already holds a sweep (its multirun.yaml); add ckpt_path=last "

@@ -112,3 +112,64 @@ def test_pack_size_auto_gives_one_command_one_packing_on_the_cpu(synthetic_data_
     cfgs = [compose_train(*settings, f"optimizer.lr={lr}") for lr in (0.01, 0.02)]
     first, second = (pack_size.pack_size(cfgs, torch.device("cpu"))[0] for _ in range(2))
     assert first == second == 2
+
+
+def test_a_sweep_refused_at_start_leaves_no_multirun_yaml(tmp_path, synthetic_data_dir):
+    """Hydra's sweeper writes multirun.yaml before it checks the jobs' overrides; at e2720c3 the
+    corrected command was then refused as a second sweep into the dir."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "mnist_lab.train", "-m", *QUICK, "loss=hinge,ce", f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path, data_dir=synthetic_data_dir, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: loss=hinge is not an option")
+    assert not (sweep_dir / "multirun.yaml").exists()
+
+
+def test_the_printed_sweep_resume_line_gives_hydra_the_sweep_dir_back(tmp_path, monkeypatch, capsys):
+    """A packed sweep stopped by Ctrl-C prints how to resume it; pasted into a shell, its
+    hydra.sweep.dir override parses back to the dir (at e2720c3 it was not quoted)."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from mnist_lab import packed_launcher
+
+    sweep_dir = tmp_path / "a b=c ü"
+
+    def stopped(pack, jobs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(packed_launcher, "train_pack", stopped)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    launch = packed_launcher.PackedLaunch(2, None, None, config)
+    with pytest.raises(SystemExit) as stop:
+        launch._train(None, {})
+    assert stop.value.code == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    words = shlex.split(line.partition("resume with: the same command, ")[2])
+    assert words[-1] == "ckpt_path=last"
+    override = OverridesParser.create().parse_overrides(words[:1])[0]
+    assert (override.key_or_group, override.value()) == ("hydra.sweep.dir", str(sweep_dir))
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            {"gpus": -1},
+            "hydra.launcher.gpus=-1 must be auto or a whole number of at least 0 "
+            "(0 or 1: the units run in this process).",
+        ),
+        ({"pack_size": None}, "hydra.launcher.pack_size=null must be auto or a whole number of at least 1."),
+    ],
+    ids=["gpus_negative", "pack_size_null"],
+)  # fmt: skip
+def test_a_bad_launcher_setting_is_named_as_typed(setting, message):
+    from hydra_plugins.mnist_lab_packed_launcher.packed_launcher import PackedLauncher
+
+    with pytest.raises(ValueError) as error:
+        PackedLauncher(**setting)
+    assert str(error.value) == message
