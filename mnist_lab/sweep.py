@@ -9,6 +9,7 @@ processes pickle the callbacks, which imports this module there).
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -65,7 +66,7 @@ class SweepReport(Callback):
         from mnist_lab.trackers import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = report.write_report(sweep_dir)
+        rows = write_report_or_say_why(report, sweep_dir)
         try:
             log_sweep_report(config.get("logger"), sweep_dir, [sweep_dir / name for name in report.REPORT_FILES])
         except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
@@ -79,3 +80,27 @@ class SweepReport(Callback):
             f"{counts['failed']} failed{', ' + others if others else ''}; "
             f"report in {sweep_dir}/summary.md"
         )
+
+
+def write_report_or_say_why(report, sweep_dir: Path) -> list[dict]:
+    """``report.write_report``; a signal or a failure while it writes (every job is recorded by
+    then) is one line that says so and how to write the report again, with the signal's exit
+    code, not Hydra's warning and exit 0, nor the start-up's "nothing was written"."""
+    from mnist_lab.metrics_file import first_line
+    from mnist_lab.run_record import Terminated
+    from mnist_lab.train import EXIT_ERROR, EXIT_INTERRUPTED
+
+    again = f"python -m mnist_lab.report {shlex.quote(str(sweep_dir))}"
+    try:
+        return report.write_report(sweep_dir)
+    except KeyboardInterrupt as stop:
+        name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        words = "SIGTERM" if name == "SIGTERM" else "Ctrl-C"
+        print(
+            f"interrupted ({words}) while the sweep report was written (every job is recorded); {again}",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_INTERRUPTED[name])
+    except Exception as error:  # noqa: BLE001 - a full disk, say: Hydra would make it a warning and exit 0
+        print(f"error: the sweep report was not written ({first_line(error)}); once fixed: {again}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)

@@ -173,3 +173,40 @@ def test_a_bad_launcher_setting_is_named_as_typed(setting, message):
     with pytest.raises(ValueError) as error:
         PackedLauncher(**setting)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "raised, code, line",
+    [
+        (KeyboardInterrupt, 130, "interrupted (Ctrl-C) while the sweep report was written (every job is recorded); "),
+        ("Terminated", 143, "interrupted (SIGTERM) while the sweep report was written (every job is recorded); "),
+        (
+            OSError(28, "No space left on device"),
+            1,
+            "error: the sweep report was not written (OSError: [Errno 28] No space left on device); once fixed: ",
+        ),
+    ],
+    ids=["ctrl_c", "sigterm", "disk_full"],
+)
+def test_trouble_while_the_sweep_report_is_written_is_one_line_and_its_exit_code(
+    tmp_path, monkeypatch, capsys, raised, code, line
+):
+    """At e2720c3: Ctrl-C there printed the start-up's "nothing was written", SIGTERM was lost
+    (exit 0) or got Ctrl-C's words, a full disk was Hydra's warning and exit 0."""
+    from omegaconf import OmegaConf
+
+    from mnist_lab import report
+    from mnist_lab.run_record import Terminated
+    from mnist_lab.sweep import SweepReport
+
+    error = Terminated() if raised == "Terminated" else raised
+
+    def write_report(sweep_dir, show=True):
+        raise error
+
+    monkeypatch.setattr(report, "write_report", write_report)
+    sweep_dir = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as stop:
+        SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
+    assert stop.value.code == code
+    assert capsys.readouterr().err.strip() == f"{line}python -m mnist_lab.report {sweep_dir}"
