@@ -210,3 +210,31 @@ def test_trouble_while_the_sweep_report_is_written_is_one_line_and_its_exit_code
         SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
     assert stop.value.code == code
     assert capsys.readouterr().err.strip() == f"{line}python -m mnist_lab.report {sweep_dir}"
+
+
+def test_sigterm_while_a_packed_sweep_is_planned_is_143_and_leaves_no_multirun_yaml(tmp_path, monkeypatch, capsys):
+    """At e2720c3 (the probe's timing, then): exit 1, Ctrl-C's words, "nothing was written", yet
+    multirun.yaml stayed, so the same command was refused as a second sweep."""
+    from omegaconf import OmegaConf
+
+    from mnist_lab import packed_launcher, sweep_start
+    from mnist_lab.run_record import Terminated
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_start.note_fresh(sweep_dir)  # as SweepReport.on_multirun_start notes a fresh sweep
+    sweep_dir.mkdir()
+    (sweep_dir / "multirun.yaml").write_text("hydra: {}\n")  # as Hydra's sweeper writes it
+
+    def planning(self, job_overrides, initial_job_idx):
+        raise Terminated()
+
+    monkeypatch.setattr(packed_launcher.PackedLaunch, "plan", planning)
+    monkeypatch.setattr(packed_launcher.signal, "signal", lambda *args: None)  # keep pytest's handlers
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    with pytest.raises(SystemExit) as stop:
+        packed_launcher.PackedLaunch(2, None, None, config).launch([["seed=1"]], 0)
+    assert stop.value.code == 143
+    assert capsys.readouterr().err.strip() == (
+        "interrupted (SIGTERM) while the sweep was planned, before any job started; run the same command again."
+    )
+    assert not (sweep_dir / "multirun.yaml").exists()
