@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -88,7 +89,6 @@ def write_report_or_say_why(report, sweep_dir: Path) -> list[dict]:
     code, not Hydra's warning and exit 0, nor the start-up's "nothing was written"."""
     from mnist_lab.metrics_file import first_line
     from mnist_lab.run_record import Terminated
-    from mnist_lab.train import EXIT_ERROR, EXIT_INTERRUPTED
 
     again = f"python -m mnist_lab.report {shlex.quote(str(sweep_dir))}"
     try:
@@ -100,7 +100,7 @@ def write_report_or_say_why(report, sweep_dir: Path) -> list[dict]:
             f"interrupted ({words}) while the sweep report was written (every job is recorded); {again}",
             file=sys.stderr,
         )
-        sys.exit(EXIT_INTERRUPTED[name])
+        sys.exit(128 + getattr(signal, name))  # train.EXIT_INTERRUPTED, as shells count it
     except Exception as error:  # noqa: BLE001 - a full disk, say: Hydra would make it a warning and exit 0
         print(f"error: the sweep report was not written ({first_line(error)}); once fixed: {again}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        sys.exit(1)

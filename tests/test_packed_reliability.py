@@ -238,3 +238,15 @@ def test_sigterm_while_a_packed_sweep_is_planned_is_143_and_leaves_no_multirun_y
         "interrupted (SIGTERM) while the sweep was planned, before any job started; run the same command again."
     )
     assert not (sweep_dir / "multirun.yaml").exists()
+
+
+def test_a_pack_whose_every_job_diverged_stops_at_that_check(synthetic_data_dir):
+    """As a solo run stops within the epoch where its loss went bad; at e2720c3 the pack trained
+    on to the end of the epoch (and of the sweep's time)."""
+    from mnist_lab.pack import Pack
+
+    settings = [*BASE, f"data.data_dir={synthetic_data_dir}", "step.check_every=10"]
+    pack = Pack([compose_train(*settings, f"seed={seed}", "optimizer.lr=1e6") for seed in (1, 2)])
+    losses, _ = pack.train_epoch()
+    assert pack.diverged_at[0] is not None and pack.diverged_at[1] is not None
+    assert losses.shape[0] == pack.steps_done == 10 < pack.batches.batches
