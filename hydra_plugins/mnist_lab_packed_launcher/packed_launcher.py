@@ -31,9 +31,9 @@ def checked_pack_size(pack_size: int | str) -> int | str:
 
 class PackedLauncher(Launcher):
     """Args:
-    pack_size: "auto" (a short timing probe per group of jobs that can share a pack picks the
-        size that trains the most jobs per second, one job alone included), or the most jobs
-        per pack (1: no packing).
+    pack_size: "auto" (on the CPU, packs of up to 5 jobs; on a GPU, a short timing probe per
+        group of jobs that can share a pack picks the size that trains the most jobs per second,
+        one job alone included: ``mnist_lab.pack_size``), or the most jobs per pack (1: no packing).
     gpus: the GPUs to spread the units over, one worker process each: "auto" (every visible
         GPU; with one or none, the units run in this process) or a number (the first N).
     """
