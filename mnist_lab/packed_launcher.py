@@ -41,6 +41,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
+from mnist_lab.config_checks import ConfigError
 from mnist_lab.console import settings_line
 from mnist_lab.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.hydra_errors import override_for_shell
@@ -101,7 +102,10 @@ class PackedLaunch:
         try:
             units = self.plan(job_overrides, initial_job_idx)
         except BaseException as stop:  # noqa: BLE001 - re-raised, or the interruption said in words
-            forget_unstarted()  # nothing ran: the same command must not be refused as a second sweep
+            forget_unstarted(beside_other_files=True)  # none of its jobs ran: the same command is no second sweep
+            if isinstance(stop, ConfigError):
+                print(f"error: {stop}", file=sys.stderr)
+                sys.exit(1)
             if not isinstance(stop, KeyboardInterrupt):
                 raise
             name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
@@ -147,6 +151,14 @@ class PackedLaunch:
         configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
         tasks = [self._task_config(config) for config in configs]
         resume = any(task.get("ckpt_path") == "last" for task in tasks)
+        if not resume:  # a fresh sweep (its dir held no multirun.yaml) into job folders of an earlier one
+            earlier = [job_dir(config) for config in configs if (job_dir(config) / METRICS_FILE).exists()]
+            if earlier:
+                raise ConfigError(
+                    f"{self.config.hydra.sweep.dir} holds job folders of an earlier sweep ({earlier[0].name} "
+                    "holds a run) but no multirun.yaml; give this sweep its own hydra.sweep.dir, or add "
+                    "ckpt_path=last to resume those jobs."
+                )
         return self._split(Unit(list(range(len(configs))), configs, tasks, resume), self._pack_size)
 
     def _split(self, unit: Unit, pack_size) -> list[Unit]:

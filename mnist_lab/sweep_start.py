@@ -21,8 +21,12 @@ def note_fresh(sweep_dir: Path) -> None:
     _fresh_sweep_dir = sweep_dir
 
 
-def forget_unstarted() -> None:
-    """Remove the fresh sweep's ``multirun.yaml`` if no job has written anything beside it."""
+def forget_unstarted(beside_other_files: bool = False) -> None:
+    """Remove the fresh sweep's ``multirun.yaml`` if no job has written anything beside it (or,
+    ``beside_other_files``, where the caller knows that none of its jobs ran: the dir holds an
+    earlier sweep's job folders)."""
     sweep_dir = _fresh_sweep_dir
-    if sweep_dir is not None and sweep_dir.is_dir() and {p.name for p in sweep_dir.iterdir()} <= {MULTIRUN_FILE}:
+    if sweep_dir is None or not sweep_dir.is_dir():
+        return
+    if beside_other_files or {p.name for p in sweep_dir.iterdir()} <= {MULTIRUN_FILE}:
         (sweep_dir / MULTIRUN_FILE).unlink(missing_ok=True)

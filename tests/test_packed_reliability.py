@@ -250,3 +250,21 @@ def test_a_pack_whose_every_job_diverged_stops_at_that_check(synthetic_data_dir)
     losses, _ = pack.train_epoch()
     assert pack.diverged_at[0] is not None and pack.diverged_at[1] is not None
     assert losses.shape[0] == pack.steps_done == 10 < pack.batches.batches
+
+
+@pytest.mark.slow
+def test_a_fresh_packed_sweep_into_an_earlier_sweeps_job_folders_is_refused(tmp_path, synthetic_data_dir):
+    """The dir of a finished sweep whose multirun.yaml is gone: at e2720c3 the new sweep adopted
+    the old job as its own (a unit that "ran before") and printed its stale record."""
+    sweep_dir = tmp_path / "sweep"
+    command = ["mnist_lab.train", "-m", *QUICK, "trainer.max_epochs=1", "seed=1", f"hydra.sweep.dir={sweep_dir}"]
+    run_cli(*command, cwd=tmp_path, data_dir=synthetic_data_dir)
+    (sweep_dir / "multirun.yaml").unlink()
+    before = {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()}
+    result = run_cli(*command, cwd=tmp_path, data_dir=synthetic_data_dir, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {sweep_dir} holds job folders of an earlier sweep (0_seed=1,trainer.max_epochs=1 holds a run) "
+        "but no multirun.yaml; give this sweep its own hydra.sweep.dir, or add ckpt_path=last to resume those jobs."
+    )
+    assert {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()} == before
