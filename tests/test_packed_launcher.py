@@ -302,7 +302,7 @@ def test_a_default_sweep_stopped_in_a_pack_records_its_jobs_as_interrupted(stop,
     sweep exits 130 or 143 without a traceback."""
     sweep_dir = tmp_path / "stopped"
     args = ["-m", *QUICK, "trainer.max_epochs=50", "seed=1,2", "model=linear", f"hydra.sweep.dir={sweep_dir}"]
-    args.append("hydra.launcher.pack_size=2")  # 4,000 job-steps: long enough for the probe, which may pick 1
+    args.append("hydra.launcher.pack_size=2")  # the pack this test stops, whatever auto would choose
     sweep = subprocess.Popen(
         [sys.executable, "-m", "mnist_lab.train", *args],
         cwd=tmp_path,
