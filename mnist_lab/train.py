@@ -66,15 +66,9 @@ def main(cfg: DictConfig) -> float:
         sys.exit(EXIT_ERROR)
     print(summary_line(metrics))
     if metrics["status"] == "interrupted":  # a sweep stops too: the user asked to stop
-        print(
-            "resume with: "
-            + (
-                resume_command(overrides, run_dir)
-                if not multirun
-                else f"the same command, hydra.sweep.dir={hydra_cfg.sweep.dir} ckpt_path=last"
-            ),
-            file=sys.stderr,
-        )
+        sweep_dir = override_for_shell("hydra.sweep.dir", str(hydra_cfg.sweep.dir)) if multirun else ""
+        resume = f"the same command, {sweep_dir} ckpt_path=last" if multirun else resume_command(overrides, run_dir)
+        print(f"resume with: {resume}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED[metrics.get("stopped_by", "SIGINT")])
     if metrics["status"] == "diverged" and not multirun:
         sys.exit(EXIT_DIVERGED)

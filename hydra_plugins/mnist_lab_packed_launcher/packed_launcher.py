@@ -13,18 +13,27 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 
+def as_typed(value) -> str:
+    """A setting's value as it is typed on the command line (null, true, 0.5, abc)."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def checked_pack_size(pack_size: int | str) -> int | str:
     """``hydra.launcher.pack_size`` as given, if it is auto or a whole number of at least 1."""
     if pack_size != "auto" and not (isinstance(pack_size, int) and not isinstance(pack_size, bool) and pack_size >= 1):
-        raise ValueError(f"hydra.launcher.pack_size={pack_size!r} must be auto or a whole number of at least 1.")
+        raise ValueError(
+            f"hydra.launcher.pack_size={as_typed(pack_size)} must be auto or a whole number of at least 1."
+        )
     return pack_size
 
 
 class PackedLauncher(Launcher):
     """Args:
-    pack_size: "auto" (a short timing probe per group of jobs that can share a pack picks the
-        size that trains the most jobs per second, one job alone included), or the most jobs
-        per pack (1: no packing).
+    pack_size: "auto" (on the CPU, packs of up to 5 jobs; on a GPU, a short timing probe per
+        group of jobs that can share a pack picks the size that trains the most jobs per second,
+        one job alone included: ``mnist_lab.packed.size_probe``), or the most jobs per pack (1: no packing).
     gpus: the GPUs to spread the units over, one worker process each: "auto" (every visible
         GPU; with one or none, the units run in this process) or a number (the first N).
     """
@@ -33,7 +42,10 @@ class PackedLauncher(Launcher):
         super().__init__()
         self.pack_size = checked_pack_size(pack_size)
         if gpus != "auto" and not (isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0):
-            raise ValueError(f"hydra.launcher.gpus={gpus!r} must be auto or a whole number.")
+            raise ValueError(
+                f"hydra.launcher.gpus={as_typed(gpus)} must be auto or a whole number of at least 0 "
+                "(0 or 1: the units run in this process)."
+            )
         self.gpus = gpus
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None

@@ -9,12 +9,16 @@ processes pickle the callbacks, which imports this module there).
 from __future__ import annotations
 
 import re
+import shlex
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from mnist_lab.analysis import sweep_start
 
 MAX_NAME = 200  # folder names stay well under the usual 255-byte limit
 
@@ -48,6 +52,8 @@ class SweepReport(Callback):
         # Runs before the sweeper writes multirun.yaml. Hydra turns a callback's exception
         # into a warning, so exit here (SystemExit is not an Exception).
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not (sweep_dir / "multirun.yaml").exists():
+            sweep_start.note_fresh(sweep_dir)  # a sweep that ends before any job leaves no multirun.yaml
         if (sweep_dir / "multirun.yaml").exists() and config.get("ckpt_path") != "last":
             print(
                 f"error: {sweep_dir} already holds a sweep (its multirun.yaml); add ckpt_path=last "
@@ -63,7 +69,7 @@ class SweepReport(Callback):
         from mnist_lab.tracking.trackers import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = report.write_report(sweep_dir)
+        rows = write_report_or_say_why(report, sweep_dir)
         try:
             log_sweep_report(config.get("logger"), sweep_dir, [sweep_dir / name for name in report.REPORT_FILES])
         except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
@@ -77,3 +83,26 @@ class SweepReport(Callback):
             f"{counts['failed']} failed{', ' + others if others else ''}; "
             f"report in {sweep_dir}/summary.md"
         )
+
+
+def write_report_or_say_why(report, sweep_dir: Path) -> list[dict]:
+    """``report.write_report``; a signal or a failure while it writes (every job is recorded by
+    then) is one line that says so and how to write the report again, with the signal's exit
+    code, not Hydra's warning and exit 0, nor the start-up's "nothing was written"."""
+    from mnist_lab.cli.console import first_line
+    from mnist_lab.cli.exit_codes import Terminated
+
+    again = f"python -m mnist_lab.report {shlex.quote(str(sweep_dir))}"
+    try:
+        return report.write_report(sweep_dir)
+    except KeyboardInterrupt as stop:
+        name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        words = "SIGTERM" if name == "SIGTERM" else "Ctrl-C"
+        print(
+            f"interrupted ({words}) while the sweep report was written (every job is recorded); {again}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + getattr(signal, name))  # train.EXIT_INTERRUPTED, as shells count it
+    except Exception as error:  # noqa: BLE001 - a full disk, say: Hydra would make it a warning and exit 0
+        print(f"error: the sweep report was not written ({first_line(error)}); once fixed: {again}", file=sys.stderr)
+        sys.exit(1)

@@ -205,6 +205,21 @@ def check_step(step: dict) -> None:
     )
 
 
+# The Lightning Trainer arguments train.build_trainer sets from other settings (a trainer key
+# would be passed twice): each with what to write instead, where there is something.
+SET_BY_TRAIN = {
+    "enable_checkpointing": " (to train without checkpoints, write ~callbacks.checkpoint)",
+    "logger": " (TensorBoard is always written; logger=csv, mlflow or wandb adds a tracker)",
+    "callbacks": " (the callbacks group chooses them)",
+    "enable_progress_bar": " (callbacks.progress_bar shows one when a terminal watches)",
+    "plugins": "",
+    "enable_model_summary": "",
+    "num_sanity_val_steps": "",
+    "use_distributed_sampler": "",
+    "log_every_n_steps": "",
+}
+
+
 def check_trainer(trainer: dict) -> None:
     epochs = trainer["max_epochs"]
     _require(_is_whole(epochs) and epochs >= 1, f"trainer.max_epochs={epochs!r} must be a whole number of at least 1.")
@@ -214,6 +229,19 @@ def check_trainer(trainer: dict) -> None:
         f"trainer.limit_train_batches={limit!r} trains on no batch; give a number of batches "
         "(at least 1), a fraction of them in (0, 1], or null for all.",
     )
+    test_limit = trainer.get("limit_test_batches")
+    _require(
+        test_limit is None
+        or (_is_whole(test_limit) and test_limit >= 1)
+        or (isinstance(test_limit, float) and 0 < test_limit <= 1),
+        f"trainer.limit_test_batches={test_limit!r} tests on no batch, and a run's result is its test; "
+        "give a number of batches (at least 1), a fraction of them in (0, 1], or null for all.",
+    )
+    for key, instead in SET_BY_TRAIN.items():
+        _require(
+            key not in trainer,
+            f"trainer.{key} is set by mnist_lab.train itself, not by the trainer group; drop that override{instead}.",
+        )
     precision = str(trainer.get("precision", "32-true"))
     _require(
         precision not in ("16", "16-mixed", "16-true"),

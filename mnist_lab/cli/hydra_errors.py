@@ -19,6 +19,7 @@ from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 
 from mnist_lab import CONF_DIR
+from mnist_lab.analysis.sweep_start import forget_unstarted
 from mnist_lab.cli.console import first_line
 
 
@@ -37,9 +38,11 @@ def hydra_errors_as_sentences() -> Iterator[None]:
     try:
         yield
     except HydraException as error:
+        forget_unstarted()  # a --multirun refused at start: its corrected command is not a second sweep
         print(f"error: {hydra_error_sentence(error, sys.argv[1:])}", file=sys.stderr)
         sys.exit(1)
     except Exception as error:  # anything else before a job starts: one line, traceback on request
+        forget_unstarted()
         nulled = [a.partition("=")[0] for a in sys.argv[1:] if a.endswith("=null") and "." not in a]
         if "Config group override must be" in str(error) and nulled:  # model=null
             print(f"error: {group_not_set(nulled[0])}", file=sys.stderr)

@@ -17,8 +17,10 @@ Anything else runs as it does without packing, through the job's normal path.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -33,8 +35,14 @@ from mnist_lab.packed.step import loss_setting
 from mnist_lab.run.cuda_graph import graph_unsupported_reason
 
 DEVICES = {"cpu": "cpu", "auto": "auto", "gpu": "cuda", "cuda": "cuda"}  # trainer.accelerator -> pack device
-# trainer settings a pack follows; any other trainer setting must keep its default (null/false/0/-1)
+# trainer settings a pack follows; any other trainer setting must keep the value its solo run
+# has when it is not set (conf/trainer/auto.yaml's, else Lightning Trainer's default): a 0 or
+# false is a setting too (limit_val_batches=0 validates nothing, logger=false logs nothing)
 TRAINER_KEYS = {"accelerator", "devices", "strategy", "max_epochs", "precision"}
+TRAINER_DEFAULTS = {
+    **{k: p.default for k, p in inspect.signature(L.Trainer.__init__).parameters.items() if p.default is not p.empty},
+    **OmegaConf.to_container(OmegaConf.load(CONF_DIR / "trainer" / "auto.yaml")),
+}
 PER_JOB_MODEL_KEYS = ("dropout", "conv_dropout")  # the net's shape is the rest
 DEFAULT_CALLBACKS = OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml")
 
@@ -57,9 +65,10 @@ def why_solo(cfg: DictConfig) -> str | None:
         return f"trainer.strategy={trainer.strategy}"
     if str(trainer.get("precision")) not in ("32-true", "32"):
         return f"trainer.precision={trainer.precision}"
-    extra = [key for key, value in trainer.items() if key not in TRAINER_KEYS and value not in (None, False, 0, -1)]
+    unset = object()
+    extra = [k for k, v in trainer.items() if k not in TRAINER_KEYS and not same(v, TRAINER_DEFAULTS.get(k, unset))]
     if extra:
-        return f"trainer.{extra[0]} is set"
+        return f"trainer.{extra[0]}={trainer[extra[0]]} is set"
     if cfg.step.cuda_graph == "on":  # a pack captures what its solo run must capture, or that run says why not
         if not on_gpu:
             return "step.cuda_graph=on off a GPU"
@@ -83,6 +92,11 @@ def why_solo(cfg: DictConfig) -> str | None:
         return unpackable_reason([instantiate(cfg.optimizer)])
     except Exception as error:  # noqa: BLE001  (constructors raise anything; the solo path reports it)
         return str(error)
+
+
+def same(value, default) -> bool:
+    """Whether a trainer setting is its default, by type too (0 is not False, 1.0 is not 1)."""
+    return type(value) is type(default) and value == default
 
 
 def pack_key(cfg: DictConfig) -> tuple:

@@ -21,6 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab.cli.config_checks import ConfigError
 from mnist_lab.data.datamodule import DeviceBatches, device_tensors
 from mnist_lab.packed.checkpoint import SoloTrainerState, save_checkpoint, solo_checkpoint
 from mnist_lab.packed.images import PackedImages
@@ -124,6 +125,7 @@ class PackedJob:
         as a solo run checkpoints after its own): ``losses`` are the job's per-step losses (on
         the CPU), ``stats`` its correct count, images seen, val loss and acc, lr and the epoch's
         seconds."""
+        self._check_folder()
         module = self.module
         pack.net.copy_into(self.index, module.net)
         module.diverged_at = pack.diverged_at[self.index]
@@ -177,9 +179,19 @@ class PackedJob:
             self.last_saved = folder / "last.ckpt"
             save_checkpoint(checkpoint(self.last_saved), self.last_saved)
 
+    def _check_folder(self) -> None:
+        """Refuse to write into a run dir that was removed while the job trained (before its
+        TensorBoard writer, whose thread would print a traceback, finds it gone)."""
+        if not self.run_dir.is_dir():
+            raise ConfigError(
+                f"the job's folder {self.run_dir} was removed while it trained; rerun the sweep with "
+                "ckpt_path=last to train this job again"
+            )
+
     def finish(self) -> dict:
         """Test the best weights (not after a divergence, as the solo run) and write the final
         record; return it."""
+        self._check_folder()
         module = self.module
         self.record.on_train_end(None, module)
         test, confusion = None, None

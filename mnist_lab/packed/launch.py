@@ -42,8 +42,11 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
+from mnist_lab.analysis.sweep_start import forget_unstarted
+from mnist_lab.cli.config_checks import ConfigError
 from mnist_lab.cli.console import first_line, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_INTERRUPTED, Terminated, raise_terminated
+from mnist_lab.cli.hydra_errors import override_for_shell
 from mnist_lab.packed.check import check_pack
 from mnist_lab.packed.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.packed.groups import DEVICES, split_into_packs, why_solo
@@ -97,7 +100,22 @@ class PackedLaunch:
         """The sweep's units run in this process, or spread over this machine's GPUs."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, raise_terminated)  # as train.main: SIGTERM is handled like Ctrl-C
-        units = self.plan(job_overrides, initial_job_idx)
+        try:
+            units = self.plan(job_overrides, initial_job_idx)
+        except BaseException as stop:  # noqa: BLE001 - re-raised, or the interruption said in words
+            forget_unstarted(beside_other_files=True)  # none of its jobs ran: the same command is no second sweep
+            if isinstance(stop, ConfigError):
+                print(f"error: {stop}", file=sys.stderr)
+                sys.exit(1)
+            if not isinstance(stop, KeyboardInterrupt):
+                raise
+            name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+            print(
+                f"interrupted ({'SIGTERM' if name == 'SIGTERM' else 'Ctrl-C'}) while the sweep was planned, "
+                "before any job started; run the same command again.",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_INTERRUPTED[name])
         gpus = self.gpus_for(units)
         if len(gpus) > 1 and len(units) > 1:
             log.info(describe(units, f"on {len(gpus)} GPUs ({', '.join(gpus)})"))
@@ -106,7 +124,7 @@ class PackedLaunch:
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the workers recorded their running jobs
                 print(
                     "interrupted: the running jobs are recorded as interrupted; resume with: the same command, "
-                    f"hydra.sweep.dir={self.config.hydra.sweep.dir} ckpt_path=last",
+                    f"{override_for_shell('hydra.sweep.dir', str(self.config.hydra.sweep.dir))} ckpt_path=last",
                     file=sys.stderr,
                 )
                 sys.exit(EXIT_INTERRUPTED["SIGTERM" if isinstance(stop, Terminated) else "SIGINT"])
@@ -134,6 +152,14 @@ class PackedLaunch:
         configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
         tasks = [self._task_config(config) for config in configs]
         resume = any(task.get("ckpt_path") == "last" for task in tasks)
+        if not resume:  # a fresh sweep (its dir held no multirun.yaml) into job folders of an earlier one
+            earlier = [job_dir(config) for config in configs if (job_dir(config) / METRICS_FILE).exists()]
+            if earlier:
+                raise ConfigError(
+                    f"{self.config.hydra.sweep.dir} holds job folders of an earlier sweep ({earlier[0].name} "
+                    "holds a run) but no multirun.yaml; give this sweep its own hydra.sweep.dir, or add "
+                    "ckpt_path=last to resume those jobs."
+                )
         return self._split(Unit(list(range(len(configs))), configs, tasks, resume), self._pack_size)
 
     def _split(self, unit: Unit, pack_size) -> list[Unit]:
@@ -311,7 +337,7 @@ class PackedLaunch:
                 print(summary_line(job.record.data))
             print(
                 f"interrupted: {len(jobs)} packed jobs recorded as interrupted; resume with: the same command, "
-                f"hydra.sweep.dir={self.config.hydra.sweep.dir} ckpt_path=last",
+                f"{override_for_shell('hydra.sweep.dir', str(self.config.hydra.sweep.dir))} ckpt_path=last",
                 file=sys.stderr,
             )
             stopped_by = next((job.record.data.get("stopped_by") for job in jobs.values()), "SIGINT")
@@ -322,5 +348,8 @@ class PackedLaunch:
                     print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
             return {k: job.record.data for k, job in jobs.items()}
         for job in jobs.values():
-            print(summary_line(job.record.data))
+            if job.record.data.get("status") == "failed":  # its own trouble (packed_training.on_its_own)
+                print(f"[failed] {job.record.data.get('error')}  run {job.run_dir}", file=sys.stderr)
+            else:
+                print(summary_line(job.record.data))
         return results

@@ -183,6 +183,9 @@ class Pack:
             if (k + 1) % self.check_every == 0:
                 self._check(losses, checked, k + 1)
                 checked = k + 1
+                if len(self._frozen) == self.models:  # every job diverged: stop, as a solo run stops
+                    steps, losses = k + 1, losses[: k + 1]
+                    break
         self._check(losses, checked, steps)
         self.steps_done += steps
         self.epoch += 1

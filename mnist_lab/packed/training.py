@@ -10,10 +10,12 @@ best weights and writes its final record.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
 from mnist_lab.cli.config_checks import as_config_error
+from mnist_lab.cli.console import first_line
 from mnist_lab.packed.job import PackedJob
 from mnist_lab.packed.pack import Pack
 
@@ -52,11 +54,12 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
                     "lr": lrs[i],
                     "time_s": epoch_time,
                 }
-                job.end_epoch(pack, pack.epoch - 1, first_step, losses[:steps, i], stats)
-                if pack.diverged_at[i] is not None:
-                    results[i] = live.pop(i).finish()
+                if not on_its_own(job, job.end_epoch, pack, pack.epoch - 1, first_step, losses[:steps, i], stats):
+                    results[i] = live.pop(i).record.data
+                elif pack.diverged_at[i] is not None:
+                    results[i] = finish_alone(live.pop(i))
         for i in list(live):
-            results[i] = live.pop(i).finish()
+            results[i] = finish_alone(live.pop(i))
     except KeyboardInterrupt as stop:
         for job in live.values():
             job.interrupt(stop)
@@ -67,3 +70,25 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
             job.fail(error)
         raise error from None
     return results
+
+
+def on_its_own(job: PackedJob, write: Callable, *args) -> bool:
+    """Run ``write(*args)``, one of ``job``'s own steps (its records, checkpoints, test), and say
+    whether it worked: an error there (its folder removed, say) fails that job alone, with the pack's
+    other jobs training on, as their solo runs would."""
+    try:
+        write(*args)
+    except Exception as error:  # noqa: BLE001 - one job's trouble stays that job's
+        try:
+            job.fail(error)
+        except Exception:  # noqa: BLE001 - its record cannot be written either: the result says it
+            job.record.data.update(status="failed", error=first_line(error))
+        return False
+    return True
+
+
+def finish_alone(job: PackedJob) -> dict:
+    """The job's final record (``PackedJob.finish``), or its failure (``on_its_own``)."""
+    records: list[dict] = []
+    on_its_own(job, lambda: records.append(job.finish()))  # noqa: B023 - called at once
+    return records[0] if records else job.record.data

@@ -47,9 +47,9 @@ def test_the_probe_times_real_packs(synthetic_data_dir):
     assert probe_pack_size(cfgs, torch.device("cpu"), sizes=(2, 4, 8), steps=2, warmup=1) in (1, 2, 4)
 
 
-def test_the_probe_runs_only_where_it_can_pay(synthetic_data_dir, monkeypatch):
-    """One job: nothing to probe. A CPU group too short for the probe (here 2,500 images at batch
-    64: 40 steps an epoch) packs whole, up to 5 jobs, untimed; a long one is probed."""
+def test_the_probe_runs_only_on_a_gpu(synthetic_data_dir, monkeypatch):
+    """One job: nothing to probe. On the CPU a group packs whole, up to 5 jobs, untimed, however
+    long it trains (so one command packs alike each time); on a GPU it is probed."""
     from mnist_lab.packed import size_probe as pack_size
 
     probed = []
@@ -60,13 +60,12 @@ def test_the_probe_runs_only_where_it_can_pay(synthetic_data_dir, monkeypatch):
         base = [*QUICK, f"data.data_dir={synthetic_data_dir}", *overrides]
         return [compose_train(*base, f"seed={s}") for s in range(jobs)]
 
-    assert pack_size.training_steps(group(1)[0], cpu) == 80  # 40 batches (the last ragged) x 2 epochs
     assert pack_size.pack_size(group(1), cpu) == (1, "one job")
-    assert pack_size.pack_size(group(2), cpu) == (2, "no timing probe: it would train 69 of 160 job-steps")
+    assert pack_size.pack_size(group(2), cpu) == (2, "on the CPU: up to 5 jobs a pack, untimed")
     assert pack_size.pack_size(group(7), cpu)[0] == 5  # the largest pack measured for every grid
+    assert pack_size.pack_size(group(2, "data.batch_size=4", "trainer.max_epochs=5"), cpu)[0] == 2
     assert probed == []
-    # batch 4: 625 steps an epoch, 6,250 job-steps in all; the probe's 69 are 1 %
-    assert pack_size.pack_size(group(2, "data.batch_size=4", "trainer.max_epochs=5"), cpu) == (3, "timing probe")
+    assert pack_size.pack_size(group(2), torch.device("cuda")) == (3, "timing probe")
     assert probed == [2]
 
 

@@ -9,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import QUICK, compose_train
+from tests.float_tolerance import loss_mismatch, weights_mismatch
 
 # 2,500 training images at batch 64: 40 steps an epoch, 200 steps in 5 epochs.
 STEPS = 200
@@ -118,41 +119,121 @@ def noise_only(net: torch.nn.Sequential) -> set[str]:
     return names
 
 
+def solo_run(tmp_path, cfg) -> tuple[torch.Tensor, int, dict]:
+    """The solo run of ``cfg`` (``run.experiment.run``): its per-step losses, and the epoch and net weights
+    of its last.ckpt."""
+    from mnist_lab.run import experiment
+
+    metrics = experiment.run(cfg, tmp_path, [])
+    assert metrics["status"] == "ok"
+    losses = torch.tensor(solo_step_losses(tmp_path))
+    assert len(losses) == STEPS
+    assert losses[-1] < losses[0] * 0.9, "the job should learn, or equal curves prove little"
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    return losses, checkpoint["epoch"], weights
+
+
+def packed_run(cfgs) -> tuple[torch.Tensor, dict, list[set[str]]]:
+    """The pack of ``cfgs`` trained: its per-step losses [steps, jobs], each job's solo net's
+    weights at each epoch's end ({(epoch, job): state_dict}), and each job's ``noise_only``."""
+    from mnist_lab.packed.pack import Pack
+
+    pack = Pack(cfgs)
+    weights_after = {}
+    losses = pack.fit(
+        lambda epoch: weights_after.update({(epoch, i): pack.solo_net(i).state_dict() for i in range(len(cfgs))})
+    )
+    return losses, weights_after, [noise_only(pack.solo_net(i)) for i in range(len(cfgs))]
+
+
+def mismatches(packed, solos) -> list[tuple[str | None, str | None]]:
+    """For each job: how its packed losses and its weights at its solo last.ckpt's epoch differ
+    from its solo run's (None: within tests/float_tolerance.py's tolerance)."""
+    losses, weights_after, skips = packed
+    return [
+        (
+            loss_mismatch(losses[:, i], solo_losses),
+            weights_mismatch(weights_after[epoch, i], solo_weights, STEPS, skips[i]),
+        )
+        for i, (solo_losses, epoch, solo_weights) in enumerate(solos)
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_each_packed_job_makes_its_solo_runs_losses_and_weights(tmp_path, synthetic_data_dir, case):
-    """200 steps: the same loss at every step (1e-5 relative), and job i's net, given back as a
-    solo module, holds the weights of its solo run's last.ckpt (saved at the end of an epoch:
-    Lightning writes last.ckpt only in epochs that improve val/acc)."""
-    from mnist_lab.packed.pack import Pack
-    from mnist_lab.run import experiment
-
+    """200 steps: the same loss at every step, and job i's net, given back as a solo module,
+    holds the weights of its solo run's last.ckpt (saved at the end of an epoch: Lightning writes
+    last.ckpt only in epochs that improve val/acc), each within the float32 rounding that 200
+    steps on another CPU's kernels can add up to (tests/float_tolerance.py)."""
     shared, jobs = CASES[case]
     cfgs = [compose_train(*BASE, f"data.data_dir={synthetic_data_dir}", *shared, *job) for job in jobs]
-    pack = Pack(cfgs)
-    weights_after = {}  # (epoch, job) -> the job's state_dict at that epoch's end
-    packed = pack.fit(
-        lambda epoch: weights_after.update({(epoch, i): pack.solo_net(i).state_dict() for i in range(len(jobs))})
-    )
-    assert packed.shape == (STEPS, len(jobs))
-    for i, cfg in enumerate(cfgs):
-        metrics = experiment.run(cfg, tmp_path / str(i), [])
-        assert metrics["status"] == "ok"
-        solo = torch.tensor(solo_step_losses(tmp_path / str(i)))
-        assert len(solo) == STEPS
-        assert solo[-1] < solo[0] * 0.9, "the job should learn, or equal curves prove little"
-        torch.testing.assert_close(packed[:, i], solo, rtol=1e-5, atol=0, msg=lambda m, i=i: f"job {i}: {m}")
-        checkpoint = torch.load(tmp_path / str(i) / "checkpoints" / "last.ckpt", weights_only=True)
-        solo_weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-        packed_weights = weights_after[checkpoint["epoch"], i]
-        assert packed_weights.keys() == solo_weights.keys()
-        skip = noise_only(pack.solo_net(i))
-        for name, value in packed_weights.items():
-            if name in skip:
-                continue
-            torch.testing.assert_close(
-                value, solo_weights[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name, i=i: f"job {i} {n}: {m}"
-            )
+    packed = packed_run(cfgs)
+    assert packed[0].shape == (STEPS, len(jobs))
+    solos = [solo_run(tmp_path / str(i), cfg) for i, cfg in enumerate(cfgs)]
+    for i, (loss, weights) in enumerate(mismatches(packed, solos)):
+        assert loss is None and weights is None, f"job {i}: {loss or weights}"
+
+
+def plant(monkeypatch, bug: str) -> None:
+    """A mistake a packed implementation could make, put into this process's pack code."""
+    from mnist_lab.packed.optimizer import PackedOptimizer
+    from mnist_lab.packed.pack import Pack
+
+    if bug in ("dropped_momentum", "lr_1_percent_high"):  # the schedules set each value through set
+        set_hyperparameter = PackedOptimizer.set
+
+        def planted(self, name, values):
+            set_hyperparameter(self, name, values)
+            if bug == "dropped_momentum" and name in ("momentum", "beta1"):  # SGD's, Adam's first moment
+                self.hyper[name].zero_()
+            if bug == "lr_1_percent_high" and name == "lr":
+                self.hyper["lr"].mul_(1.01)
+
+        monkeypatch.setattr(PackedOptimizer, "set", planted)
+    elif bug == "jobs_0_and_2_swapped":  # job 0 trains job 2's settings and the other way round
+        pack_init = Pack.__init__
+
+        def swapped(self, cfgs, *args, **kwargs):
+            pack_init(self, [cfgs[2], cfgs[1], cfgs[0], *cfgs[3:]], *args, **kwargs)
+
+        monkeypatch.setattr(Pack, "__init__", swapped)
+
+
+# the jobs each bug changes (a job without momentum has none to drop)
+CHANGED = {"lr_1_percent_high": [0, 1, 2], "jobs_0_and_2_swapped": [0, 2]}
+BUGS = {
+    "linear_sgd_step": {"dropped_momentum": [0, 1], **CHANGED},
+    "mlp_bn_dropout_adam": {"dropped_momentum": [0, 1, 2], **CHANGED},
+}
+
+
+@pytest.fixture(scope="module")
+def solo_runs(tmp_path_factory, synthetic_data_dir):
+    """Each case of ``BUGS``: its jobs' configs and solo runs, run once for the module."""
+    runs = {}
+    for case in BUGS:
+        shared, jobs = CASES[case]
+        cfgs = [compose_train(*BASE, f"data.data_dir={synthetic_data_dir}", *shared, *job) for job in jobs]
+        folder = tmp_path_factory.mktemp(case)
+        runs[case] = cfgs, [solo_run(folder / str(i), cfg) for i, cfg in enumerate(cfgs)]
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, bug", [(case, bug) for case, bugs in BUGS.items() for bug in bugs])
+def test_the_comparison_fails_on_a_planted_bug(monkeypatch, solo_runs, case, bug):
+    """The tolerances that let a pack and its solo run round otherwise still catch a real
+    mistake: with each bug planted, every job it changes fails the losses' check and, on its
+    own, the weights' check; the jobs it leaves alone pass both."""
+    cfgs, solos = solo_runs[case]
+    plant(monkeypatch, bug)
+    for i, (loss, weights) in enumerate(mismatches(packed_run(cfgs), solos)):
+        if i in BUGS[case][bug]:
+            assert loss is not None and weights is not None, f"job {i}: {bug} went unnoticed ({loss}, {weights})"
+        else:
+            assert loss is None and weights is None, f"job {i}: {loss or weights}"
 
 
 # Mates whose optimizer hyperparameters differ from the job's and from each other: jobs with

@@ -226,20 +226,25 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_before_it_writes(finished_sw
 @pytest.mark.slow
 @pytest.mark.parametrize("module, args", [("mnist_lab.train", TINY), ("mnist_lab.evaluate", ["ckpt_path=x"])])
 def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, synthetic_data_dir, module, args):
-    """Ctrl-C while torch and Lightning load (seconds) or Hydra composes: one line, exit 130."""
+    """Ctrl-C while torch and Lightning load (seconds) or Hydra composes: one line, exit 130.
+    The signal goes once the command has imported ``quiet_interrupt`` (its first import), which
+    ``-X importtime`` tells on stderr, not after a fixed wait that a busy machine can outrun."""
     process = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, "-X", "importtime", "-m", module, *args],
         cwd=tmp_path,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    time.sleep(0.5)  # inside the imports (they take seconds)
-    process.send_signal(signal.SIGINT)
+    for line in process.stderr:  # until the module has been imported (or the command ended)
+        if line.rstrip().endswith("| mnist_lab.cli.quiet_interrupt"):
+            break
+    process.send_signal(signal.SIGINT)  # inside the imports that follow (torch, Lightning: seconds)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode in (130, -signal.SIGINT), stderr[-2000:]
-    assert stderr.strip().splitlines() == ["interrupted (Ctrl-C); nothing was written."]
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("import time:")]
+    assert lines == ["interrupted (Ctrl-C); nothing was written."]
     assert not (tmp_path / "outputs").exists()
 
 
