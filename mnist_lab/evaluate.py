@@ -31,9 +31,10 @@ from torch import nn
 from mnist_lab import CONF_DIR
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.data import DeviceBatches, device_tensors
+from mnist_lab.drawn_images import confusion_matrix_image
 from mnist_lab.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.metrics_file import first_line
-from mnist_lab.tensorboard_images import batched_logits, confusion_matrix, confusion_matrix_figure
+from mnist_lab.tensorboard_images import batched_logits, confusion_matrix
 
 HOW_TO_PASS = "pass a run dir (outputs/<date>/<time>) or a .ckpt file written by mnist_lab.train"
 # What a checkpoint's run config may name as ``_target_``: instantiating anything else would run
@@ -180,7 +181,7 @@ def main(cfg: DictConfig) -> None:
     png = file.with_name(f"{file.stem}.confusion_matrix.png")
     title = f"{model}, test acc {results['test_acc']:.4f}: true vs predicted digit"
     with replaced_atomically(png) as tmp:
-        confusion_matrix_figure(results["confusion"], title).savefig(tmp, format="png")
+        confusion_matrix_image(results["confusion"], title).save(tmp, format="png")
     print(f"confusion matrix: {png}")
 
 
