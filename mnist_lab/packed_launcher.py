@@ -41,6 +41,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
+from mnist_lab import sweep_clock
 from mnist_lab.console import settings_line
 from mnist_lab.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.launch_units import Unit, describe
@@ -130,8 +131,9 @@ class PackedLaunch:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
-        tasks = [self._task_config(config) for config in configs]
+        with sweep_clock.timed("configs"):
+            configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
+            tasks = [self._task_config(config) for config in configs]
         resume = any(task.get("ckpt_path") == "last" for task in tasks)
         return self._split(Unit(list(range(len(configs))), configs, tasks, resume), self._pack_size)
 
@@ -199,7 +201,8 @@ class PackedLaunch:
     def _pack_size(self, cfgs: list[DictConfig]) -> int:
         if self.pack_size != "auto":
             return self.pack_size
-        size, how = pack_size(cfgs, pack_device(cfgs[0]))
+        with sweep_clock.timed("pack sizes"):
+            size, how = pack_size(cfgs, pack_device(cfgs[0]))
         if len(cfgs) > 1:
             log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} ({how})")
         return size
@@ -208,14 +211,15 @@ class PackedLaunch:
         """The job through Hydra's ``run_job``, as BasicLauncher runs it (with the sweep's task
         function, or ``task_function``), announced as BasicLauncher announces it."""
         log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
-        ret = run_job(
-            hydra_context=self.hydra_context,
-            task_function=task_function or self.task_function,
-            config=config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        with sweep_clock.rest_to("records and images"):  # Hydra's set-up of the job, around its own parts
+            ret = run_job(
+                hydra_context=self.hydra_context,
+                task_function=task_function or self.task_function,
+                config=config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
     def _each_alone(self, unit: Unit, task_function: TaskFunction | None = None) -> dict[int, JobReturn]:

@@ -2,7 +2,8 @@
 
 Per epoch, as a solo run's epoch: the training steps (``Pack.train_epoch``, which freezes a
 job whose loss goes bad), validation of every job, the schedules' epoch step, then the jobs'
-history rows, step losses, scalars and checkpoints. A job frozen for divergence is
+history rows, step losses, scalars and checkpoints. The training and validation, timed once for
+the pack, are each job's ``train_time_s``; the rest is each job's own ``bookkeeping_s``. A job frozen for divergence is
 finished there (status "diverged", no test); the others train on. At the end each job tests its
 best weights and writes its final record.
 """
@@ -13,6 +14,7 @@ import time
 
 import torch
 
+from mnist_lab import sweep_clock
 from mnist_lab.config_checks import as_config_error
 from mnist_lab.pack import Pack
 from mnist_lab.packed_job import PackedJob
@@ -39,6 +41,8 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
                 torch.cuda.synchronize(pack.device)
             epoch_time = time.perf_counter() - started
             val_loss, val_acc = (t.tolist() for t in pack.evaluate(pack.val_x, pack.val_y))
+            pack_time = time.perf_counter() - started  # training and validation: each job's train_time_s
+            sweep_clock.add("training", pack_time)
             lrs = pack.schedules.current()["lr"]  # before the epoch's scheduler step, as the solo row
             losses, correct = losses.cpu(), correct.tolist()
             pack.end_epoch(val_acc if pack.schedules.plateau else None)  # before the checkpoints, as solo
@@ -51,6 +55,7 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
                     "val_acc": val_acc[i],
                     "lr": lrs[i],
                     "time_s": epoch_time,
+                    "pack_time_s": pack_time,
                 }
                 job.end_epoch(pack, pack.epoch - 1, first_step, losses[:steps, i], stats)
                 if pack.diverged_at[i] is not None:

@@ -1,7 +1,8 @@
 """What ``--multirun`` adds to single runs: job folders named by their overrides, and a report.
 
 ``conf/train.yaml`` names each job's folder ``${job_dirname:${hydra.job.num},...}`` and lists
-``SweepReport`` under ``hydra.callbacks``. Importing this module registers the resolver; every
+``SweepReport`` under ``hydra.callbacks``; its last line says where the sweep's time went
+(``sweep_clock``). Importing this module registers the resolver; every
 process that runs jobs imports it (train.py does, and the launchers that ship jobs to other
 processes pickle the callbacks, which imports this module there).
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from mnist_lab import sweep_clock
 
 MAX_NAME = 200  # folder names stay well under the usual 255-byte limit
 
@@ -47,6 +50,7 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # Runs before the sweeper writes multirun.yaml. Hydra turns a callback's exception
         # into a warning, so exit here (SystemExit is not an Exception).
+        sweep_clock.start_sweep()
         sweep_dir = Path(config.hydra.sweep.dir)
         if (sweep_dir / "multirun.yaml").exists() and config.get("ckpt_path") != "last":
             print(
@@ -61,17 +65,18 @@ class SweepReport(Callback):
         from mnist_lab.trackers import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = report.write_report(sweep_dir)
-        try:
-            log_sweep_report(config.get("logger"), sweep_dir, [sweep_dir / name for name in report.REPORT_FILES])
-        except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
-            print(f"warning: the report did not reach MLflow: {error}".splitlines()[0], file=sys.stderr)
+        with sweep_clock.timed("report"):
+            rows = report.write_report(sweep_dir)
+            try:
+                log_sweep_report(config.get("logger"), sweep_dir, [sweep_dir / name for name in report.REPORT_FILES])
+            except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
+                print(f"warning: the report did not reach MLflow: {error}".splitlines()[0], file=sys.stderr)
         counts = Counter(row["status"] for row in rows)
         others = ", ".join(
             f"{n} {status}" for status, n in sorted(counts.items()) if status not in ("ok", "diverged", "failed")
         )
         print(
             f"sweep: {len(rows)} jobs, {counts['ok']} ok, {counts['diverged']} diverged, "
-            f"{counts['failed']} failed{', ' + others if others else ''}; "
+            f"{counts['failed']} failed{', ' + others if others else ''} in {sweep_clock.breakdown()}; "
             f"report in {sweep_dir}/summary.md"
         )

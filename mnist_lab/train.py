@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import CONF_DIR
+from mnist_lab import CONF_DIR, sweep_clock
 from mnist_lab.atomic_files import replaced_atomically
 from mnist_lab.checkpoint_checks import check_checkpoint
 from mnist_lab.classifier import Classifier
@@ -175,7 +175,8 @@ def fit_and_test(
     if module.diverged_at is None:
         checkpoints = trainer.checkpoint_callback  # None with ~callbacks.checkpoint: test the last weights
         best = (checkpoints.best_model_path or None) if checkpoints else None
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
+        with sweep_clock.timed("evaluation"):
+            test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
     return record.finish(trainer, module, test)
 
 
@@ -219,7 +220,8 @@ def main(cfg: DictConfig) -> float:
         print_config(cfg)
     print(settings_line(cfg), flush=True)
     try:
-        metrics = run(cfg, run_dir, overrides, Path(hydra_cfg.sweep.dir) if multirun else None)
+        with sweep_clock.rest_to("records and images"):  # what is not training or evaluation
+            metrics = run(cfg, run_dir, overrides, Path(hydra_cfg.sweep.dir) if multirun else None)
     except Exception as error:
         if multirun:  # one bad job must not end the sweep
             print(f"[failed] {first_line(error)}  run {run_dir}", file=sys.stderr)
