@@ -48,6 +48,7 @@ class ComposedOnce(ConfigLoader):
         self.loader = loader
         self.composed: dict[tuple, DictConfig] = {}  # (config name, group overrides): Hydra's config
         self.searches: dict[str | None, bool] = {}  # config name: whether it sets hydra.searchpath
+        self.kept: dict[tuple[str, ...], tuple[DictConfig, DictConfig]] = {}  # job's overrides: (master, config)
 
     def __getattr__(self, name: str) -> Any:  # anything else a caller uses of Hydra's loader
         if name == "loader":
@@ -55,7 +56,7 @@ class ComposedOnce(ConfigLoader):
         return getattr(self.loader, name)
 
     def __getstate__(self) -> dict:  # shipped to another process: the loader, not the configs
-        return {"loader": self.loader, "composed": {}, "searches": {}}
+        return {"loader": self.loader, "composed": {}, "searches": {}, "kept": {}}
 
     def load_configuration(self, *args, **kwargs) -> DictConfig:
         return self.loader.load_configuration(*args, **kwargs)
@@ -75,8 +76,17 @@ class ComposedOnce(ConfigLoader):
     def compute_defaults_list(self, *args, **kwargs):
         return self.loader.compute_defaults_list(*args, **kwargs)
 
+    def keep(self, master_config: DictConfig, sweep_overrides: list[str]) -> None:
+        """Compose the job's config (the sweeper's check that it composes) and keep it for the
+        launcher's ``load_sweep_config`` of the same job, which takes it: one composition a job."""
+        cfg = self.load_sweep_config(master_config, sweep_overrides)
+        self.kept[tuple(sweep_overrides)] = (master_config, cfg)
+
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         """The job's config, as ``ConfigLoaderImpl.load_sweep_config`` composes it."""
+        master, kept = self.kept.pop(tuple(sweep_overrides), (None, None))
+        if kept is not None and master is master_config:
+            return kept
         with sweep_clock.timed("configs"):
             overrides = [*OmegaConf.to_container(master_config.hydra.overrides.hydra), *sweep_overrides]
             config_name = master_config.hydra.job.config_name
