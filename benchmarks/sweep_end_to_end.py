@@ -61,7 +61,7 @@ ALONE = {"one_seed"}  # one job: the same under either launcher, run with the de
 LAST_LINE = re.compile(r"sweep: (\d+) jobs, .* in ([\d.]+) s \((.*)\); report in")
 
 
-def run_sweep(grid: list[str], launcher: str, sweep_dir: Path, data_dir: str) -> dict:
+def run_sweep(grid: list[str], launcher: str, sweep_dir: Path, data_dir: str, extra: list[str] = ()) -> dict:
     """The sweep's wall time (from outside) and the parts its last line names; SystemExit if it fails."""
     shutil.rmtree(sweep_dir, ignore_errors=True)
     command = [
@@ -73,6 +73,7 @@ def run_sweep(grid: list[str], launcher: str, sweep_dir: Path, data_dir: str) ->
         f"hydra/launcher={launcher}",
         f"hydra.sweep.dir={sweep_dir}",
         f"data.data_dir={data_dir}",
+        *extra,
     ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--single", action="store_true", help="also time the default single run and the imports")
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_LAB_DATA_DIR", "data"))
+    parser.add_argument("--overrides", nargs="*", default=[], help="added to every sweep (e.g. data.val_size=500)")
     parser.add_argument("--out", default="/tmp/sweep_end_to_end", help="the sweeps' folders (replaced)")
     args = parser.parse_args()
     if args.compare:
@@ -168,7 +170,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for launcher in launchers:
                 sweep_dir = Path(args.out) / f"{name}-{launcher}-{repeat}"
-                run = run_sweep(GRIDS[name], launcher, sweep_dir, data_dir)
+                run = run_sweep(GRIDS[name], launcher, sweep_dir, data_dir, args.overrides)
                 found[launcher] = records(sweep_dir)
                 runs.setdefault((name, launcher), []).append(run)
                 print(json.dumps({"grid": name, "launcher": launcher, "jobs": len(found[launcher]), **run}), flush=True)

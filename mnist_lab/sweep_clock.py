@@ -62,9 +62,9 @@ def start_sweep() -> None:
 
 def breakdown() -> str:
     """``14.2 s (start-up 7.9 s, configs 0.3 s, ...)``: the time since mnist_lab's first import
-    and its parts (``pack sizes`` only where it was probed, ``other`` where it is 0.1 s or more)."""
+    and its parts (``pack sizes`` and ``other`` only where they are 0.1 s or more)."""
     total = time.perf_counter() - STARTED
-    shown = [p for p in PARTS if p != "pack sizes" or SECONDS[p] > 0]
+    shown = [p for p in PARTS if p != "pack sizes" or SECONDS[p] >= 0.05]
     other = total - sum(SECONDS[p] for p in PARTS)
     parts = [f"{p} {SECONDS[p]:.1f} s" for p in shown] + ([f"other {other:.1f} s"] if other >= 0.05 else [])
     return f"{total:.1f} s ({', '.join(parts)})"
