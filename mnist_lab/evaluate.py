@@ -29,7 +29,7 @@ from mnist_lab.data.datamodule import DeviceBatches, device_tensors
 from mnist_lab.records.atomic_files import replaced_atomically
 from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, buildable_setting, load_checkpoint, pick_device
 from mnist_lab.run.evaluation import evaluate
-from mnist_lab.tracking.tensorboard_images import confusion_matrix_figure
+from mnist_lab.tracking.drawn_images import confusion_matrix_image
 
 
 def per_class_table(confusion: torch.Tensor) -> Table:
@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> None:
     png = file.with_name(f"{file.stem}.confusion_matrix.png")
     title = f"{model}, test acc {results['test_acc']:.4f}: true vs predicted digit"
     with replaced_atomically(png) as tmp:
-        confusion_matrix_figure(results["confusion"], title).savefig(tmp, format="png")
+        confusion_matrix_image(results["confusion"], title).save(tmp, format="png")
     print(f"confusion matrix: {png}")
 
 

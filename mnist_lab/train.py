@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from mnist_lab import CONF_DIR
 from mnist_lab.analysis.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
+from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.console import first_line, print_config, quiet_lightning, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, raise_terminated
 from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences, override_for_shell
@@ -57,7 +58,8 @@ def main(cfg: DictConfig) -> float:
         print_config(cfg)
     print(settings_line(cfg), flush=True)
     try:
-        metrics = run(cfg, run_dir, overrides, Path(hydra_cfg.sweep.dir) if multirun else None)
+        with sweep_clock.rest_to("records and images"):  # what is not training or evaluation
+            metrics = run(cfg, run_dir, overrides, Path(hydra_cfg.sweep.dir) if multirun else None)
     except Exception as error:
         if multirun:  # one bad job must not end the sweep
             print(f"[failed] {first_line(error)}  run {run_dir}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """What ``--multirun`` adds to single runs: job folders named by their overrides, and a report.
 
 ``conf/train.yaml`` names each job's folder ``${job_dirname:${hydra.job.num},...}`` and lists
-``SweepReport`` under ``hydra.callbacks``. Importing this module registers the resolver; every
+``SweepReport`` under ``hydra.callbacks``; its last line says where the sweep's time went
+(``sweep_clock``). Importing this module registers the resolver; every
 process that runs jobs imports it (train.py does, and the launchers that ship jobs to other
 processes pickle the callbacks, which imports this module there).
 """
@@ -19,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.analysis import sweep_start
+from mnist_lab.cli import sweep_clock
 
 MAX_NAME = 200  # folder names stay well under the usual 255-byte limit
 
@@ -51,6 +53,7 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # Runs before the sweeper writes multirun.yaml. Hydra turns a callback's exception
         # into a warning, so exit here (SystemExit is not an Exception).
+        sweep_clock.start_sweep()
         sweep_dir = Path(config.hydra.sweep.dir)
         if not (sweep_dir / "multirun.yaml").exists():
             sweep_start.note_fresh(sweep_dir)  # a sweep that ends before any job leaves no multirun.yaml
@@ -69,18 +72,19 @@ class SweepReport(Callback):
         from mnist_lab.tracking.trackers import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_report_or_say_why(report, sweep_dir)
-        try:
-            log_sweep_report(config.get("logger"), sweep_dir, [sweep_dir / name for name in report.REPORT_FILES])
-        except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
-            print(f"warning: the report did not reach MLflow: {error}".splitlines()[0], file=sys.stderr)
+        with sweep_clock.timed("report"):
+            rows = write_report_or_say_why(report, sweep_dir)
+            try:
+                log_sweep_report(config.get("logger"), sweep_dir, [sweep_dir / name for name in report.REPORT_FILES])
+            except Exception as error:  # noqa: BLE001 - the report is written; the tracker is extra
+                print(f"warning: the report did not reach MLflow: {error}".splitlines()[0], file=sys.stderr)
         counts = Counter(row["status"] for row in rows)
         others = ", ".join(
             f"{n} {status}" for status, n in sorted(counts.items()) if status not in ("ok", "diverged", "failed")
         )
         print(
             f"sweep: {len(rows)} jobs, {counts['ok']} ok, {counts['diverged']} diverged, "
-            f"{counts['failed']} failed{', ' + others if others else ''}; "
+            f"{counts['failed']} failed{', ' + others if others else ''} in {sweep_clock.breakdown()}; "
             f"report in {sweep_dir}/summary.md"
         )
 

@@ -7,6 +7,7 @@ processes: the same code runs on CPU and GPU.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -96,11 +97,39 @@ def validation_count(val_size: int | float, total: int = TRAIN_SIZE) -> int:
     return n_val
 
 
+@functools.lru_cache(maxsize=8)
 def split_indices(val_size: int | float, split_seed: int, total: int = TRAIN_SIZE):
-    """Train and validation row indices into the official training set."""
+    """Train and validation row indices into the official training set (the same tensors for
+    the same split: nothing may write into them)."""
     n_val = validation_count(val_size, total)
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(split_seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+# The split of one (data_dir, device, normalize, val_size, split_seed): the jobs of a sweep, the
+# pack-size probe and the packs share it, as they share _DEVICE_CACHE (nothing writes into it).
+_SPLIT_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}
+
+
+def split_tensors(
+    data_dir: str, device: torch.device, normalize: bool, val_size: int | float, split_seed: int
+) -> dict[str, torch.Tensor]:
+    """``train_x``, ``train_y``, ``val_x``, ``val_y`` (the training set split by ``val_size`` and
+    ``split_seed``), ``test_x`` and ``test_y``, on ``device``; cached for the last split asked."""
+    data = device_tensors(data_dir, device, normalize)
+    key = (str(Path(data_dir).resolve()), str(device), normalize, val_size, split_seed)
+    if key not in _SPLIT_CACHE:
+        train_rows, val_rows = (rows.to(device) for rows in split_indices(val_size, split_seed, len(data["train_x"])))
+        _SPLIT_CACHE.clear()
+        _SPLIT_CACHE[key] = {
+            "train_x": data["train_x"][train_rows],
+            "train_y": data["train_y"][train_rows],
+            "val_x": data["train_x"][val_rows],
+            "val_y": data["train_y"][val_rows],
+            "test_x": data["test_x"],
+            "test_y": data["test_y"],
+        }
+    return dict(_SPLIT_CACHE[key])
 
 
 class DeviceBatches:
@@ -204,17 +233,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        data = device_tensors(self.data_dir, device, self.normalize)
-        train_rows, val_rows = split_indices(self.val_size, self.split_seed, len(data["train_x"]))
-        train_rows, val_rows = train_rows.to(device), val_rows.to(device)
-        self.tensors = {
-            "train_x": data["train_x"][train_rows],
-            "train_y": data["train_y"][train_rows],
-            "val_x": data["train_x"][val_rows],
-            "val_y": data["train_y"][val_rows],
-            "test_x": data["test_x"],
-            "test_y": data["test_y"],
-        }
+        self.tensors = split_tensors(self.data_dir, device, self.normalize, self.val_size, self.split_seed)
 
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

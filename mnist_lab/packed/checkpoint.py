@@ -25,6 +25,7 @@ in the pack, and for how many epochs (information only).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import lightning as L
@@ -73,20 +74,27 @@ def optimizer_state(pack, i: int) -> dict:
     return {"state": {n: s for n, s in state.items() if s}, "param_groups": [group]}
 
 
+@functools.cache
+def idle_trainer() -> L.Trainer:
+    """A Trainer that never fits, whose loops hold a job's progress while ``SoloTrainerState.loops``
+    writes it out: one per process, shared by the jobs (``loops`` sets every counter it saves)."""
+    quiet_lightning()
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
 class SoloTrainerState:
     """What a solo run's Trainer puts in its checkpoints besides the module: the fit loop's
     progress and ``callbacks.checkpoint``'s state, held by Lightning's own objects (a Trainer
     that never fits, and the run's checkpoint callback as ``train.build_callbacks`` makes it)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
-        quiet_lightning()
-        self.trainer = L.Trainer(
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        self.trainer = idle_trainer()
         callbacks = [c for c in build_callbacks(cfg, run_dir) if isinstance(c, ModelCheckpoint)]
         self.checkpoint = callbacks[0] if callbacks else None
         datamodule = instantiate(cfg.data)

@@ -13,13 +13,8 @@ from omegaconf import DictConfig
 from torchvision.utils import make_grid
 
 from mnist_lab.data.datamodule import SAMPLES_PER_CALL, DeviceBatches
-from mnist_lab.tracking.tensorboard_images import (
-    GRID_COLUMNS,
-    confusion_matrix_figure,
-    first_mistakes,
-    mistakes_figure,
-    to_pixels,
-)
+from mnist_lab.tracking.drawn_images import GRID_COLUMNS, confusion_matrix_image, mistakes_image, to_pixels
+from mnist_lab.tracking.tensorboard_images import first_mistakes, log_image
 
 
 class PackedImages:
@@ -55,9 +50,9 @@ class PackedImages:
         for step, rows in self.mistakes:
             x, pred, true, wrong = (t.cpu() for t in rows)
             if wrong.any():
-                self.writer.add_figure("val/misclassified", mistakes_figure(x[wrong], pred[wrong], true[wrong]), step)
+                log_image(self.writer, "val/misclassified", mistakes_image(x[wrong], pred[wrong], true[wrong]), step)
         self.mistakes.clear()
         if confusion is not None:
-            figure = confusion_matrix_figure(confusion, "test set: true vs predicted digit")
-            self.writer.add_figure("test/confusion_matrix", figure, global_step)
+            image = confusion_matrix_image(confusion, "test set: true vs predicted digit")
+            log_image(self.writer, "test/confusion_matrix", image, global_step)
         self.writer.flush()

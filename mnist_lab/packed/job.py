@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.config_checks import ConfigError
 from mnist_lab.data.datamodule import DeviceBatches, device_tensors
 from mnist_lab.packed.checkpoint import SoloTrainerState, save_checkpoint, solo_checkpoint
@@ -32,6 +36,34 @@ from mnist_lab.run.epoch_log import EpochLog, history_row
 from mnist_lab.run.evaluation import evaluate
 from mnist_lab.run.experiment import hparams_of
 from mnist_lab.tracking.trackers import build_loggers, close_trackers, log_step_losses, start_trackers
+
+
+class PackedRunRecord(RunRecord):
+    """A packed job's ``RunRecord``: its ``train_time_s`` is its pack's training and validation
+    time, added epoch by epoch (``add_training``), the same for every job of the pack; the job's
+    own work around it (its start, each epoch's record, checkpoints and images, the final images)
+    is timed apart, in ``bookkeeping_s``."""
+
+    def _elapsed(self) -> float:
+        return 0.0  # not this job's clock, which would count the other jobs' bookkeeping
+
+    def add_training(self, seconds: float) -> None:
+        self.train_time_s += seconds
+
+    @contextmanager
+    def bookkeeping(self) -> Iterator[None]:
+        """Add the ``with`` block's wall time to ``bookkeeping_s`` (and to the sweep's records and images)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            self.data["bookkeeping_s"] = self.data.get("bookkeeping_s", 0.0) + seconds
+            sweep_clock.add("records and images", seconds)
+
+    def on_save_checkpoint(self, trainer, module: Classifier, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, module, checkpoint)
+        checkpoint["bookkeeping_s"] = self.data.get("bookkeeping_s", 0.0)  # a resumed pack goes on from it
 
 
 class PackedJob:
@@ -48,7 +80,7 @@ class PackedJob:
     ):
         self.cfg, self.run_dir, self.sweep_dir, self.index = cfg, run_dir, sweep_dir, index
         self.checkpoint = checkpoint  # the last.ckpt it resumes (loaded into the pack), or None
-        self.record = RunRecord(run_dir, overrides, hparams_of(cfg, overrides))
+        self.record = PackedRunRecord(run_dir, overrides, hparams_of(cfg, overrides))
         self.module: Classifier | None = None
         self.loggers: list = []
         self.images: PackedImages | None = None
@@ -68,6 +100,10 @@ class PackedJob:
 
     def start(self, pack) -> None:
         """Its trackers and the record's start of training; a failure is recorded and raised."""
+        with self.record.bookkeeping():
+            self._start(pack)
+
+    def _start(self, pack) -> None:
         cfg = self.cfg
         try:
             self.module = Classifier(
@@ -102,6 +138,7 @@ class PackedJob:
         from ``best.ckpt``, which the test loads)."""
         self.module.history = checkpoint["history"]
         self.record.train_time_s = checkpoint.get("train_time_s", 0.0)
+        self.record.data["bookkeeping_s"] = checkpoint.get("bookkeeping_s", 0.0)
         self.global_step = int(checkpoint["global_step"])
         if self.trainer_state is None:
             return
@@ -123,9 +160,14 @@ class PackedJob:
     def end_epoch(self, pack, epoch: int, first_step: int, losses: torch.Tensor, stats: dict) -> None:
         """Record one finished epoch (called after the pack's schedulers made their epoch step,
         as a solo run checkpoints after its own): ``losses`` are the job's per-step losses (on
-        the CPU), ``stats`` its correct count, images seen, val loss and acc, lr and the epoch's
-        seconds."""
+        the CPU), ``stats`` its correct count, images seen, val loss and acc, lr, the epoch's
+        seconds of training and (``pack_time_s``) of the pack's training and validation."""
         self._check_folder()
+        self.record.add_training(stats["pack_time_s"])
+        with self.record.bookkeeping():
+            self._end_epoch(pack, epoch, first_step, losses, stats)
+
+    def _end_epoch(self, pack, epoch: int, first_step: int, losses: torch.Tensor, stats: dict) -> None:
         module = self.module
         pack.net.copy_into(self.index, module.net)
         module.diverged_at = pack.diverged_at[self.index]
@@ -193,18 +235,22 @@ class PackedJob:
         record; return it."""
         self._check_folder()
         module = self.module
-        self.record.on_train_end(None, module)
+        with self.record.bookkeeping():
+            self.record.on_train_end(None, module)
         test, confusion = None, None
         if module.diverged_at is None:
             if self.best_weights is not None:
                 module.net.load_state_dict(self.best_weights)
-            test, confusion = self._test()
-            for logger in self.loggers:
+            with sweep_clock.timed("evaluation"):
+                test, confusion = self._test()
+        with self.record.bookkeeping():
+            for logger in self.loggers if test is not None else ():
                 logger.log_metrics(test, step=self.global_step)
-        if self.images is not None:
-            self.images.finish(confusion, self.global_step)
-        data = self.record.finish(self.trainer, module, test)
-        self._close()
+            if self.images is not None:
+                self.images.finish(confusion, self.global_step)
+        with sweep_clock.timed("records and images"):  # the final record: bookkeeping_s cannot hold its own writing
+            data = self.record.finish(self.trainer, module, test)
+            self._close()
         return data
 
     def _test(self) -> tuple[dict, torch.Tensor]:

@@ -43,6 +43,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from mnist_lab.analysis.sweep_start import forget_unstarted
+from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.config_checks import ConfigError
 from mnist_lab.cli.console import first_line, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_INTERRUPTED, Terminated, raise_terminated
@@ -149,8 +150,9 @@ class PackedLaunch:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
-        tasks = [self._task_config(config) for config in configs]
+        with sweep_clock.timed("configs"):
+            configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
+            tasks = [self._task_config(config) for config in configs]
         resume = any(task.get("ckpt_path") == "last" for task in tasks)
         if not resume:  # a fresh sweep (its dir held no multirun.yaml) into job folders of an earlier one
             earlier = [job_dir(config) for config in configs if (job_dir(config) / METRICS_FILE).exists()]
@@ -230,7 +232,8 @@ class PackedLaunch:
         if self.pack_size != "auto":
             return int(self.pack_size), f"hydra.launcher.pack_size={self.pack_size}"
         try:
-            size, how = pack_size(cfgs, pack_device(cfgs[0]))
+            with sweep_clock.timed("pack sizes"):
+                size, how = pack_size(cfgs, pack_device(cfgs[0]))
         except Exception as error:  # noqa: BLE001 - the jobs then run as they would unpacked, and say why
             size, how = 1, f"the timing probe could not train their pack ({first_line(error)})"
         if len(cfgs) > 1:
@@ -241,14 +244,15 @@ class PackedLaunch:
         """The job through Hydra's ``run_job``, as BasicLauncher runs it (with the sweep's task
         function, or ``task_function``), announced as BasicLauncher announces it."""
         log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
-        ret = run_job(
-            hydra_context=self.hydra_context,
-            task_function=task_function or self.task_function,
-            config=config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        with sweep_clock.rest_to("records and images"):  # Hydra's set-up of the job, around its own parts
+            ret = run_job(
+                hydra_context=self.hydra_context,
+                task_function=task_function or self.task_function,
+                config=config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
     def _each_alone(

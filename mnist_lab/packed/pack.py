@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mnist_lab.data.datamodule import DeviceBatches, device_tensors, split_indices
+from mnist_lab.data.datamodule import DeviceBatches, split_tensors
 from mnist_lab.packed.graph import make_packed_step
 from mnist_lab.packed.nets import PackedNet
 from mnist_lab.packed.optimizer import PackedOptimizer
@@ -97,12 +97,9 @@ class Pack:
         self.step = make_packed_step(self.net, self.loss, self.optimizer, self.device, cuda_graph, say)
 
         data, first = cfgs[0].data, cfgs[0]
-        tensors = device_tensors(data.data_dir, self.device, data.get("normalize", True))
-        train_rows, val_rows = (
-            rows.to(self.device) for rows in split_indices(data.val_size, data.split_seed, len(tensors["train_x"]))
-        )
-        train_x, train_y = tensors["train_x"][train_rows], tensors["train_y"][train_rows]
-        self.val_x, self.val_y = tensors["train_x"][val_rows], tensors["train_y"][val_rows]
+        tensors = split_tensors(data.data_dir, self.device, data.get("normalize", True), data.val_size, data.split_seed)
+        train_x, train_y = tensors["train_x"], tensors["train_y"]
+        self.val_x, self.val_y = tensors["val_x"], tensors["val_y"]
         self.batches = PackedBatches(
             [
                 DeviceBatches(

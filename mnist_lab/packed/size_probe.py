@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 
 from mnist_lab.cli.config_checks import out_of_memory
 from mnist_lab.cli.console import first_line
-from mnist_lab.data.datamodule import DeviceBatches, device_tensors, split_indices
+from mnist_lab.data.datamodule import DeviceBatches, split_tensors
 from mnist_lab.packed.pack import Pack
 from mnist_lab.run.step_factory import make_step
 
@@ -82,9 +82,9 @@ def solo_steps(cfg, device: torch.device) -> Iterator:
     make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     make_optimizer = instantiate(cfg.optimizer)
     step, _ = make_step(net, loss, make_optimizer, device, probe_graph(cfg), make_scheduler, say=quiet)
-    tensors = device_tensors(cfg.data.data_dir, device, cfg.data.get("normalize", True))
-    rows = split_indices(cfg.data.val_size, cfg.data.split_seed, len(tensors["train_x"]))[0].to(device)
-    x, y = tensors["train_x"][rows], tensors["train_y"][rows]
+    data = cfg.data
+    tensors = split_tensors(data.data_dir, device, data.get("normalize", True), data.val_size, data.split_seed)
+    x, y = tensors["train_x"], tensors["train_y"]
     batches = DeviceBatches(x, y, cfg.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed)
     net.train()
     while True:

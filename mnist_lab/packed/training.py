@@ -2,7 +2,8 @@
 
 Per epoch, as a solo run's epoch: the training steps (``Pack.train_epoch``, which freezes a
 job whose loss goes bad), validation of every job, the schedules' epoch step, then the jobs'
-history rows, step losses, scalars and checkpoints. A job frozen for divergence is
+history rows, step losses, scalars and checkpoints. The training and validation, timed once for
+the pack, are each job's ``train_time_s``; the rest is each job's own ``bookkeeping_s``. A job frozen for divergence is
 finished there (status "diverged", no test); the others train on. At the end each job tests its
 best weights and writes its final record.
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.config_checks import as_config_error
 from mnist_lab.cli.console import first_line
 from mnist_lab.packed.job import PackedJob
@@ -41,6 +43,8 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
                 torch.cuda.synchronize(pack.device)
             epoch_time = time.perf_counter() - started
             val_loss, val_acc = (t.tolist() for t in pack.evaluate(pack.val_x, pack.val_y))
+            pack_time = time.perf_counter() - started  # training and validation: each job's train_time_s
+            sweep_clock.add("training", pack_time)
             lrs = pack.schedules.current()["lr"]  # before the epoch's scheduler step, as the solo row
             losses, correct = losses.cpu(), correct.tolist()
             pack.end_epoch(val_acc if pack.schedules.plateau else None)  # before the checkpoints, as solo
@@ -53,6 +57,7 @@ def train_pack(pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
                     "val_acc": val_acc[i],
                     "lr": lrs[i],
                     "time_s": epoch_time,
+                    "pack_time_s": pack_time,
                 }
                 if not on_its_own(job, job.end_epoch, pack, pack.epoch - 1, first_step, losses[:steps, i], stats):
                     results[i] = live.pop(i).record.data

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.console import first_line
 from mnist_lab.cli.exit_codes import Terminated
 from mnist_lab.records.metrics_file import METRICS_FILE, finite_or_none, record_or_empty, write_json_atomic
@@ -73,7 +74,7 @@ class RunRecord(L.Callback):
     def _update(self, module: Classifier, status: str) -> None:
         history = module.history
         val_acc = [v for v in history["val_acc"] if math.isfinite(v)]
-        elapsed = time.perf_counter() - self.train_started if self.train_started else 0.0
+        elapsed = self._elapsed()
         self.data.update(
             status=status,
             epochs=len(history["val_acc"]),
@@ -86,9 +87,12 @@ class RunRecord(L.Callback):
         )
         write_record(self.path, finite_or_none(self.data))
 
+    def _elapsed(self) -> float:
+        """Seconds of training since ``on_train_start`` (of this fit: ``train_time_s`` holds the rest)."""
+        return time.perf_counter() - self.train_started if self.train_started else 0.0
+
     def on_save_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
-        elapsed = time.perf_counter() - self.train_started if self.train_started else 0.0
-        checkpoint["train_time_s"] = self.train_time_s + elapsed
+        checkpoint["train_time_s"] = self.train_time_s + self._elapsed()
         checkpoint.update({key: self.data[key] for key in PACKED_FIELDS if key in self.data})
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
@@ -109,7 +113,8 @@ class RunRecord(L.Callback):
             self._update(module, "running")
 
     def on_train_end(self, trainer: L.Trainer, module: Classifier) -> None:
-        self.train_time_s += time.perf_counter() - self.train_started
+        sweep_clock.add("training", self._elapsed())
+        self.train_time_s += self._elapsed()
         self.train_started = None
         self._update(module, "diverged" if module.diverged_at is not None else "running")
 

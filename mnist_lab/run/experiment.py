@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.analysis.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
+from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.config_checks import ConfigError, as_config_error, check_config, check_required
 from mnist_lab.records.checkpoint_checks import check_checkpoint
 from mnist_lab.records.run_dir import claim_run_dir, resume_path, write_hydra_files
@@ -137,5 +138,6 @@ def fit_and_test(
     if module.diverged_at is None:
         checkpoints = trainer.checkpoint_callback  # None with ~callbacks.checkpoint: test the last weights
         best = (checkpoints.best_model_path or None) if checkpoints else None
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
+        with sweep_clock.timed("evaluation"):
+            test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
     return record.finish(trainer, module, test)

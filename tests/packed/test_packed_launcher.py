@@ -4,6 +4,7 @@ same job folders, records, report rows, TensorBoard curves and usable checkpoint
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -83,6 +84,26 @@ def test_two_jobs_train_as_a_pack_and_the_remainder_alone(sweeps):
         assert read_metrics(packed / job)["packed_epochs"] == 2, "both of its epochs trained in the pack"
     assert "packed" not in torch.load(packed / JOBS[2] / "checkpoints" / "last.ckpt", weights_only=True)
     assert "packed" not in read_metrics(packed / JOBS[2])
+
+
+def test_a_packed_jobs_train_time_is_its_packs_and_its_bookkeeping_is_timed_apart(sweeps):
+    _, packed, _ = sweeps
+    first, second = (read_metrics(packed / job) for job in JOBS[:2])
+    assert first["train_time_s"] == second["train_time_s"], "the pack's time, whatever the job's place in it"
+    assert first["train_time_s"] > sum(first["epoch_time_s"])  # its training epochs and their validation
+    assert first["bookkeeping_s"] > 0 and second["bookkeeping_s"] > 0
+    assert "bookkeeping_s" not in read_metrics(packed / JOBS[2]), "a job alone: its Lightning run, as ever"
+
+
+def test_the_sweeps_last_line_says_where_the_time_went(sweeps):
+    output = sweeps[2]
+    line = re.search(r"sweep: 3 jobs, 3 ok, 0 diverged, 0 failed in ([\d.]+) s \((.*)\); report in", output)
+    assert line, output[-2000:]
+    parts = {name.strip(): float(seconds) for name, seconds in re.findall(r"([a-z -]+) ([\d.]+) s", line[2])}
+    named = ["start-up", "configs", "training", "evaluation", "records and images", "report"]  # no probe: pack_size=2
+    assert list(parts)[: len(named)] == named and set(parts) <= {*named, "other"}, parts
+    assert all(parts[name] > 0 for name in named)
+    assert sum(parts.values()) == pytest.approx(float(line[1]), abs=0.1 * len(parts))  # each rounded to 0.1 s
 
 
 def test_packed_jobs_give_the_basic_sweeps_folders_records_and_report_rows(sweeps):
