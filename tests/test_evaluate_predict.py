@@ -197,6 +197,30 @@ def test_a_checkpoint_naming_other_code_to_build_is_refused(trained_run, tmp_pat
     ]
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["torch.nn.modules.module.torch.os.mkdir", "mnist_lab.losses.torch.os.mkdir"],
+)
+def test_a_target_reaching_other_code_through_an_allowed_module_is_refused(trained_run, tmp_path, target):
+    """Hydra follows attributes, so a text that starts with an allowed module can still reach
+    ``os.mkdir``: what is built must be defined in an allowed module, not only named through one."""
+    if "mlp" in str(trained_run):
+        pytest.skip("the checks do not depend on the model; run them once")
+    import os
+
+    from hydra._internal.utils import _locate
+
+    assert _locate(target) is os.mkdir  # the hole: the text passes a prefix check
+    checkpoint = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
+    marker = tmp_path / "ran"
+    checkpoint["hyper_parameters"]["config"]["loss"] = {"_target_": target, "path": str(marker)}
+    forged = tmp_path / "forged.ckpt"
+    torch.save(checkpoint, forged)
+    with pytest.raises(CheckpointError, match=f"asks to build '{target}' as its loss, which is in no module"):
+        load_checkpoint(forged, torch.device("cpu"))
+    assert not marker.exists()
+
+
 TRUSTED = """
 from pathlib import Path
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,8 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab.analysis import sweep_start
-from mnist_lab.cli import sweep_clock
+from mnist_lab.cli import sweep_clock, sweep_start
 
 MAX_NAME = 200  # folder names stay well under the usual 255-byte limit
 
@@ -66,9 +64,7 @@ class SweepReport(Callback):
             sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from mnist_lab.analysis import (
-            summary as report,  # here, not at the top: keeps its imports out of every run's start-up
-        )
+        from mnist_lab.analysis import summary as report  # here: keeps its imports out of every run's start-up
         from mnist_lab.tracking.trackers import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -94,7 +90,7 @@ def write_report_or_say_why(report, sweep_dir: Path) -> list[dict]:
     then) is one line that says so and how to write the report again, with the signal's exit
     code, not Hydra's warning and exit 0, nor the start-up's "nothing was written"."""
     from mnist_lab.cli.console import first_line
-    from mnist_lab.cli.exit_codes import Terminated
+    from mnist_lab.cli.exit_codes import EXIT_INTERRUPTED, Terminated
 
     again = f"python -m mnist_lab.report {shlex.quote(str(sweep_dir))}"
     try:
@@ -106,7 +102,7 @@ def write_report_or_say_why(report, sweep_dir: Path) -> list[dict]:
             f"interrupted ({words}) while the sweep report was written (every job is recorded); {again}",
             file=sys.stderr,
         )
-        sys.exit(128 + getattr(signal, name))  # train.EXIT_INTERRUPTED, as shells count it
+        sys.exit(EXIT_INTERRUPTED[name])
     except Exception as error:  # noqa: BLE001 - a full disk, say: Hydra would make it a warning and exit 0
         print(f"error: the sweep report was not written ({first_line(error)}); once fixed: {again}", file=sys.stderr)
         sys.exit(1)

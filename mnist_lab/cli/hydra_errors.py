@@ -19,8 +19,8 @@ from hydra.core.override_parser.types import Quote, QuotedString
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 
 from mnist_lab import CONF_DIR
-from mnist_lab.analysis.sweep_start import forget_unstarted
 from mnist_lab.cli.console import first_line
+from mnist_lab.cli.sweep_start import forget_unstarted
 
 
 @contextmanager

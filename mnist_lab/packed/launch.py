@@ -42,12 +42,12 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
-from mnist_lab.analysis.sweep_start import forget_unstarted
 from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.config_checks import ConfigError
 from mnist_lab.cli.console import first_line, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_INTERRUPTED, Terminated, raise_terminated
 from mnist_lab.cli.hydra_errors import override_for_shell
+from mnist_lab.cli.sweep_start import forget_unstarted
 from mnist_lab.packed.check import check_pack
 from mnist_lab.packed.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.packed.groups import DEVICES, split_into_packs, why_solo

@@ -5,6 +5,7 @@ their checkpoints here."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -66,10 +67,15 @@ def load_checkpoint(
         if found:
             (target,) = found
             module = target.rsplit(".", 1)[0] if isinstance(target, str) and "." in target else None
-            trust = f", or, if you trust that code, add its module: 'buildable=[{','.join([*buildable, module])}]'"
+            module = None if module is None or _within(module, buildable) else module  # a path through attributes
+            trust = (
+                f", or, if you trust that code, add its module: 'buildable=[{','.join([*buildable, module])}]'"
+                if module
+                else ""
+            )
             raise CheckpointError(
                 f"{file} asks to build {target!r} as its {part}, which is in no module that buildable lists "
-                f"({', '.join(buildable)}), and is not run; {HOW_TO_PASS}{trust if module else ''}."
+                f"({', '.join(buildable)}), and is not run; {HOW_TO_PASS}{trust}."
             )
     prefix = "net."
     weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -91,8 +97,7 @@ def _foreign_target(node, buildable: Sequence[str]) -> tuple | None:
     ``buildable`` (or not a string); None if there is none."""
     if isinstance(node, dict):
         target = node.get("_target_")
-        allowed = isinstance(target, str) and target.startswith(tuple(f"{module}." for module in buildable))
-        if "_target_" in node and not allowed:
+        if "_target_" in node and not _defined_in(target, buildable):
             return (target,)
         children = node.values()
     elif isinstance(node, list):
@@ -100,6 +105,27 @@ def _foreign_target(node, buildable: Sequence[str]) -> tuple | None:
     else:
         return None
     return next((found for child in children if (found := _foreign_target(child, buildable))), None)
+
+
+def _within(module: str, buildable: Sequence[str]) -> bool:
+    return any(module == allowed or module.startswith(f"{allowed}.") for allowed in buildable)
+
+
+def _defined_in(target, buildable: Sequence[str]) -> bool:
+    """Whether ``target`` names a class or function of a module ``buildable`` lists, by that
+    module's own path. Its text alone is not enough: Hydra follows attributes, so
+    ``torch.nn.modules.module.torch.os.system`` would reach ``os.system`` through ``torch.nn``.
+    The named module is imported only once its name is allowed."""
+    if not isinstance(target, str) or "." not in target:
+        return False
+    module, _, name = target.rpartition(".")
+    if not _within(module, buildable):
+        return False
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except Exception:  # noqa: BLE001 - no such module or name (a path through attributes, say)
+        return False
+    return callable(found) and _within(getattr(found, "__module__", None) or "", buildable)
 
 
 def buildable_setting(cfg: DictConfig) -> list[str]:

@@ -195,7 +195,7 @@ def test_trouble_while_the_sweep_report_is_written_is_one_line_and_its_exit_code
     (exit 0) or got Ctrl-C's words, a full disk was Hydra's warning and exit 0."""
     from omegaconf import OmegaConf
 
-    from mnist_lab import report
+    from mnist_lab.analysis import summary as report
     from mnist_lab.analysis.sweep import SweepReport
     from mnist_lab.cli.exit_codes import Terminated
 
@@ -217,7 +217,7 @@ def test_sigterm_while_a_packed_sweep_is_planned_is_143_and_leaves_no_multirun_y
     multirun.yaml stayed, so the same command was refused as a second sweep."""
     from omegaconf import OmegaConf
 
-    from mnist_lab.analysis import sweep_start
+    from mnist_lab.cli import sweep_start
     from mnist_lab.cli.exit_codes import Terminated
     from mnist_lab.packed import launch as packed_launcher
 
