@@ -22,14 +22,14 @@ data: setup            ## fetch MNIST (local files, torchvision mirrors, or the 
 train: data            ## the default experiment
 	$(PY) -m mnist_lab.train
 
-# Headless Chromium for tests/test_browser.py: Debian's packages, installed when we are root;
+# Headless Chromium for tests/tracking/test_browser.py: Debian's packages, installed when we are root;
 # otherwise that test skips and says what to install.
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -q chromium chromium-driver || \
 	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; \
-	else echo "chromium or chromedriver missing: tests/test_browser.py will skip" \
+	else echo "chromium or chromedriver missing: tests/tracking/test_browser.py will skip" \
 	  "(sudo apt-get install chromium chromium-driver)"; fi
 
 test: data browser lint  ## ruff, then the whole test suite (CPU)

@@ -2,7 +2,7 @@
 
 ``conf/train.yaml`` names each job's folder ``${job_dirname:${hydra.job.num},...}`` and lists
 ``SweepReport`` under ``hydra.callbacks``; its last line says where the sweep's time went
-(``sweep_clock``). Importing this module registers the resolver; every
+(``cli.sweep_clock``). Importing this module registers the resolver; every
 process that runs jobs imports it (train.py does, and the launchers that ship jobs to other
 processes pickle the callbacks, which imports this module there).
 """

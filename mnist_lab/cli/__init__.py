@@ -1,4 +1,6 @@
 """What the commands share: settings checked before anything runs (``config_checks``), Hydra's
 errors as one sentence (``hydra_errors``), the console's lines (``console``), exit codes and
-SIGTERM handled as Ctrl-C (``exit_codes``), and a Ctrl-C during start-up as one line
-(``quiet_interrupt``)."""
+SIGTERM handled as Ctrl-C (``exit_codes``), a Ctrl-C during start-up as one line
+(``quiet_interrupt``); and for sweeps: each job's config composed once (``sweep_configs``), where
+a sweep's time went (``sweep_clock``), and a sweep that never started leaving nothing behind
+(``sweep_start``)."""

@@ -359,7 +359,7 @@ def out_of_memory(error: BaseException) -> str | None:
 
 def out_of_memory_message(cfg: DictConfig, memory: str = "GPU", pack: int = 1) -> str:
     """What to lower when the ``memory`` ("GPU" or "CPU") runs out, in a run or in a pack of
-    ``pack`` jobs (train.py and packed_training.py raise it in place of torch's error)."""
+    ``pack`` jobs (run.experiment and packed.training raise it in place of torch's error)."""
     batches = f"data.batch_size={cfg.data.batch_size} and data.eval_batch_size={cfg.data.eval_batch_size}"
     smaller_eval = f"data.eval_batch_size={max(cfg.data.eval_batch_size // 4, 1)}"
     elsewhere = ", or use trainer=cpu" if memory == "GPU" else ""

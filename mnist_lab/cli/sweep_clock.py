@@ -4,7 +4,7 @@ Each part is timed where it runs, in the process that launched the sweep, and ad
 
 - ``start-up``: from the first import of mnist_lab to the sweep's start (the imports, Hydra);
 - ``configs``: composing the jobs' configs (the sweeper's check and the launcher's plan);
-- ``pack sizes``: the packed launcher's probe of the pack size (``pack_size.pack_size``);
+- ``pack sizes``: the packed launcher's probe of the pack size (``packed.size_probe.pack_size``);
 - ``training``: the training and validation epochs (``train_time_s``), a pack's once for all
   its jobs;
 - ``evaluation``: the tests of the best weights;

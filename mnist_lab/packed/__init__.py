@@ -8,7 +8,10 @@ How a sweep runs, top to bottom:
   split into units, each unit run; ``units``: a unit (a pack, or one job alone) and how a
   worker process (submitit, Ray, ``gpu_workers``) runs one.
 - ``groups``: which jobs can pack (``why_solo``) and which share a pack (``pack_key``);
-  ``size_probe``: how many jobs a pack holds (``pack_size=auto``'s timing probe).
+  ``size_probe``: how many jobs a pack holds (``pack_size=auto``: up to 5 on the CPU, a timing
+  probe on a GPU).
+- ``check``: whether a job's network has a packed form (what it is, not what it is called), and
+  the proof every pack gives before it trains: one step against each job's own model.
 - ``training``: one pack's epochs; ``job``: one packed job recorded through the solo run's code
   (run dir, ``metrics.json``, trackers, test); ``images``: its TensorBoard images.
 - ``pack``: ``Pack``, M jobs built as their solo runs build them, trained as one model.

@@ -17,7 +17,7 @@ it with ``ckpt_path=last`` (``train.py``):
 - ``loops`` and ``callbacks``: the state of a Trainer's fit loop (epoch, batch and optimizer
   step counts) and of ``callbacks.checkpoint`` (best score and paths), set as the solo run's
   are at that epoch's end and written by Lightning's own ``state_dict`` methods. Packs run
-  without early stopping (``pack_groups.why_solo``), so no EarlyStopping state.
+  without early stopping (``packed.groups.why_solo``), so no EarlyStopping state.
 
 ``packed`` and ``packed_epochs`` (``RunRecord.on_save_checkpoint``) record how many jobs trained
 in the pack, and for how many epochs (information only).
@@ -91,7 +91,7 @@ def idle_trainer() -> L.Trainer:
 class SoloTrainerState:
     """What a solo run's Trainer puts in its checkpoints besides the module: the fit loop's
     progress and ``callbacks.checkpoint``'s state, held by Lightning's own objects (a Trainer
-    that never fits, and the run's checkpoint callback as ``train.build_callbacks`` makes it)."""
+    that never fits, and the run's checkpoint callback as ``run.experiment.build_callbacks`` makes it)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.trainer = idle_trainer()

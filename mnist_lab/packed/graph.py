@@ -29,7 +29,7 @@ from mnist_lab.run.cuda_graph import GraphStep, graph_off
 
 def packed_graph_unsupported_reason(device: torch.device) -> str | None:
     """None if a pack's step can be captured on ``device``, else why not. Every optimizer,
-    schedule and loss a pack takes can (``pack_groups.why_solo`` has refused the others)."""
+    schedule and loss a pack takes can (``packed.groups.why_solo`` has refused the others)."""
     return None if device.type == "cuda" else "the pack is not on a CUDA device"
 
 

@@ -2,14 +2,14 @@
 groups the others by everything a pack's jobs must share.
 
 A job packs only if the pack reproduces all of its run: one process on one device (the CPU or a
-GPU, where the pack's step is captured as a CUDA graph as a solo run's is: ``packed_graph``),
+GPU, where the pack's step is captured as a CUDA graph as a solo run's is: ``packed.graph``),
 float32, no checkpoint to resume but its own ``last.ckpt`` (``ckpt_path=last``,
-``packed_resume``), no Lightning debugging or limits (``trainer.limit_*``, ``max_steps``,
+``packed.resume``), no Lightning debugging or limits (``trainer.limit_*``, ``max_steps``,
 ``fast_dev_run``, ``overfit_batches``, a profiler), no early stopping, the default callbacks
 (checkpoints as ``conf/callbacks/default.yaml`` writes them, no added callback), no
 ``step.cuda_graph=on`` that its solo run refuses (off a GPU, or a set-up a graph cannot follow),
 and a net, loss and optimizer the packed classes implement (the net judged by what it is,
-``pack_check.packed_form_reason``; each pack proves it before training, ``pack_check.check_pack``).
+``packed.check.packed_form_reason``; each pack proves it before training, ``packed.check.check_pack``).
 Dropout packs: each job draws its solo run's masks from its own stream (``PackedNet.seed_dropout``;
 on a GPU, its own masks).
 Anything else runs as it does without packing, through the job's normal path.
@@ -55,7 +55,7 @@ def why_solo(cfg: DictConfig) -> str | None:
     except Exception:  # noqa: BLE001
         return "its settings are refused"
     trainer = cfg.trainer
-    if cfg.get("ckpt_path") not in (None, "last"):  # a resumed sweep's jobs pack (packed_resume)
+    if cfg.get("ckpt_path") not in (None, "last"):  # a resumed sweep's jobs pack (packed.resume)
         return "it resumes a checkpoint"
     if str(trainer.get("accelerator")) not in DEVICES or trainer.get("devices") not in (1, "1"):
         return "it is not on one CPU or GPU"

@@ -6,7 +6,7 @@ from the pack, ``Pack.solo_net``), and its outputs go through the solo run's own
 (``metrics.json``: the same hooks, called at the same points of training),
 ``epoch_log.history_row`` (a row of the history), ``trackers`` (TensorBoard's ``train/loss`` at
 every step and the per-epoch scalars under the solo run's tags, and any ``logger=``), and
-``evaluate.evaluate`` (the test of the best weights), and ``packed_images`` (the TensorBoard
+``run.evaluation.evaluate`` (the test of the best weights), and ``packed.images`` (the TensorBoard
 images of ``callbacks.images``).
 """
 
@@ -93,8 +93,8 @@ class PackedJob:
 
     def claim(self) -> None:
         """Make the run dir this job's and write ``.hydra/`` (inside the job's Hydra context, as
-        ``train.run`` does); a ``ConfigError`` if it is another run's, with nothing written. A
-        resumed job (``ckpt_path=last``) adopts its record, as ``train.run`` does."""
+        ``run.experiment.run`` does); a ``ConfigError`` if it is another run's, with nothing written. A
+        resumed job (``ckpt_path=last``) adopts its record, as ``run.experiment.run`` does."""
         claim_run_dir(self.cfg, self.run_dir, self.record, self.sweep_dir)
         write_hydra_files(self.run_dir, self.cfg)
 

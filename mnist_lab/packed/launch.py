@@ -3,23 +3,23 @@
 Like Hydra's BasicLauncher (``hydra/_internal/core_plugins/basic_launcher.py``), it composes
 every job's config with ``config_loader.load_sweep_config``, gives each its number, and sets each
 job up with Hydra's own ``run_job`` (its folder, ``HydraConfig``, job logging and callbacks).
-Then, unlike it, it splits the jobs into packs (``pack_groups``: what must match, and what a
-pack cannot do) and trains each pack as one model on one device (``packed_training``); each
-packed job is recorded as its solo run (``packed_job``). A job that cannot pack, a pack's
+Then, unlike it, it splits the jobs into packs (``packed.groups``: what must match, and what a
+pack cannot do) and trains each pack as one model on one device (``packed.training``); each
+packed job is recorded as its solo run (``packed.job``). A job that cannot pack, a pack's
 remainder of one, and the jobs of a pack that ``Pack`` refuses run through ``run_job`` with the
 task function, exactly as with the basic launcher. A pack, or a job alone, is a unit
-(``launch_units``): ``plan`` makes them, ``run_unit`` runs one, here, in one GPU's worker
+(``packed.units``): ``plan`` makes them, ``run_unit`` runs one, here, in one GPU's worker
 process (``gpu_workers``), or in a submitit job or Ray task (the launchers of
 ``hydra_plugins/mnist_lab_packed_launcher/packed_submitit.py`` and ``packed_ray.py``).
 
 For a packed job, ``run_job`` runs a task function that claims its folder and writes
-``.hydra/`` (as ``train.run`` does first); its training comes after, with its pack, and its
+``.hydra/`` (as ``run.experiment.run`` does first); its training comes after, with its pack, and its
 ``JobReturn`` gets the result then. Hydra's ``on_job_end`` callbacks therefore see a packed job
 before it has trained (this project's ``SweepReport`` reads the jobs at ``on_multirun_end``).
 
 A resumed sweep (``ckpt_path=last``) leaves its finished jobs as they are (``_resume``) and packs
 the others by the epoch they resume at: each job's last.ckpt is loaded into its slice of the pack
-(``packed_resume``); a job with no last.ckpt starts afresh, with the jobs that never started
+(``packed.resume``); a job with no last.ckpt starts afresh, with the jobs that never started
 (docs/packed_sweeps.md, *Resuming a killed packed sweep*).
 """
 
@@ -79,7 +79,7 @@ class PackedLaunch:
     """What ``hydra/launcher=packed`` does (``hydra_plugins/mnist_lab_packed_launcher``, the
     Launcher Hydra instantiates, hands its settings and ``launch`` calls here): ``plan`` splits
     the sweep into units, ``run_unit`` runs one. Picklable: the GPU workers and the submitit
-    and Ray launchers get it with a unit and call ``launch_units.run_unit_remote``."""
+    and Ray launchers get it with a unit and call ``packed.units.run_unit_remote``."""
 
     def __init__(
         self,
@@ -166,7 +166,7 @@ class PackedLaunch:
 
     def _split(self, unit: Unit, pack_size) -> list[Unit]:
         """``unit``'s jobs (a sweep's, or a unit's that runs again) split into packs and jobs alone
-        (``pack_groups.split_into_packs``); in a resumed sweep, by the epoch each job starts at."""
+        (``packed.groups.split_into_packs``); in a resumed sweep, by the epoch each job starts at."""
         starts = [start_of(task, job_dir(config)) for config, task in zip(unit.configs, unit.tasks, strict=True)]
         reasons: dict[int, str] = {}
         return [
@@ -352,7 +352,7 @@ class PackedLaunch:
                     print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
             return {k: job.record.data for k, job in jobs.items()}
         for job in jobs.values():
-            if job.record.data.get("status") == "failed":  # its own trouble (packed_training.on_its_own)
+            if job.record.data.get("status") == "failed":  # its own trouble (packed.training.on_its_own)
                 print(f"[failed] {job.record.data.get('error')}  run {job.run_dir}", file=sys.stderr)
             else:
                 print(summary_line(job.record.data))

@@ -293,7 +293,7 @@ class PackedNet(nn.Module):
         # so making it at its first use, where the input is, gives the same masks; and no stream
         # state has to be carried between device types (a CPU and a CUDA generator's differ).
         # A stream already on that device is reseeded in place: a captured CUDA graph draws from
-        # the generators registered with it (``packed_graph``), not from new ones.
+        # the generators registered with it (``packed.graph``), not from new ones.
         self.generators[:] = [
             generator.manual_seed(seed)
             if _same_device(generator.device, device)
@@ -317,7 +317,7 @@ class PackedNet(nn.Module):
 
     def load_from(self, i: int, solo: nn.Module) -> None:
         """The inverse of ``copy_into``: ``solo``'s parameters and buffers become model ``i``'s
-        (a resumed job's net, ``packed_resume``)."""
+        (a resumed job's net, ``packed.resume``)."""
         with torch.no_grad():
             for packed, layer in self._layer_pairs(solo):
                 packed.load_from(i, layer)

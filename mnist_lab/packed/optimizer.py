@@ -14,7 +14,7 @@ torch's multi-tensor (``foreach``) code for the others. A pack of one grid cell'
 one call per step, with torch's formulas and kernels rather than a dozen float64 ops plus ten
 elementwise passes per tensor written out (what ``benchmarks/sweep.py`` measured as most of a
 packed MLP step). On other devices, where grouping would read the hyperparameters back every
-step, the update is written out with torch's single-tensor formulas (``packed_updates``).
+step, the update is written out with torch's single-tensor formulas (``packed.updates``).
 ``tests/packed/test_packed_optim.py`` checks both against torch.optim, step by step.
 """
 
@@ -250,7 +250,7 @@ class PackedOptimizer:
     def job_state_tensors(self, i: int) -> dict[str, list[torch.Tensor]]:
         """Job ``i``'s optimizer state as torch's optimizer of its class would hold it: for each
         state name torch keeps for the job's settings, one ``[M, ...]`` tensor per parameter
-        (every model's, in the packed layout: ``packed_checkpoint`` cuts out job ``i`` as it
+        (every model's, in the packed layout: ``packed.checkpoint`` cuts out job ``i`` as it
         cuts its weights). Empty before the first step."""
         if not self.steps or not all(self.state):
             return {}

@@ -1,13 +1,13 @@
 """A pack: M jobs' configs trained as one packed model, each job as its solo run would train.
 
-``Pack(cfgs, device)`` builds, for each job, what ``train.fit_and_test`` builds (its net under
+``Pack(cfgs, device)`` builds, for each job, what ``run.experiment.fit_and_test`` builds (its net under
 its own seed, its loss, optimizer and scheduler, its batch order), then stacks them: a
 ``PackedNet``, a ``PackedLoss``, a ``PackedOptimizer``, the jobs' own schedulers
 (``JobSchedules``) and ``PackedBatches``. ``train_epoch`` runs one epoch of its step
-(``packed_graph.make_packed_step``: captured as a CUDA graph on a GPU, as a solo run's step is;
+(``packed.graph.make_packed_step``: captured as a CUDA graph on a GPU, as a solo run's step is;
 ``PackedStep`` on the CPU) and steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives
 job i's net back as an ordinary ``models.py`` module, and ``resume`` takes the jobs'
-``last.ckpt`` back in (a resumed sweep's jobs, ``packed_resume``).
+``last.ckpt`` back in (a resumed sweep's jobs, ``packed.resume``).
 
 A job whose loss goes bad (NaN, inf, or above its ``step.divergence_threshold``, checked every
 ``step.check_every`` steps as ``epoch_log.EpochLog`` checks a solo run) is frozen: its lr is
@@ -133,7 +133,7 @@ class Pack:
         self._tables: dict[str, torch.Tensor] = {}  # this epoch's per-step schedule
 
     def resume(self, checkpoints: Sequence[dict | None]) -> None:
-        """Each job's state from the ``last.ckpt`` it resumes (``packed_resume.load_job``; None:
+        """Each job's state from the ``last.ckpt`` it resumes (``packed.resume.load_job``; None:
         a job that starts afresh), and the pack at the epoch after theirs. The jobs must have
         stopped at the same epoch and step, or all start afresh."""
         points = {(start_epoch(c), None if c is None else int(c["global_step"])) for c in checkpoints}

@@ -1,16 +1,16 @@
 """A resumed packed sweep's unfinished jobs back in a pack: each job's ``last.ckpt`` loaded into its
 slice of the pack, so its remaining epochs train packed.
 
-A job's ``last.ckpt`` is its solo run's checkpoint (``packed_checkpoint`` writes it so, and a job
+A job's ``last.ckpt`` is its solo run's checkpoint (``packed.checkpoint`` writes it so, and a job
 resumed alone writes one through Lightning), so loading it is the inverse of the export, with
 the same tools: the weights and batch-norm buffers through ``PackedNet.load_from`` (the inverse
 of ``copy_into``), the optimizer's state tensors through the same function with the pack's
-parameters standing in for them (as ``packed_checkpoint.optimizer_state`` cuts them out), its
+parameters standing in for them (as ``packed.checkpoint.optimizer_state`` cuts them out), its
 step count, the job's own torch scheduler's ``state_dict`` and what the scheduler has set in its
 optimizer's param group (``JobSchedules``' stand-in). The jobs of one pack must have stopped at
-the same epoch (``pack_groups.split_into_packs`` groups them by it). Which checkpoint a job
+the same epoch (``packed.groups.split_into_packs`` groups them by it). Which checkpoint a job
 resumes, and its checks, are the solo run's (``run_dir.resume_path``, ``check_checkpoint``): no
-``last.ckpt`` (killed before its first epoch ended) means it starts afresh, as ``train.run``
+``last.ckpt`` (killed before its first epoch ended) means it starts afresh, as ``run.experiment.run``
 starts it.
 """
 
@@ -62,7 +62,7 @@ def start_of(cfg: DictConfig, run_dir: Path) -> int | None:
 
 def last_checkpoint(cfg: DictConfig, run_dir: Path) -> dict | None:
     """The checkpoint the job resumes from (``ckpt_path=last``: its ``last.ckpt``), checked as
-    ``train.run`` checks it (a ``ConfigError`` if refused), or None when it starts afresh."""
+    ``run.experiment.run`` checks it (a ``ConfigError`` if refused), or None when it starts afresh."""
     path = resume_path(cfg.get("ckpt_path"), run_dir)
     check_checkpoint(cfg, path)
     return None if path is None else torch.load(path, map_location="cpu", weights_only=True)

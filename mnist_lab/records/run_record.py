@@ -4,7 +4,7 @@ Status is "running" while training, then "ok", "diverged" (NaN/inf loss; ``diver
 says where), "failed" (``error`` holds the first line of the error) or "interrupted" (Ctrl-C
 or SIGTERM; resume with ``ckpt_path=last``). A sweep's report reads these files.
 
-A job that trained in a pack (``packed_job``) has ``packed`` (the jobs in its pack) and
+A job that trained in a pack (``packed.job``) has ``packed`` (the jobs in its pack) and
 ``packed_epochs`` (how many of its epochs, the first ones, trained there: their time in
 ``train_time_s`` is the pack's). Its checkpoints carry both, so a resume alone keeps them.
 """

@@ -11,8 +11,8 @@ Kinds of step, all with the ``Step`` interface:
 - ``GraphStep`` (``cuda_graph.py``): the same step captured once as a CUDA graph and replayed.
 
 ``step_factory.make_step`` picks one. A pack of jobs trained at once steps through the same
-interface with a model dimension in front (``packed_step.PackedStep``, and on a GPU
-``packed_graph.PackedGraphStep``, a ``GraphStep``).
+interface with a model dimension in front (``packed.step.PackedStep``, and on a GPU
+``packed.graph.PackedGraphStep``, a ``GraphStep``).
 """
 
 from __future__ import annotations

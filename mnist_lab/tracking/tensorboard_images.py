@@ -9,7 +9,7 @@ The mistakes are selected on the device with no host sync (a stable sort puts th
 predictions first); each validation costs one extra forward pass over ``examine`` images,
 the same ones every time, so the grids show which mistakes get fixed. The captioned figures
 are drawn once, at the end of fitting, one per validation step, straight into pixels
-(``drawn_images``: a few milliseconds each, no matplotlib).
+(``tracking.drawn_images``: a few milliseconds each, no matplotlib).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def first_mistakes(net, batches, device, limit: int, examine=None) -> tuple[torc
 
 
 def log_image(writer, tag: str, image: Image.Image, step: int) -> None:
-    """Write a drawn image (``drawn_images``) to TensorBoard under ``tag`` at ``step``, as
+    """Write a drawn image (``tracking.drawn_images``) to TensorBoard under ``tag`` at ``step``, as
     ``add_image`` writes one, but encoded once, fast (zlib level 1): ``add_image`` would first turn
     the pixels into floats and back and resample them (Lanczos, even at scale 1), which costs more
     than drawing them."""
