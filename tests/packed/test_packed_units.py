@@ -186,7 +186,12 @@ def test_units_spread_over_gpus_only_when_each_job_uses_one_device(monkeypatch):
 @pytest.mark.parametrize(
     "launcher, setting, sentence",
     [
-        ("packed", "gpus=-1", "error: hydra.launcher.gpus=-1 must be auto or a whole number."),
+        (
+            "packed",
+            "gpus=-1",
+            "error: hydra.launcher.gpus=-1 must be auto or a whole number of at least 0 "
+            "(0 or 1: the units run in this process).",
+        ),
         (
             "slurm_local",
             "pack_size=0",
@@ -195,7 +200,7 @@ def test_units_spread_over_gpus_only_when_each_job_uses_one_device(monkeypatch):
         (
             "ray_cluster",
             "pack_size=x",
-            "error: hydra.launcher.pack_size='x' must be auto or a whole number of at least 1.",
+            "error: hydra.launcher.pack_size=x must be auto or a whole number of at least 1.",
         ),
     ],
 )
