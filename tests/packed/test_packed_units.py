@@ -103,6 +103,7 @@ def test_a_unit_stopped_and_run_again_resumes_its_jobs_from_last_ckpt(launcher, 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal (test_resume.py)
     )
     deadline = time.monotonic() + 300
     while len(list(sweep_dir.glob("[01]_*/checkpoints/last.ckpt"))) < 2:  # both jobs past their first epoch
@@ -233,6 +234,8 @@ def test_a_sweep_over_gpus_stopped_records_its_running_jobs_and_starts_no_other(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # Ctrl-C as from a terminal: a background job (CI started with &) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while len(list(sweep_dir.glob("[01]_*/checkpoints/last.ckpt"))) < 2:  # both workers' jobs training
