@@ -125,7 +125,7 @@ def first_step_apart(ours: list[float], theirs: list[float], relative: float) ->
 def agreement(basic_dir: Path, packed_dir: Path) -> dict[str, dict]:
     """Per job: the first step at which its packed and basic per-step losses (TensorBoard's
     ``train/loss``) differ by more than 1e-6 and 1e-2 relative, and its two best val accs."""
-    from mnist_lab import report  # imports torch and tensorboard: only here
+    from mnist_lab.analysis import summary as report  # imports torch and tensorboard: only here
 
     rows = {}
     for job in sorted(p.name for p in basic_dir.iterdir() if (p / "metrics.json").is_file()):
