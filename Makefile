@@ -3,6 +3,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= data
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: one per core (each test file stays on one worker).
+TEST_WORKERS ?= auto
 
 .PHONY: setup data browser train test lint bench tensorboard clean
 
@@ -33,7 +35,7 @@ browser:
 	  "(sudo apt-get install chromium chromium-driver)"; fi
 
 test: data browser lint  ## ruff, then the whole test suite (CPU)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: each worker, and every process its tests
+    # start, trains on one thread, or the workers' OpenMP threads fight over the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 import numpy as np
 import pytest
 
