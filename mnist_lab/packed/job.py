@@ -35,7 +35,13 @@ from mnist_lab.run.classifier import Classifier
 from mnist_lab.run.epoch_log import EpochLog, history_row
 from mnist_lab.run.evaluation import evaluate
 from mnist_lab.run.experiment import hparams_of
-from mnist_lab.tracking.trackers import build_loggers, close_trackers, log_step_losses, start_trackers
+from mnist_lab.tracking.trackers import (
+    build_loggers,
+    close_trackers,
+    log_as_lightning,
+    log_step_losses,
+    start_trackers,
+)
 
 
 class PackedRunRecord(RunRecord):
@@ -181,16 +187,15 @@ class PackedJob:
         self.record.data["packed_epochs"] = epoch + 1  # before the checkpoints, which carry it
         if self.images is not None:
             self.images.validated(module.net, pack.val_x, pack.val_y, self.cfg.data.eval_batch_size, global_step)
-        scalars = {
-            **val,
+        train = {
             "train/loss_epoch": row["train_loss"],
             "train/acc": row["train_acc"],
             "lr": row["lr"],
             "epoch_time_s": row["epoch_time_s"],
-            "epoch": epoch,
         }
-        for logger in self.loggers:  # at the epoch's last step counted from 0, where Lightning logs them
-            logger.log_metrics(scalars, step=global_step - 1)
+        # as the solo run logs them, at its validation's end, then its epoch's, at the epoch's last step
+        # counted from 0; flushed before the checkpoints say the epoch is done
+        log_as_lightning(self.loggers, (val, train), global_step - 1, epoch)
         self._save(pack, epoch, global_step, row["val_acc"])
         self.record.on_train_epoch_start(None, module)  # metrics.json with this epoch's row
 
@@ -244,8 +249,8 @@ class PackedJob:
             with sweep_clock.timed("evaluation"):
                 test, confusion = self._test()
         with self.record.bookkeeping():
-            for logger in self.loggers if test is not None else ():
-                logger.log_metrics(test, step=self.global_step)
+            if test is not None:  # after fitting, the trainer's epoch is the count of epochs trained
+                log_as_lightning(self.loggers, [test], self.global_step, len(module.history["val_acc"]))
             if self.images is not None:
                 self.images.finish(confusion, self.global_step)
         with sweep_clock.timed("records and images"):  # the final record: bookkeeping_s cannot hold its own writing
