@@ -94,6 +94,7 @@ class PackedJob:
         self.best_weights: dict | None = None
         self.trainer_state: SoloTrainerState | None = None  # what its checkpoints hold of a Trainer
         self.last_saved: Path | None = None
+        self.scratch: torch.nn.Module | None = None  # its solo net, to cut its optimizer state into
         self.checkpoints = run_dir / "checkpoints"
         self.global_step = 0  # optimizer steps the job has made
 
@@ -213,18 +214,20 @@ class PackedJob:
             self.best_val_acc = val_acc
             self.best_weights = copy.deepcopy(self.module.net.state_dict())
         best = (best_path, self.best_val_acc) if self.best_val_acc is not None else None
-
-        def checkpoint(last: Path | None) -> dict:
-            callbacks = self.trainer_state.callbacks(best, val_acc, last)
-            return solo_checkpoint(
-                self.module, self.record, pack, self.index, self.trainer_state, epoch, global_step, callbacks
-            )
-
+        if self.scratch is None:  # a net to cut the optimizer's state into, kept for every checkpoint
+            self.scratch = pack.solo_net(self.index)
+        state = self.trainer_state
+        # Built once: the best and the last file differ only in which last file the callback's state names.
+        checkpoint = solo_checkpoint(
+            self.module, self.record, pack, self.index, state, epoch, global_step, {}, self.scratch
+        )
         if improved:  # Lightning saves the best first, its state naming the last file as it was
-            save_checkpoint(checkpoint(self.last_saved), best_path)
+            checkpoint["callbacks"] = state.callbacks(best, val_acc, self.last_saved)
+            save_checkpoint(checkpoint, best_path)
         if node.get("save_last"):
             self.last_saved = folder / "last.ckpt"
-            save_checkpoint(checkpoint(self.last_saved), self.last_saved)
+            checkpoint["callbacks"] = state.callbacks(best, val_acc, self.last_saved)
+            save_checkpoint(checkpoint, self.last_saved)
 
     def _check_folder(self) -> None:
         """Refuse to write into a run dir that was removed while the job trained (before its
