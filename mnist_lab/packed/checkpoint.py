@@ -26,6 +26,7 @@ in the pack, and for how many epochs (information only).
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import lightning as L
@@ -90,13 +91,19 @@ def idle_trainer() -> L.Trainer:
     )
 
 
+def loader_lengths(data: DictConfig) -> tuple[int, int]:
+    """The number of items of the training and validation loaders (groups of small batches) of
+    the data config ``data``: counted once for the jobs of a sweep that share it."""
+    settings = OmegaConf.to_container(data, resolve=True)
+    settings.pop("shuffle_seed", None)  # the job's seed orders its batches; their count is the same
+    return _counted(json.dumps(settings, sort_keys=True))
+
+
 @functools.lru_cache(maxsize=8)
-def loader_lengths(data: str) -> tuple[int, int]:
-    """The number of items of the training and validation loaders of the data config ``data``
-    (resolved, as YAML): the same for every job of a pack, so counted once."""
-    datamodule = instantiate(OmegaConf.create(data))
+def _counted(settings: str) -> tuple[int, int]:
+    datamodule = instantiate(json.loads(settings))
     datamodule.setup("fit")
-    return len(datamodule.train_dataloader()), len(datamodule.val_dataloader())  # items: groups of small batches
+    return len(datamodule.train_dataloader()), len(datamodule.val_dataloader())
 
 
 class SoloTrainerState:
@@ -108,7 +115,7 @@ class SoloTrainerState:
         self.trainer = idle_trainer()
         callbacks = [c for c in build_callbacks(cfg, run_dir) if isinstance(c, ModelCheckpoint)]
         self.checkpoint = callbacks[0] if callbacks else None
-        self.train_batches, self.val_batches = loader_lengths(OmegaConf.to_yaml(cfg.data, resolve=True))
+        self.train_batches, self.val_batches = loader_lengths(cfg.data)
 
     def loops(self, epoch: int, global_step: int) -> dict:
         """The fit loop's state at the end of training epoch ``epoch`` (0-based), as saved there."""
