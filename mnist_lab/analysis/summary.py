@@ -8,11 +8,12 @@ writes into the sweep dir:
 - ``time.png``: train time per job (a packed job's is its pack's: ``packed`` says how many
   jobs shared it);
 
-then prints the table. Every ``--multirun`` runs it at its end (``mnist_lab.analysis.sweep``). A sweep
-whose grid points ran with several seeds (``seed=0,1,2`` or ``seed='range(5)'``) gets the
-replicated report instead: one row per point with mean, std and a 95 % interval over the seeds,
-and each point's difference to the best with its interval, Holm-adjusted p and verdict
-(``mnist_lab.analysis.replicates``).
+then prints the table, and under it the jobs that did not finish with the command that resumes
+them (``mnist_lab.analysis.unfinished``). Every ``--multirun`` runs it at its end
+(``mnist_lab.analysis.sweep``). A sweep whose grid points ran with several seeds (``seed=0,1,2``
+or ``seed='range(5)'``) gets the replicated report instead: one row per point with mean, std
+and a 95 % interval over the seeds, and each point's difference to the best with its interval,
+Holm-adjusted p and verdict (``mnist_lab.analysis.replicates``).
 
 ``load(sweep_dir)`` gives the jobs as a pandas DataFrame for a notebook's own analysis.
 """
@@ -36,6 +37,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_lab.analysis import replicates
 from mnist_lab.analysis.figures import plot_job_curves, plot_job_times, thin
+from mnist_lab.analysis.unfinished import unfinished_line
 from mnist_lab.records.atomic_files import replaced_atomically
 from mnist_lab.records.metrics_file import METRICS_FILE, NUMBER, RecordError, read_record
 
@@ -233,7 +235,7 @@ def write_report(sweep_dir: str | os.PathLike, show: bool = True, resolve: float
     jobs = frame_of(rows)
     if replicates.is_replicated(jobs):
         replicates.write_report(jobs, sweep_dir, lambda d: thin(*step_losses(d)), show, resolve)
-        return rows
+        return _say_unfinished(rows, sweep_dir, show)
     if resolve is not None:
         raise ValueError(
             f"--resolve needs a sweep whose points ran several seeds, and every point of {sweep_dir} ran "
@@ -246,4 +248,12 @@ def write_report(sweep_dir: str | os.PathLike, show: bool = True, resolve: float
     plot_job_times(rows, labels, sweep_dir)
     if show:
         print_table(rows, labels, sweep_dir)
+    return _say_unfinished(rows, sweep_dir, show)
+
+
+def _say_unfinished(rows: list[dict], sweep_dir: Path, show: bool) -> list[dict]:
+    """Under the table: the jobs left ``running`` or ``interrupted``, and how to resume them."""
+    line = unfinished_line(rows, sweep_dir)
+    if show and line:
+        print(line, file=sys.stderr)
     return rows

@@ -26,13 +26,14 @@ in the pack, and for how many epochs (information only).
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.cli.console import quiet_lightning
 from mnist_lab.packed.schedules import SCHEDULED
@@ -44,10 +45,12 @@ from mnist_lab.run.experiment import build_callbacks
 from mnist_lab.run.step import eager_optimizer_kwargs
 
 
-def optimizer_state(pack, i: int) -> dict:
-    """Job ``i``'s optimizer ``state_dict`` as its solo run's torch optimizer would hold it now."""
+def optimizer_state(pack, i: int, scratch: torch.nn.Module | None = None) -> dict:
+    """Job ``i``'s optimizer ``state_dict`` as its solo run's torch optimizer would hold it now.
+    ``scratch``: a net of the job's solo class to cut the state into (its values are overwritten;
+    a job keeps one for all its checkpoints rather than build one each time)."""
     make_optimizer = pack.make_optimizers[i]
-    scratch = pack.solo_net(i)
+    scratch = pack.solo_net(i) if scratch is None else scratch
     solo = make_optimizer(scratch.parameters(), **eager_optimizer_kwargs(make_optimizer, pack.device))
     saved = solo.state_dict()
     group = saved["param_groups"][0]
@@ -88,6 +91,21 @@ def idle_trainer() -> L.Trainer:
     )
 
 
+def loader_lengths(data: DictConfig) -> tuple[int, int]:
+    """The number of items of the training and validation loaders (groups of small batches) of
+    the data config ``data``: counted once for the jobs of a sweep that share it."""
+    settings = OmegaConf.to_container(data, resolve=True)
+    settings.pop("shuffle_seed", None)  # the job's seed orders its batches; their count is the same
+    return _counted(json.dumps(settings, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _counted(settings: str) -> tuple[int, int]:
+    datamodule = instantiate(json.loads(settings))
+    datamodule.setup("fit")
+    return len(datamodule.train_dataloader()), len(datamodule.val_dataloader())
+
+
 class SoloTrainerState:
     """What a solo run's Trainer puts in its checkpoints besides the module: the fit loop's
     progress and ``callbacks.checkpoint``'s state, held by Lightning's own objects (a Trainer
@@ -97,10 +115,7 @@ class SoloTrainerState:
         self.trainer = idle_trainer()
         callbacks = [c for c in build_callbacks(cfg, run_dir) if isinstance(c, ModelCheckpoint)]
         self.checkpoint = callbacks[0] if callbacks else None
-        datamodule = instantiate(cfg.data)
-        datamodule.setup("fit")
-        self.train_batches = len(datamodule.train_dataloader())  # loader items (groups of small batches)
-        self.val_batches = len(datamodule.val_dataloader())
+        self.train_batches, self.val_batches = loader_lengths(cfg.data)
 
     def loops(self, epoch: int, global_step: int) -> dict:
         """The fit loop's state at the end of training epoch ``epoch`` (0-based), as saved there."""
@@ -138,8 +153,10 @@ def solo_checkpoint(
     epoch: int,
     global_step: int,
     callbacks: dict,
+    scratch: torch.nn.Module | None = None,
 ) -> dict:
-    """The checkpoint job ``index``'s solo run would save at the end of ``epoch`` (0-based)."""
+    """The checkpoint job ``index``'s solo run would save at the end of ``epoch`` (0-based)
+    (``scratch``: see ``optimizer_state``)."""
     schedulers = pack.schedules.schedulers
     checkpoint = {
         "epoch": epoch,
@@ -148,7 +165,7 @@ def solo_checkpoint(
         "state_dict": module.state_dict(),
         "loops": trainer_state.loops(epoch, global_step),
         "callbacks": callbacks,
-        "optimizer_states": [optimizer_state(pack, index)],
+        "optimizer_states": [optimizer_state(pack, index, scratch)],
         "lr_schedulers": [schedulers[index].state_dict()] if schedulers else [],
         "hparams_name": None,
         "hyper_parameters": dict(module.hparams),

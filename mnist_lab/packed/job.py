@@ -35,7 +35,13 @@ from mnist_lab.run.classifier import Classifier
 from mnist_lab.run.epoch_log import EpochLog, history_row
 from mnist_lab.run.evaluation import evaluate
 from mnist_lab.run.experiment import hparams_of
-from mnist_lab.tracking.trackers import build_loggers, close_trackers, log_step_losses, start_trackers
+from mnist_lab.tracking.trackers import (
+    build_loggers,
+    close_trackers,
+    log_as_lightning,
+    log_step_losses,
+    start_trackers,
+)
 
 
 class PackedRunRecord(RunRecord):
@@ -88,6 +94,7 @@ class PackedJob:
         self.best_weights: dict | None = None
         self.trainer_state: SoloTrainerState | None = None  # what its checkpoints hold of a Trainer
         self.last_saved: Path | None = None
+        self.scratch: torch.nn.Module | None = None  # its solo net, to cut its optimizer state into
         self.checkpoints = run_dir / "checkpoints"
         self.global_step = 0  # optimizer steps the job has made
 
@@ -181,16 +188,15 @@ class PackedJob:
         self.record.data["packed_epochs"] = epoch + 1  # before the checkpoints, which carry it
         if self.images is not None:
             self.images.validated(module.net, pack.val_x, pack.val_y, self.cfg.data.eval_batch_size, global_step)
-        scalars = {
-            **val,
+        train = {
             "train/loss_epoch": row["train_loss"],
             "train/acc": row["train_acc"],
             "lr": row["lr"],
             "epoch_time_s": row["epoch_time_s"],
-            "epoch": epoch,
         }
-        for logger in self.loggers:  # at the epoch's last step counted from 0, where Lightning logs them
-            logger.log_metrics(scalars, step=global_step - 1)
+        # as the solo run logs them, at its validation's end, then its epoch's, at the epoch's last step
+        # counted from 0; flushed before the checkpoints say the epoch is done
+        log_as_lightning(self.loggers, (val, train), global_step - 1, epoch)
         self._save(pack, epoch, global_step, row["val_acc"])
         self.record.on_train_epoch_start(None, module)  # metrics.json with this epoch's row
 
@@ -208,18 +214,20 @@ class PackedJob:
             self.best_val_acc = val_acc
             self.best_weights = copy.deepcopy(self.module.net.state_dict())
         best = (best_path, self.best_val_acc) if self.best_val_acc is not None else None
-
-        def checkpoint(last: Path | None) -> dict:
-            callbacks = self.trainer_state.callbacks(best, val_acc, last)
-            return solo_checkpoint(
-                self.module, self.record, pack, self.index, self.trainer_state, epoch, global_step, callbacks
-            )
-
+        if self.scratch is None:  # a net to cut the optimizer's state into, kept for every checkpoint
+            self.scratch = pack.solo_net(self.index)
+        state = self.trainer_state
+        # Built once: the best and the last file differ only in which last file the callback's state names.
+        checkpoint = solo_checkpoint(
+            self.module, self.record, pack, self.index, state, epoch, global_step, {}, self.scratch
+        )
         if improved:  # Lightning saves the best first, its state naming the last file as it was
-            save_checkpoint(checkpoint(self.last_saved), best_path)
+            checkpoint["callbacks"] = state.callbacks(best, val_acc, self.last_saved)
+            save_checkpoint(checkpoint, best_path)
         if node.get("save_last"):
             self.last_saved = folder / "last.ckpt"
-            save_checkpoint(checkpoint(self.last_saved), self.last_saved)
+            checkpoint["callbacks"] = state.callbacks(best, val_acc, self.last_saved)
+            save_checkpoint(checkpoint, self.last_saved)
 
     def _check_folder(self) -> None:
         """Refuse to write into a run dir that was removed while the job trained (before its
@@ -244,8 +252,8 @@ class PackedJob:
             with sweep_clock.timed("evaluation"):
                 test, confusion = self._test()
         with self.record.bookkeeping():
-            for logger in self.loggers if test is not None else ():
-                logger.log_metrics(test, step=self.global_step)
+            if test is not None:  # after fitting, the trainer's epoch is the count of epochs trained
+                log_as_lightning(self.loggers, [test], self.global_step, len(module.history["val_acc"]))
             if self.images is not None:
                 self.images.finish(confusion, self.global_step)
         with sweep_clock.timed("records and images"):  # the final record: bookkeeping_s cannot hold its own writing

@@ -5,7 +5,8 @@ Each job is one tracker run. ``build_loggers`` makes Lightning's loggers (Tensor
 images and the HParams entry go there), ``start_trackers`` creates the runs with the job's
 hyperparameters (the set of TensorBoard's HParams tab), and they get what TensorBoard gets:
 every step's ``train/loss`` (``log_step_losses``, once per epoch from the device buffer) and,
-through Lightning, the per-epoch and test metrics. ``close_trackers`` ends every run when the job
+through Lightning, the per-epoch and test metrics (a packed job's through ``log_as_lightning``,
+as Lightning writes them). ``close_trackers`` ends every run when the job
 ends, however it ends, with its status (ok, diverged, failed, interrupted), so the next job of
 a sweep starts a run of its own.
 """
@@ -154,6 +155,17 @@ def log_step_losses(loggers: Sequence[Logger], first_step: int, losses: list[flo
         else:
             for step, value in zip(steps, losses, strict=True):
                 logger.log_metrics({"train/loss": value}, step)
+
+
+def log_as_lightning(loggers: Sequence[Logger], logged: Sequence[dict], step: int, epoch: int) -> None:
+    """Dicts of metrics (each one ``self.log_dict`` of a solo run's module) as Lightning's logger
+    connector writes them: each with the trainer's ``epoch`` added, then each logger's ``save``
+    (TensorBoard: its events flushed, and the first time its ``hparams.yaml``, empty, as a solo
+    run's). Lightning saves after every dict; once after the last writes the same files."""
+    for logger in loggers:
+        for metrics in logged:
+            logger.log_metrics({**metrics, "epoch": epoch}, step=step)
+        logger.save()
 
 
 def close_trackers(loggers: Sequence[Logger], record: dict, artifacts: dict[Path, str | None]) -> None:
