@@ -12,7 +12,8 @@ How a sweep runs, top to bottom:
   probe on a GPU).
 - ``check``: whether a job's network has a packed form (what it is, not what it is called), and
   the proof every pack gives before it trains: one step against each job's own model.
-- ``training``: one pack's epochs; ``job``: one packed job recorded through the solo run's code
+- ``training``: one pack's epoch loop (``pack_epochs``, which the tests drive too) and its jobs'
+  records (``train_pack``); ``job``: one packed job recorded through the solo run's code
   (run dir, ``metrics.json``, trackers, test); ``images``: its TensorBoard images.
 - ``pack``: ``Pack``, M jobs built as their solo runs build them, trained as one model.
 
@@ -20,8 +21,8 @@ The model, piece by piece:
 
 - ``nets``: ``PackedNet``, M solo nets as one module (batched matmuls, grouped convolutions,
   per-job dropout streams); ``copy_into``/``load_from`` move a job's weights out and in.
-- ``step``: the packed training step, its per-job loss and batches; ``graph``: that step
-  captured as a CUDA graph on a GPU.
+- ``step``: the packed training step (its one body), its per-job loss and batches; ``graph``:
+  one call of that step captured as a CUDA graph on a GPU.
 - ``optimizer``: ``PackedOptimizer``, each hyperparameter one value per job; ``updates``: its
   update written out with torch's formulas where grouping cannot be used; ``schedules``: each
   job's own torch scheduler, stepped as its solo run steps it.

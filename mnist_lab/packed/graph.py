@@ -2,13 +2,14 @@
 run's: ``PackedGraphStep``; and ``make_packed_step``, which picks it or the eager ``PackedStep``.
 
 On a GPU a pack's eager step is many small kernels (per-job losses, the written-out update of every
-parameter); replayed as one graph they cost one launch. The capture, replay, self-check against the
-eager step and fall-back are ``GraphStep``'s; what differs is what a pack holds:
+parameter); replayed as one graph they cost one launch. What is captured is one call of the eager
+``PackedStep`` (the pack's one step body); the capture, replay, self-check against the eager step
+and fall-back are ``GraphStep``'s; what differs is what a pack holds:
 
 - the optimizer (``PackedOptimizer``) steps through its written-out update, whose hyperparameters
   and step count are device tensors that schedules and freezes change in place (so a graph follows
-  one-cycle's momentum too, which a solo graph cannot: ``graph_unsupported_reason``); the host's
-  step count moves on each replay (``count_replayed_step``);
+  one-cycle's momentum too, which a solo graph cannot: ``step_factory.graph_unsupported_reason``);
+  the host's step count moves on each replay (``count_replayed_step``);
 - each job's dropout stream is its own generator (``PackedNet.generators``), registered with the
   graph before capture and saved and put back around the warm-up like the device's default one;
 - the loss and the number correct are per job, ``[M]``.
@@ -24,7 +25,8 @@ import torch
 from mnist_lab.packed.nets import PackedDropout, PackedNet
 from mnist_lab.packed.optimizer import PackedOptimizer
 from mnist_lab.packed.step import PackedLoss, PackedStep
-from mnist_lab.run.cuda_graph import GraphStep, graph_off
+from mnist_lab.run.cuda_graph import GraphStep
+from mnist_lab.run.step_factory import graph_off, wants_graph
 
 
 def packed_graph_unsupported_reason(device: torch.device) -> str | None:
@@ -42,14 +44,11 @@ def make_packed_step(
     say: Callable[[str], None] = print,
 ) -> PackedStep | PackedGraphStep:
     """The pack's step for ``step.cuda_graph`` (the jobs share it): a ``PackedGraphStep`` unless
-    it is "off" or the device cannot capture (then said where a graph was asked for or expected,
-    and with "on" raised, as ``step_factory.wants_graph`` does for a solo run)."""
-    reason = packed_graph_unsupported_reason(device)
-    if reason and cuda_graph != "off" and (cuda_graph == "on" or device.type == "cuda"):
-        graph_off(cuda_graph, reason, say=say)
-    if reason or cuda_graph == "off":
-        return PackedStep(net, loss, optimizer)
-    return PackedGraphStep(net, loss, optimizer, device, functools.partial(graph_off, cuda_graph, say=say))
+    it is "off" or the device cannot capture (``step_factory.wants_graph`` decides, and says why
+    the graph is off, as for a solo run)."""
+    if wants_graph(packed_graph_unsupported_reason(device), cuda_graph, device, say):
+        return PackedGraphStep(net, loss, optimizer, device, functools.partial(graph_off, cuda_graph, say=say))
+    return PackedStep(net, loss, optimizer)
 
 
 class PackedGraphStep(GraphStep):
@@ -100,11 +99,3 @@ class PackedGraphStep(GraphStep):
         for generator, saved in zip(self.net.generators, streams, strict=True):
             generator.set_state(saved)
         self.optimizer.steps = steps
-
-    def _graph_body(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self.optimizer.zero_grad(set_to_none=False)
-        logits = self.net(self.x)
-        losses = self.loss(logits, self.y)
-        losses.sum().backward()
-        self.optimizer.step()
-        return losses.detach(), (logits.detach().argmax(dim=-1) == self.y).sum(dim=1)

@@ -32,7 +32,7 @@ from mnist_lab.packed.check import model_reason
 from mnist_lab.packed.optimizer import HYPERPARAMETERS, IMPLEMENTATION, optimizer_class, settings_of, unpackable_reason
 from mnist_lab.packed.pack import MUST_MATCH
 from mnist_lab.packed.step import loss_setting
-from mnist_lab.run.cuda_graph import graph_unsupported_reason
+from mnist_lab.run.step_factory import graph_unsupported_reason
 
 DEVICES = {"cpu": "cpu", "auto": "auto", "gpu": "cuda", "cuda": "cuda"}  # trainer.accelerator -> pack device
 # trainer settings a pack follows; any other trainer setting must keep the value its solo run

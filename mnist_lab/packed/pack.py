@@ -5,14 +5,15 @@ its own seed, its loss, optimizer and scheduler, its batch order), then stacks t
 ``PackedNet``, a ``PackedLoss``, a ``PackedOptimizer``, the jobs' own schedulers
 (``JobSchedules``) and ``PackedBatches``. ``train_epoch`` runs one epoch of its step
 (``packed.graph.make_packed_step``: captured as a CUDA graph on a GPU, as a solo run's step is;
-``PackedStep`` on the CPU) and steps the schedules as ``Classifier`` does; ``solo_net(i)`` gives
-job i's net back as an ordinary ``models.py`` module, and ``resume`` takes the jobs'
-``last.ckpt`` back in (a resumed sweep's jobs, ``packed.resume``).
+``PackedStep`` on the CPU), ``evaluate`` validates and tests, and ``end_epoch`` steps the
+schedules as ``Classifier`` does (``packed.training.pack_epochs`` runs these, epoch after epoch);
+``solo_net(i)`` gives job i's net back as an ordinary ``models.py`` module, and ``resume`` takes
+the jobs' ``last.ckpt`` back in (a resumed sweep's jobs, ``packed.resume``).
 
 A job whose loss goes bad (NaN, inf, or above its ``step.divergence_threshold``, checked every
-``step.check_every`` steps as ``epoch_log.EpochLog`` checks a solo run) is frozen: its lr is
-set to 0 and its parameters and batch-norm statistics are put back after every later step, so
-its net stays as it was when the check found it (what its checkpoints hold), and the other jobs
+``step.check_every`` steps by a solo run's check, ``epoch_log.first_bad_steps``) is frozen: its
+lr is set to 0 and its parameters and batch-norm statistics are put back after every later step,
+so its net stays as it was when the check found it (what its checkpoints hold), and the other jobs
 train on. The jobs never mix (each has its own slice of every tensor), so a frozen job's NaNs
 cannot reach them.
 """
@@ -35,6 +36,7 @@ from mnist_lab.packed.resume import load_job, start_epoch
 from mnist_lab.packed.schedules import JobSchedules
 from mnist_lab.packed.step import PackedBatches, PackedLoss
 from mnist_lab.run.classifier import dropout_seed
+from mnist_lab.run.epoch_log import first_bad_steps
 
 # Settings every job of a pack shares (the others, optimizer and scheduler arguments, loss,
 # seed and dropout rates, may differ per job). The net's shape and the optimizer and scheduler
@@ -189,18 +191,16 @@ class Pack:
         return losses, correct
 
     def _check(self, losses: torch.Tensor, start: int, end: int) -> None:
-        """Freeze each active job with a bad loss among this epoch's steps ``start:end`` (one
-        host sync, as ``EpochLog.check``)."""
+        """Freeze each active job with a bad loss among this epoch's steps ``start:end``: the solo
+        run's check (``epoch_log.first_bad_steps``, one host sync), one column per job."""
         if end <= start:
             return
-        window = losses[start:end]
-        bad = (~torch.isfinite(window) | (window > self.threshold)) & self.active
-        if not bool(bad.any()):
-            return
-        for i in bad.any(dim=0).nonzero().flatten().tolist():
-            self.diverged_at[i] = self.steps_done + start + int(bad[:, i].nonzero()[0]) + 1
-            self.stopped_at[i] = self.steps_done + end
-            self.freeze(i)
+        firsts = first_bad_steps(losses[start:end], self.threshold, watched=self.active)
+        for i, first in enumerate(firsts):
+            if first is not None:
+                self.diverged_at[i] = self.steps_done + start + first + 1
+                self.stopped_at[i] = self.steps_done + end
+                self.freeze(i)
 
     def _job_tensors(self) -> list[torch.Tensor]:
         """Every parameter and buffer that holds one slice per job (models first)."""
@@ -247,19 +247,6 @@ class Pack:
         if not self.schedules.per_step:
             self.schedules.apply(self.optimizer)
             self._mask_lr()
-
-    def fit(self, after_epoch: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Train to the end; every optimizer step's loss, ``[steps, M]``. ``after_epoch(epoch)``
-        is called after each epoch's schedules have stepped (where a solo run saves last.ckpt)."""
-        losses = []
-        while self.steps_done < self.total_steps:
-            epoch_losses, _ = self.train_epoch()
-            losses.append(epoch_losses)
-            val_acc = self.evaluate(self.val_x, self.val_y)[1].tolist() if self.schedules.plateau else None
-            self.end_epoch(val_acc)
-            if after_epoch is not None:
-                after_epoch(self.epoch - 1)
-        return torch.cat(losses)
 
     def solo_net(self, i: int) -> nn.Module:
         """Job ``i``'s net as its solo run's class (``state_dict`` loads into it)."""

@@ -72,9 +72,9 @@ class PackedLoss(nn.Module):
 
 
 class PackedStep:
-    """Forward, per-job losses, backward, per-job optimizer step; returns ``(loss [M], correct [M])``
-    on the device. The jobs' losses are summed for one backward pass: no parameter is shared, so
-    each job's gradients are those of its own loss.
+    """Zero the gradients, forward, per-job losses, backward, per-job optimizer step; returns
+    ``(loss [M], correct [M])`` on the device. The jobs' losses are summed for one backward pass:
+    no parameter is shared, so each job's gradients are those of its own loss.
 
     Args:
         keeps_grads: zero the gradients in place instead of freeing them (a captured graph
@@ -86,9 +86,11 @@ class PackedStep:
         self.keeps_grads = keeps_grads
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The one body of a pack's step: ``PackedGraphStep`` captures this very call (gradients
+        # zeroed first, as ``step.EagerStep`` does, so a captured step clears them inside the graph).
+        self.optimizer.zero_grad(set_to_none=not self.keeps_grads)
         logits = self.net(x)
         losses = self.loss(logits, y)
-        self.optimizer.zero_grad(set_to_none=not self.keeps_grads)
         losses.sum().backward()
         self.optimizer.step()
         return losses.detach(), (logits.detach().argmax(dim=-1) == y).sum(dim=1)

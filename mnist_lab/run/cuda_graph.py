@@ -2,12 +2,14 @@
 
 On the GPU a small eager step costs host time, not arithmetic: kernel launches, whatever the
 batch size (docs/performance.md). Replaying a captured graph launches the step's hundreds of
-kernels in one call. ``GraphStep`` is a ``step.Step``: capture, replay, the self-check that
-compares a replay with an eager step, and the fall-back to the eager step.
+kernels in one call. ``GraphStep`` is a ``step.Step``: what it captures is one call of its eager
+step (``step.EagerStep``; a pack's ``PackedStep``), so the step's body is written once; here are
+the capture, the replay, the self-check that compares a replay with an eager step, and the
+fall-back to the eager step.
 
 Capture needs fixed shapes, so the ragged last batch of an epoch (if any) runs eagerly on the
 same parameters and optimizer state. Cases the graph cannot handle take the eager step from
-the start; ``graph_unsupported_reason`` names them.
+the start; ``step_factory.graph_unsupported_reason`` names them.
 """
 
 from __future__ import annotations
@@ -19,60 +21,6 @@ import torch
 from torch import nn
 
 from mnist_lab.run.step import EagerStep
-
-# Optimizers whose step can run inside a graph: built with ``capturable=True`` (SGD: ``fused=True``),
-# they keep their state and a tensor lr on the device.
-CAPTURABLE = (
-    torch.optim.Adam,
-    torch.optim.AdamW,
-    torch.optim.RMSprop,
-    torch.optim.Adadelta,
-    torch.optim.SGD,
-)
-
-
-def graph_unsupported_reason(
-    make_optimizer: Callable,
-    make_scheduler: Callable | None,
-    device: torch.device,
-    world_size: int = 1,
-    precision: str | int = "32-true",
-) -> str | None:
-    """None if the training step can be captured, else why not (a phrase for a log line)."""
-    if world_size > 1:
-        return "training on several devices (gradients are all-reduced outside the graph)"
-    if precision not in ("32-true", "32", 32):
-        return f"trainer.precision={precision} (the graph step runs in float32)"
-    optimizer_class = getattr(make_optimizer, "func", make_optimizer)
-    if optimizer_class not in CAPTURABLE:
-        return f"{getattr(optimizer_class, '__name__', optimizer_class)} cannot run inside a CUDA graph"
-    if _cycles_momentum(make_scheduler):
-        return "the scheduler cycles momentum (cycle_momentum=true), which the captured step reads as a constant"
-    if device.type != "cuda":
-        return "the model is not on a CUDA device"
-    return None
-
-
-def graph_off(cuda_graph: str, reason: str, say: Callable[[str], None] = print) -> None:
-    """Say why the step runs eagerly; with ``cuda_graph`` "on", stop the run instead."""
-    if cuda_graph == "on":
-        raise ValueError(f"step.cuda_graph=on but {reason}; use step.cuda_graph=auto.")
-    say(f"CUDA graph off: {reason}; using the eager step.")
-
-
-def _cycles_momentum(make_scheduler) -> bool:
-    """One-cycle and cyclic schedulers can also move momentum/betas each step: plain Python
-    numbers that a captured step has frozen (only lr lives in a device tensor)."""
-    if make_scheduler is None:
-        return False
-    scheduler_class = getattr(make_scheduler, "func", make_scheduler)
-    try:
-        parameter = inspect.signature(scheduler_class).parameters.get("cycle_momentum")
-    except (TypeError, ValueError):
-        return False
-    if parameter is None:
-        return False
-    return bool(getattr(make_scheduler, "keywords", {}).get("cycle_momentum", parameter.default))
 
 
 def graph_optimizer_kwargs(make_optimizer) -> dict:
@@ -159,7 +107,7 @@ class GraphStep:
     run), and every later batch takes the eager step.
 
     The graph runs in float32 on one device with a plain ``loss.backward()``;
-    ``graph_unsupported_reason`` names the set-ups that need more. The optimizer must have
+    ``step_factory.graph_unsupported_reason`` names the set-ups that need more. The optimizer must have
     been built with ``graph_optimizer_kwargs``.
     """
 
@@ -278,14 +226,10 @@ class GraphStep:
         self.grads = [p.grad for p in self.net.parameters()]
 
     def _graph_body(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # Zeroed in place at the start, inside the graph: whatever ran before (the eager ragged
-        # batch) leaves nothing behind, and the graph keeps the same .grad tensors.
-        self.optimizer.zero_grad(set_to_none=False)
-        logits = self.net(self.x)
-        loss = self.loss(logits, self.y)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), (logits.detach().argmax(dim=1) == self.y).sum()
+        # The eager step itself, on the static buffers: it zeroes the gradients in place first
+        # (keeps_grads), inside the graph, so whatever ran before (the eager ragged batch) leaves
+        # nothing behind and the graph keeps the same .grad tensors.
+        return self.eager(self.x, self.y)
 
     def _disagreement(self) -> str | None:
         """Replay once, then take one eager step from the same saved state and batch; put the

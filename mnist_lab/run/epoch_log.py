@@ -4,11 +4,9 @@
   at epoch end, for the per-step curve and the epoch's mean;
 - the number of correct predictions is summed on the device;
 - the losses are checked for NaN/inf, or a value above ``divergence_threshold``, every
-  ``check_every`` steps: one host sync per check, so a diverging run stops within the epoch;
+  ``check_every`` steps: one host sync per check, so a diverging run stops within the epoch
+  (``first_bad_steps``, the one divergence check, which a pack also runs on its jobs' losses);
 - a clock times the training steps (stopped when validation starts, or at epoch end).
-
-A step whose loss is a vector (one per net, when several nets train at once) is stored as a
-row; the check then flags a step if any entry is bad.
 
 When the epoch ends, ``history_row`` makes it one row of the run's history (the per-epoch
 lists of metrics.json).
@@ -21,6 +19,23 @@ import time
 from collections.abc import Callable, Mapping
 
 import torch
+
+
+def first_bad_steps(
+    losses: torch.Tensor, threshold: float | torch.Tensor, watched: torch.Tensor | None = None
+) -> list[int | None]:
+    """The divergence check: for each column of ``losses`` (``[steps, columns]``: a solo run's one
+    column, or a pack's jobs), the index of its first NaN, inf or value above ``threshold`` (a
+    number, or one per column), None where there is none. ``watched`` (a bool per column) leaves
+    the other columns out (a pack's frozen jobs). One host sync when nothing is bad."""
+    bad = ~torch.isfinite(losses) | (losses > threshold)
+    if watched is not None:
+        bad &= watched
+    if not bool(bad.any()):
+        return [None] * losses.shape[1]
+    # argmax returns the first of equal maxima: the first bad step of each column
+    found, first = bad.any(dim=0).tolist(), bad.int().argmax(dim=0).tolist()
+    return [step if hit else None for hit, step in zip(found, first, strict=True)]
 
 
 class EpochLog:
@@ -44,9 +59,9 @@ class EpochLog:
         check_every: int = 50,
         divergence_threshold: float = 1e4,
     ):
-        self.capacity, self.device, self.first_step = steps, device, first_step
+        self.device, self.first_step = device, first_step
         self.check_every, self.divergence_threshold = check_every, divergence_threshold
-        self.buffer: torch.Tensor | None = None  # made at the first step, shaped like its loss
+        self.buffer = torch.zeros(steps, device=device)  # each step's loss
         self.steps = 0
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.seen = 0
@@ -58,7 +73,7 @@ class EpochLog:
     def finished(cls, losses: torch.Tensor, correct: int, images: int, time_s: float) -> EpochLog:
         """An epoch already trained elsewhere (one job of a pack), from its per-step losses, correct
         predictions, images seen and seconds: what ``history_row`` reads."""
-        epoch = cls(len(losses), losses.device)
+        epoch = cls(0, losses.device)
         epoch.buffer, epoch.steps, epoch.seen, epoch.time_s = losses, len(losses), images, time_s
         epoch.correct = torch.tensor(correct, device=losses.device)
         return epoch
@@ -66,8 +81,6 @@ class EpochLog:
     def record(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> int | None:
         """Store one step; every ``check_every`` steps, check. Returns the step at which the
         loss went bad if this check found one, else None."""
-        if self.buffer is None:
-            self.buffer = torch.zeros((self.capacity, *loss.shape), device=self.device)
         self.buffer[self.steps] = loss
         self.steps += 1
         self.correct += correct
@@ -79,27 +92,18 @@ class EpochLog:
     @property
     def losses(self) -> torch.Tensor:
         """The losses of the steps taken so far (on the device)."""
-        if self.buffer is None:
-            return torch.zeros(0, device=self.device)
         return self.buffer[: self.steps]
 
     def check(self) -> int | None:
         """Check the steps since the last check: the run-wide step (1-based) of the first
         NaN, inf or too-large loss, else None."""
-        window = self.losses[self.checked :]
         start, self.checked = self.checked, self.steps
-        bad = ~torch.isfinite(window) | (window > self.divergence_threshold)
-        if bad.dim() > 1:  # a row of losses per step
-            bad = bad.flatten(1).any(dim=1)
-        if not bool(bad.any()):
-            return None
-        return self.first_step + start + int(bad.nonzero()[0]) + 1
+        (first,) = first_bad_steps(self.losses[start:, None], self.divergence_threshold)
+        return None if first is None else self.first_step + start + first + 1
 
     def loss_at(self, step: int) -> float:
-        """The loss (its worst entry) at run-wide ``step``, as ``check`` numbers them."""
-        values = self.losses[step - self.first_step - 1].reshape(-1)
-        bad = ~torch.isfinite(values) | (values > self.divergence_threshold)
-        return float(values[bad][0] if bool(bad.any()) else values.max())
+        """The loss at run-wide ``step``, as ``check`` numbers them."""
+        return float(self.losses[step - self.first_step - 1])
 
     def stop_clock(self) -> float:
         """Stop the clock (once; later calls return the same time) and return the seconds."""

@@ -8,7 +8,8 @@ optimizer (and a device, for the graph step), never from the LightningModule tha
 Kinds of step, all with the ``Step`` interface:
 
 - ``EagerStep`` (here): forward, loss, backward, optimizer step, as written;
-- ``GraphStep`` (``cuda_graph.py``): the same step captured once as a CUDA graph and replayed.
+- ``GraphStep`` (``cuda_graph.py``): an ``EagerStep`` call captured once as a CUDA graph and
+  replayed.
 
 ``step_factory.make_step`` picks one. A pack of jobs trained at once steps through the same
 interface with a model dimension in front (``packed.step.PackedStep``, and on a GPU
@@ -43,7 +44,7 @@ def plain_backward(loss: torch.Tensor) -> None:
 
 
 class EagerStep:
-    """Forward, loss, backward, optimizer step.
+    """Zero the gradients, forward, loss, backward, optimizer step.
 
     Args:
         net: maps a batch of images to logits (B, classes).
@@ -69,9 +70,12 @@ class EagerStep:
         self.keeps_grads = keeps_grads
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The one body of a solo step: ``GraphStep`` captures this very call. Gradients are
+        # zeroed first, so that a captured step clears whatever ran before it (the eager ragged
+        # batch) inside the graph.
+        self.optimizer.zero_grad(set_to_none=not self.keeps_grads)
         logits = self.net(x)
         loss = self.loss(logits, y)
-        self.optimizer.zero_grad(set_to_none=not self.keeps_grads)
         self.backward(loss)
         self.optimizer.step()
         return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()

@@ -138,13 +138,14 @@ def packed_run(cfgs) -> tuple[torch.Tensor, dict, list[set[str]]]:
     """The pack of ``cfgs`` trained: its per-step losses [steps, jobs], each job's solo net's
     weights at each epoch's end ({(epoch, job): state_dict}), and each job's ``noise_only``."""
     from mnist_lab.packed.pack import Pack
+    from mnist_lab.packed.training import pack_epochs
 
     pack = Pack(cfgs)
-    weights_after = {}
-    losses = pack.fit(
-        lambda epoch: weights_after.update({(epoch, i): pack.solo_net(i).state_dict() for i in range(len(cfgs))})
-    )
-    return losses, weights_after, [noise_only(pack.solo_net(i)) for i in range(len(cfgs))]
+    weights_after, losses = {}, []
+    for epoch in pack_epochs(pack):
+        losses.append(epoch.losses)
+        weights_after.update({(pack.epoch - 1, i): pack.solo_net(i).state_dict() for i in range(len(cfgs))})
+    return torch.cat(losses), weights_after, [noise_only(pack.solo_net(i)) for i in range(len(cfgs))]
 
 
 def mismatches(packed, solos) -> list[tuple[str | None, str | None]]:
@@ -266,10 +267,12 @@ def test_a_packed_jobs_numbers_do_not_depend_on_its_pack_mates(synthetic_data_di
     """The same job, second in two packs with different mates (seed, dropout rates, lr, loss):
     the same loss at every step, to the bit, over two epochs."""
     from mnist_lab.packed.pack import Pack
+    from mnist_lab.packed.training import pack_epochs
 
     def losses_beside(mate: list[str]) -> torch.Tensor:
         settings = [*BASE, "trainer.max_epochs=2", f"data.data_dir={synthetic_data_dir}", *shared]
-        return Pack([compose_train(*settings, *mate), compose_train(*settings, *job)]).fit()
+        pack = Pack([compose_train(*settings, *mate), compose_train(*settings, *job)])
+        return torch.cat([epoch.losses for epoch in pack_epochs(pack)])
 
     first, second = (losses_beside(mate) for mate in mates)
     assert not torch.equal(first[:, 0], second[:, 0]), "the mates should differ"

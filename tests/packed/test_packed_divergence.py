@@ -21,11 +21,15 @@ JOBS = [["seed=1", "optimizer.lr=0.0001"], ["seed=2", "optimizer.lr=1e6"], ["see
 
 def test_a_diverging_job_is_frozen_and_the_rest_of_its_pack_trains_as_without_it(synthetic_data_dir):
     from mnist_lab.packed.pack import Pack
+    from mnist_lab.packed.training import pack_epochs
 
     cfgs = [compose_train(*BASE, f"data.data_dir={synthetic_data_dir}", *job) for job in JOBS]
     pack = Pack(cfgs)
-    frozen_job = []  # job 1's weights at the end of each epoch
-    losses = pack.fit(lambda epoch: frozen_job.append(pack.solo_net(1).state_dict()))
+    frozen_job, epochs = [], []  # job 1's weights at the end of each epoch
+    for epoch in pack_epochs(pack):
+        epochs.append(epoch.losses)
+        frozen_job.append(pack.solo_net(1).state_dict())
+    losses = torch.cat(epochs)
     assert pack.diverged_at[0] is None and pack.diverged_at[2] is None
     assert 1 <= pack.diverged_at[1] <= 10, "found by the first check, after step.check_every=10 steps"
     assert pack.stopped_at[1] == 10
@@ -34,7 +38,7 @@ def test_a_diverging_job_is_frozen_and_the_rest_of_its_pack_trains_as_without_it
     for later in frozen_job[1:]:  # frozen during the first epoch: never changed again
         for name, value in later.items():
             torch.testing.assert_close(value, frozen_job[0][name], rtol=0, atol=0, equal_nan=True)
-    alone = Pack([cfgs[0], cfgs[2]]).fit()
+    alone = torch.cat([epoch.losses for epoch in pack_epochs(Pack([cfgs[0], cfgs[2]]))])
     for i, job in enumerate((0, 2)):  # a pack of three rounds otherwise than one of two
         assert_losses_close(losses[:, job], alone[:, i], what=f"job {job}")
     assert alone[-1].max() < alone[0].min(), "the other jobs should learn, or equal curves prove little"

@@ -43,6 +43,14 @@ def configs(data_dir: Path, shared: list[str], jobs: list[list[str]], *more: str
 
 
 # Each case is one pack: the settings its jobs share, then each job's own.
+def trained(pack) -> torch.Tensor:
+    """Every step's losses ``[steps, M]`` (on the CPU), the pack trained to its end by the sweeps'
+    epoch loop."""
+    from mnist_lab.packed.training import pack_epochs
+
+    return torch.cat([epoch.losses for epoch in pack_epochs(pack)])
+
+
 GRAPH_CASES = {
     # per-job dropout streams (PackedNet.generators), registered with the graph
     "adam_bn_dropout": (
@@ -94,7 +102,7 @@ def test_a_pack_on_the_gpu_replays_its_captured_step_and_makes_the_eager_steps_l
     replay = graph.step._replay
     graph.step._replay = lambda x, y: replays.append(1) or replay(x, y)
 
-    graph_losses, eager_losses = graph.fit(), eager.fit()
+    graph_losses, eager_losses = trained(graph), trained(eager)
 
     assert said == [], f"the captured step fell back to the eager one: {said}"
     assert graph.step.off_reason is None and graph.step.graph is not None, graph.step.off_reason
@@ -134,7 +142,7 @@ def test_a_pack_whose_capture_fails_goes_on_eagerly_drawing_from_its_dropout_str
     eager = Pack(configs(mnist_dir, shared, jobs, "trainer.max_epochs=1", "step.cuda_graph=off"), DEVICE)
     said: list[str] = []
     graph.step.fallback = said.append
-    graph_losses, eager_losses = graph.fit(), eager.fit()
+    graph_losses, eager_losses = trained(graph), trained(eager)
     assert len(said) == 1 and said[0].startswith("capturing the training step failed ("), said
     assert graph.step.graph is None
     torch.testing.assert_close(
@@ -187,19 +195,19 @@ def test_each_packed_job_on_the_gpu_makes_its_solo_gpu_runs_losses_and_accuracy(
 ):
     from mnist_lab.data.datamodule import device_tensors
     from mnist_lab.packed.pack import Pack
+    from mnist_lab.packed.training import pack_epochs
     from mnist_lab.run import experiment
 
     shared, jobs = SOLO_CASES[case]
     cfgs = configs(mnist_dir, shared, jobs)
     pack = Pack(cfgs, DEVICE)
     test = device_tensors(str(mnist_dir), pack.device)
-    val_acc, test_acc = [], []  # per epoch, [M] each
-    packed = pack.fit(
-        lambda epoch: (
-            val_acc.append(pack.evaluate(pack.val_x, pack.val_y)[1].tolist()),
-            test_acc.append(pack.evaluate(test["test_x"], test["test_y"])[1].tolist()),
-        )
-    )
+    val_acc, test_acc, epoch_losses = [], [], []  # per epoch, [M] each / [steps, M]
+    for epoch in pack_epochs(pack):  # the sweeps' epoch loop
+        epoch_losses.append(epoch.losses)
+        val_acc.append(epoch.val_acc)
+        test_acc.append(pack.evaluate(test["test_x"], test["test_y"])[1].tolist())
+    packed = torch.cat(epoch_losses)
     for i, cfg in enumerate(cfgs):
         solo = experiment.run(cfg, tmp_path / str(i), [])
         assert solo["status"] == "ok", f"job {i}'s solo GPU run: {solo.get('error')}"

@@ -44,11 +44,11 @@ CASES = {
 
 
 def one_epoch(pack) -> torch.Tensor:
-    """One epoch as ``Pack.fit`` runs it, the schedules' epoch step included."""
-    losses, _ = pack.train_epoch()
-    val_acc = pack.evaluate(pack.val_x, pack.val_y)[1].tolist() if pack.schedules.plateau else None
-    pack.end_epoch(val_acc)
-    return losses
+    """One epoch of the sweeps' epoch loop (validation and the schedules' epoch step included):
+    its steps' losses ``[steps, M]``."""
+    from mnist_lab.packed.training import pack_epochs
+
+    return next(pack_epochs(pack)).losses
 
 
 def last_ckpt(pack, i: int) -> dict:

@@ -14,7 +14,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_cpu_run_takes_the_eager_step_and_cuda_graph_on_is_refused(tmp_path, synthetic_data_dir):
-    from mnist_lab.run.cuda_graph import graph_unsupported_reason
+    from mnist_lab.run.step_factory import graph_unsupported_reason
 
     assert graph_unsupported_reason(torch.optim.Adam, None, torch.device("cpu")) == "the model is not on a CUDA device"
     result = run_cli(
@@ -76,11 +76,11 @@ def emulated_cuda_graph(monkeypatch):
     what CI cannot run: static input buffers, the restore of weights and optimizer state after
     the warm-up, the eagerly run ragged last batch, the tensor lr of a scheduled run, and the
     gradients Lightning frees before validation."""
-    from mnist_lab.run import cuda_graph, step_factory
+    from mnist_lab.run import step_factory
     from tests import cpu_cuda_graph
 
     cpu_cuda_graph.install(monkeypatch)
-    real_reason = cuda_graph.graph_unsupported_reason
+    real_reason = step_factory.graph_unsupported_reason
 
     def reason_ignoring_device(*args, **kwargs):
         reason = real_reason(*args, **kwargs)
@@ -167,7 +167,7 @@ def test_a_graph_that_fails_its_self_check_gives_way_to_the_eager_step(
 def test_a_scheduler_that_cycles_momentum_keeps_the_eager_step():
     import functools
 
-    from mnist_lab.run.cuda_graph import graph_unsupported_reason
+    from mnist_lab.run.step_factory import graph_unsupported_reason
 
     def reason(**scheduler_args):
         scheduler = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, **scheduler_args)

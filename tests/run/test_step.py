@@ -1,6 +1,6 @@
 """The training step and the epoch's bookkeeping as units, built without Lightning:
 ``step(x, y) -> (loss, correct)`` (eager, and the CUDA graph on the CPU stand-in of
-tests/cpu_cuda_graph.py), the graph's self-check, and ``EpochLog``."""
+tests/cpu_cuda_graph.py), the graph's self-check, ``EpochLog`` and the divergence check."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from mnist_lab.models import MLP
 from mnist_lab.run.cuda_graph import GraphStep, graph_optimizer_kwargs
-from mnist_lab.run.epoch_log import EpochLog
+from mnist_lab.run.epoch_log import EpochLog, first_bad_steps
 from mnist_lab.run.step import EagerStep
 from tests import cpu_cuda_graph
 
@@ -128,9 +128,14 @@ def test_the_epoch_log_checks_every_check_every_steps_and_numbers_steps_run_wide
     assert first >= 0 and log.stop_clock() == first
 
 
-def test_the_epoch_log_keeps_a_row_per_step_for_a_vector_loss():
-    log = EpochLog(4, CPU, check_every=2, divergence_threshold=1e4)
-    assert log.record(torch.tensor([1.0, 2.0]), torch.tensor(0), 1) is None
-    assert log.record(torch.tensor([1.0, 1e5]), torch.tensor(0), 1) == 2
-    assert log.check() is None
-    assert log.losses.shape == (2, 2) and log.loss_at(2) == 1e5
+def test_the_divergence_check_finds_each_columns_first_bad_step_among_the_watched_ones():
+    """The one check, for a solo run's column and a pack's jobs: NaN, inf or above the column's
+    threshold; a column left out (a pack's frozen job) is never reported."""
+    nan, inf = float("nan"), float("inf")
+    losses = torch.tensor([[1.0, 2.0, nan, 1.0], [60.0, 2.0, 1.0, inf], [1.0, nan, nan, 1.0]])
+    threshold = torch.tensor([50.0, 1e4, 1e4, 1e4])
+    assert first_bad_steps(losses, threshold) == [1, 2, 0, 1]
+    assert first_bad_steps(losses, 100.0) == [None, 2, 0, 1]
+    assert first_bad_steps(losses, threshold, watched=torch.tensor([True, False, True, False])) == [1, None, 0, None]
+    assert first_bad_steps(losses[:, :2], 1e4, watched=torch.tensor([True, False])) == [None, None]
+    assert first_bad_steps(losses[:0], 1e4) == [None] * 4
