@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.cli.hydra_errors import group_not_set
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays
 from mnist_lab.data.datamodule import TRAIN_SIZE, validation_count
 from mnist_lab.models import ACTIVATIONS
 from mnist_lab.tracking.trackers import missing_package
@@ -171,7 +171,7 @@ def check_data(data: dict) -> None:
 
 def check_data_dir(data_dir: str) -> None:
     """The data dir must be writable, unless the parsed cache is there already (it is only read)."""
-    if mnist_files.cache_path(data_dir).is_file():
+    if mnist_arrays.cache_path(data_dir).is_file():
         return
     path = Path(data_dir).absolute()
     existing = path
