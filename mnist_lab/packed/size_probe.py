@@ -30,8 +30,8 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from mnist_lab.cli.config_checks import out_of_memory
 from mnist_lab.cli.console import first_line
+from mnist_lab.cli.out_of_memory import out_of_memory
 from mnist_lab.data.datamodule import DeviceBatches, split_tensors
 from mnist_lab.packed.pack import Pack
 from mnist_lab.run.step_factory import make_step
