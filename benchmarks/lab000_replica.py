@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays
 from mnist_lab.data.datamodule import MEAN, STD
 from mnist_lab.models import CNN, MLP
 
@@ -46,7 +46,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse(argv)
-    arrays = mnist_files.load_arrays(args.data)
+    arrays = mnist_arrays.load_arrays(args.data)
     mean, std = torch.tensor([MEAN]), torch.tensor([STD])
 
     def dataset(split: str) -> TensorDataset:  # torchvision's ToTensor, then Normalize

@@ -21,7 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import numpy as np
 import pytest
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays, mnist_files
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT / "data"
@@ -62,7 +62,7 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("synthetic_mnist")
     arrays = synthetic_arrays()
     write_idx_files(mnist_files.raw_dir(data_dir), arrays)
-    mnist_files.save_cache(data_dir, arrays)
+    mnist_arrays.save_cache(data_dir, arrays)
     return data_dir
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays
 from mnist_lab.predict import ImageError, image_paths, load_images, mnist_like
 from mnist_lab.records.checkpoint_loading import CheckpointError, load_checkpoint
 from tests.conftest import QUICK, REAL_DATA, read_metrics, run_cli
@@ -37,7 +37,7 @@ def trained_run(request, tmp_path_factory, synthetic_data_dir):
 def real_test_set():
     if not (REAL_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST is not in {REAL_DATA}; run `make data` first")
-    arrays = mnist_files.load_arrays(REAL_DATA)
+    arrays = mnist_arrays.load_arrays(REAL_DATA)
     return arrays["test_images"].numpy(), arrays["test_labels"].numpy()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays
 from tests.conftest import QUICK, ROOT, read_metrics, run_cli
 from tests.packed.test_packed_launcher import assert_same_record
 from tests.test_evaluate_predict import predictions
@@ -87,7 +87,7 @@ def test_a_model_in_your_own_module(tmp_path, synthetic_data_dir):
     assert BUILDABLE in evaluate[1] and BUILDABLE in predict[1]
     _, output = run(root, synthetic_data_dir, on_the_run(evaluate))
     assert f"test/acc {metrics['test_acc']:.4f}" in output
-    arrays = mnist_files.load_arrays(synthetic_data_dir)
+    arrays = mnist_arrays.load_arrays(synthetic_data_dir)
     (root / "digits").mkdir()
     for i in range(3):
         Image.fromarray(np.asarray(arrays["test_images"][i])).save(root / "digits" / f"digit_{i}.png")

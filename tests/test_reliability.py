@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays, mnist_files
 from tests.conftest import QUICK, compose_train, read_metrics, run_cli, synthetic_arrays, write_idx_files
 
 FORKING_RUNNER = r"""
@@ -375,17 +375,17 @@ def run_forked(cases: list[dict], cwd: Path) -> list[dict]:
 def bad_caches(root: Path) -> None:
     """Parsed caches as another program, an older mnist_lab or a damaged disk leaves them."""
     arrays = synthetic_arrays()
-    mnist_files.save_cache(root / "cut_short", arrays)
-    cache = torch.load(mnist_files.cache_path(root / "cut_short"), weights_only=True)
+    mnist_arrays.save_cache(root / "cut_short", arrays)
+    cache = torch.load(mnist_arrays.cache_path(root / "cut_short"), weights_only=True)
     cache.update(train_images=cache["train_images"][:100], train_labels=cache["train_labels"][:100])
-    torch.save(cache, mnist_files.cache_path(root / "cut_short"))
+    torch.save(cache, mnist_arrays.cache_path(root / "cut_short"))
     cache.pop("meta", None)
-    mnist_files.cache_path(root / "no_digest").parent.mkdir(parents=True)
-    torch.save(cache, mnist_files.cache_path(root / "no_digest"))
-    mnist_files.cache_path(root / "other_keys").parent.mkdir(parents=True)
-    torch.save({"images": cache["train_images"]}, mnist_files.cache_path(root / "other_keys"))
+    mnist_arrays.cache_path(root / "no_digest").parent.mkdir(parents=True)
+    torch.save(cache, mnist_arrays.cache_path(root / "no_digest"))
+    mnist_arrays.cache_path(root / "other_keys").parent.mkdir(parents=True)
+    torch.save({"images": cache["train_images"]}, mnist_arrays.cache_path(root / "other_keys"))
     arrays["train_labels"][5] = 12
-    mnist_files.save_cache(root / "label_12", arrays)
+    mnist_arrays.save_cache(root / "label_12", arrays)
 
 
 def forged_checkpoints(mlp_ckpt: Path, tmp: Path) -> None:

@@ -1,5 +1,5 @@
 """The sweep report's figures, ``curves.png`` and ``time.png``: their frame (shared by the
-per-job report, ``report.py``, and the seed-replicated one, ``replicates.py``), and the per-job
+per-job report, ``report.py``, and the seed-replicated one, ``replicates_report.py``), and the per-job
 version of each."""
 
 from __future__ import annotations

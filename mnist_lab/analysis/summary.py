@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_lab.analysis import replicates
+from mnist_lab.analysis import replicates, replicates_report
 from mnist_lab.analysis.figures import plot_job_curves, plot_job_times, thin
 from mnist_lab.analysis.unfinished import unfinished_line
 from mnist_lab.records.atomic_files import replaced_atomically
@@ -234,7 +234,7 @@ def write_report(sweep_dir: str | os.PathLike, show: bool = True, resolve: float
     rows = rows_of(sweep_dir)
     jobs = frame_of(rows)
     if replicates.is_replicated(jobs):
-        replicates.write_report(jobs, sweep_dir, lambda d: thin(*step_losses(d)), show, resolve)
+        replicates_report.write_report(jobs, sweep_dir, lambda d: thin(*step_losses(d)), show, resolve)
         return _say_unfinished(rows, sweep_dir, show)
     if resolve is not None:
         raise ValueError(

@@ -1,6 +1,7 @@
-"""The data: MNIST's files (``mnist_files``: found, fetched, verified) and the Lightning data
-module that holds them on the training device (``datamodule``). ``python -m mnist_lab.data``
-fetches the files.
+"""The data: MNIST's files (``mnist_files``: found, fetched, verified), parsed into cached
+tensors (``mnist_arrays``), and the Lightning data module that holds them on the training device
+and splits them (``datamodule``; its ``split_tensors`` is the split every run and pack trains
+on). ``python -m mnist_lab.data`` fetches the files.
 
 ``mnist_lab.data.MNISTDataModule`` is the name ``conf/data/mnist.yaml`` and every run config
 written so far use; it is looked up here on first use, so that reading the files alone

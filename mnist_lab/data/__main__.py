@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays, mnist_files
 
 
 def main(argv: list[str]) -> int:
@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"MNIST ready in {mnist_files.raw_dir(data_dir)} (from {source}, checksums verified)")
-    mnist_files.load_arrays(data_dir)
+    mnist_arrays.load_arrays(data_dir)
     return 0
 
 

@@ -8,14 +8,14 @@ processes: the same code runs on CPU and GPU.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import lightning as L
 import torch
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays
 
 MEAN, STD = 0.1307, 0.3081
 TRAIN_SIZE = 60_000
@@ -71,7 +71,7 @@ def device_tensors(data_dir: str, device: torch.device, normalize: bool = True) 
     """
     key = (str(Path(data_dir).resolve()), str(device), normalize)
     if key not in _DEVICE_CACHE:
-        arrays = mnist_files.load_arrays(data_dir)
+        arrays = mnist_arrays.load_arrays(data_dir)
         tensors = {}
         for split in ("train", "test"):
             images = arrays[f"{split}_images"].to(device, non_blocking=True)
@@ -111,23 +111,29 @@ def split_indices(val_size: int | float, split_seed: int, total: int = TRAIN_SIZ
 _SPLIT_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}
 
 
-def split_tensors(
-    data_dir: str, device: torch.device, normalize: bool, val_size: int | float, split_seed: int
-) -> dict[str, torch.Tensor]:
+def split_tensors(data: Mapping, device: torch.device) -> dict[str, torch.Tensor]:
     """``train_x``, ``train_y``, ``val_x``, ``val_y`` (the training set split by ``val_size`` and
-    ``split_seed``), ``test_x`` and ``test_y``, on ``device``; cached for the last split asked."""
-    data = device_tensors(data_dir, device, normalize)
+    ``split_seed``), ``test_x`` and ``test_y``, on ``device``; cached for the last split asked.
+
+    ``data`` is a run's data settings: ``cfg.data``, or the data module's own; this reads its
+    ``data_dir``, ``val_size``, ``split_seed`` and ``normalize`` (True where it is absent). A
+    solo run, a pack, the pack-size probe and a packed job's test all get their tensors here.
+    """
+    data_dir, normalize = data["data_dir"], data.get("normalize", True)
+    val_size, split_seed = data["val_size"], data["split_seed"]
+    tensors = device_tensors(data_dir, device, normalize)
     key = (str(Path(data_dir).resolve()), str(device), normalize, val_size, split_seed)
     if key not in _SPLIT_CACHE:
-        train_rows, val_rows = (rows.to(device) for rows in split_indices(val_size, split_seed, len(data["train_x"])))
+        rows = split_indices(val_size, split_seed, len(tensors["train_x"]))
+        train_rows, val_rows = (r.to(device) for r in rows)
         _SPLIT_CACHE.clear()
         _SPLIT_CACHE[key] = {
-            "train_x": data["train_x"][train_rows],
-            "train_y": data["train_y"][train_rows],
-            "val_x": data["train_x"][val_rows],
-            "val_y": data["train_y"][val_rows],
-            "test_x": data["test_x"],
-            "test_y": data["test_y"],
+            "train_x": tensors["train_x"][train_rows],
+            "train_y": tensors["train_y"][train_rows],
+            "val_x": tensors["train_x"][val_rows],
+            "val_y": tensors["train_y"][val_rows],
+            "test_x": tensors["test_x"],
+            "test_y": tensors["test_y"],
         }
     return dict(_SPLIT_CACHE[key])
 
@@ -228,12 +234,14 @@ class MNISTDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         # Acquire, verify and cache once, on one process. Once the cache exists, setup() reads it
         # (once per process: the jobs of an in-process sweep share _DEVICE_CACHE).
-        if not mnist_files.cache_path(self.data_dir).exists():
-            mnist_files.load_arrays(self.data_dir)
+        if not mnist_arrays.cache_path(self.data_dir).exists():
+            mnist_arrays.load_arrays(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        self.tensors = split_tensors(self.data_dir, device, self.normalize, self.val_size, self.split_seed)
+        settings = {"data_dir": self.data_dir, "normalize": self.normalize}
+        settings |= {"val_size": self.val_size, "split_seed": self.split_seed}
+        self.tensors = split_tensors(settings, device)
 
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

@@ -10,8 +10,8 @@ How a sweep runs, top to bottom:
 - ``groups``: which jobs can pack (``why_solo``) and which share a pack (``pack_key``);
   ``size_probe``: how many jobs a pack holds (``pack_size=auto``: up to 5 on the CPU, a timing
   probe on a GPU).
-- ``check``: whether a job's network has a packed form (what it is, not what it is called), and
-  the proof every pack gives before it trains: one step against each job's own model.
+- ``packable``: whether a job's network has a packed form (what it is, not what it is called);
+  ``check``: the proof every pack gives before it trains, one step against each job's own model.
 - ``training``: one pack's epoch loop (``pack_epochs``, which the tests drive too) and its jobs'
   records (``train_pack``); ``job``: one packed job recorded through the solo run's code
   (run dir, ``metrics.json``, trackers, test); ``images``: its TensorBoard images.
@@ -19,8 +19,9 @@ How a sweep runs, top to bottom:
 
 The model, piece by piece:
 
-- ``nets``: ``PackedNet``, M solo nets as one module (batched matmuls, grouped convolutions,
-  per-job dropout streams); ``copy_into``/``load_from`` move a job's weights out and in.
+- ``layers``: each layer of ``models.py`` in packed form (batched matmuls, grouped convolutions,
+  batch norm, per-job dropout); ``nets``: ``PackedNet``, M solo nets as one module built from
+  them, with per-job dropout streams; ``copy_into``/``load_from`` move a job's weights out and in.
 - ``step``: the packed training step (its one body), its per-job loss and batches; ``graph``:
   one call of that step captured as a CUDA graph on a GPU.
 - ``optimizer``: ``PackedOptimizer``, each hyperparameter one value per job; ``updates``: its

@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from mnist_lab.packed.nets import PackedDropout, PackedNet
+from mnist_lab.packed.layers import PackedDropout
+from mnist_lab.packed.nets import PackedNet
 from mnist_lab.packed.optimizer import PackedOptimizer
 from mnist_lab.packed.step import PackedLoss, PackedStep
 from mnist_lab.run.cuda_graph import GraphStep

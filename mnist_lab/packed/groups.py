@@ -9,7 +9,7 @@ float32, no checkpoint to resume but its own ``last.ckpt`` (``ckpt_path=last``,
 (checkpoints as ``conf/callbacks/default.yaml`` writes them, no added callback), no
 ``step.cuda_graph=on`` that its solo run refuses (off a GPU, or a set-up a graph cannot follow),
 and a net, loss and optimizer the packed classes implement (the net judged by what it is,
-``packed.check.packed_form_reason``; each pack proves it before training, ``packed.check.check_pack``).
+``packed.packable.packed_form_reason``; each pack proves it before training, ``packed.check.check_pack``).
 Dropout packs: each job draws its solo run's masks from its own stream (``PackedNet.seed_dropout``;
 on a GPU, its own masks).
 Anything else runs as it does without packing, through the job's normal path.
@@ -28,9 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab import CONF_DIR
 from mnist_lab.cli.config_checks import check_config, check_required
 from mnist_lab.cli.console import first_line
-from mnist_lab.packed.check import model_reason
 from mnist_lab.packed.optimizer import HYPERPARAMETERS, IMPLEMENTATION, optimizer_class, settings_of, unpackable_reason
 from mnist_lab.packed.pack import MUST_MATCH
+from mnist_lab.packed.packable import model_reason
 from mnist_lab.packed.step import loss_setting
 from mnist_lab.run.step_factory import graph_unsupported_reason
 

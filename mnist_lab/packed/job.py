@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.config_checks import ConfigError
-from mnist_lab.data.datamodule import DeviceBatches, device_tensors
+from mnist_lab.data.datamodule import DeviceBatches, split_tensors
 from mnist_lab.packed.checkpoint import SoloTrainerState, save_checkpoint, solo_checkpoint
 from mnist_lab.packed.images import PackedImages
 from mnist_lab.records.run_dir import claim_run_dir, write_hydra_files
@@ -263,7 +263,7 @@ class PackedJob:
 
     def _test(self) -> tuple[dict, torch.Tensor]:
         data, device = self.cfg.data, self.module.device
-        tensors = device_tensors(data.data_dir, device, data.get("normalize", True))
+        tensors = split_tensors(data, device)
         batches = DeviceBatches(tensors["test_x"], tensors["test_y"], data.eval_batch_size)
         results = evaluate(self.module.net, self.module.loss, batches, device)
         return {"test/loss": results["test_loss"], "test/acc": results["test_acc"]}, results["confusion"]

@@ -99,7 +99,7 @@ class Pack:
         self.step = make_packed_step(self.net, self.loss, self.optimizer, self.device, cuda_graph, say)
 
         data, first = cfgs[0].data, cfgs[0]
-        tensors = split_tensors(data.data_dir, self.device, data.get("normalize", True), data.val_size, data.split_seed)
+        tensors = split_tensors(data, self.device)
         train_x, train_y = tensors["train_x"], tensors["train_y"]
         self.val_x, self.val_y = tensors["val_x"], tensors["val_y"]
         self.batches = PackedBatches(

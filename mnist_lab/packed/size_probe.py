@@ -30,8 +30,8 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from mnist_lab.cli.config_checks import out_of_memory
 from mnist_lab.cli.console import first_line
+from mnist_lab.cli.out_of_memory import out_of_memory
 from mnist_lab.data.datamodule import DeviceBatches, split_tensors
 from mnist_lab.packed.pack import Pack
 from mnist_lab.run.step_factory import make_step
@@ -82,8 +82,7 @@ def solo_steps(cfg, device: torch.device) -> Iterator:
     make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     make_optimizer = instantiate(cfg.optimizer)
     step, _ = make_step(net, loss, make_optimizer, device, probe_graph(cfg), make_scheduler, say=quiet)
-    data = cfg.data
-    tensors = split_tensors(data.data_dir, device, data.get("normalize", True), data.val_size, data.split_seed)
+    tensors = split_tensors(cfg.data, device)
     x, y = tensors["train_x"], tensors["train_y"]
     batches = DeviceBatches(x, y, cfg.data.batch_size, shuffle=True, seed=cfg.data.shuffle_seed)
     net.train()

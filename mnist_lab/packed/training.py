@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from mnist_lab.cli import sweep_clock
-from mnist_lab.cli.config_checks import as_config_error
 from mnist_lab.cli.console import first_line
+from mnist_lab.cli.out_of_memory import as_config_error
 from mnist_lab.packed.job import PackedJob
 from mnist_lab.packed.pack import Pack
 

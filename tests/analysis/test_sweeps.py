@@ -20,14 +20,14 @@ from tests.conftest import QUICK, read_metrics, run_cli
 
 pytestmark = pytest.mark.slow  # real sweeps, several jobs each
 
-# `python -m mnist_lab.train ...`, with MNIST's parsing (mnist_files.load_arrays) and the
+# `python -m mnist_lab.train ...`, with MNIST's parsing (mnist_arrays.load_arrays) and the
 # tensors the data module gets (data.device_tensors) counted, printed when the process exits.
 COUNTING_TRAIN = """
 import atexit, runpy, sys
-from mnist_lab.data import datamodule as data, mnist_files
+from mnist_lab.data import datamodule as data, mnist_arrays
 
 parsed, storages = [], set()
-load_arrays, device_tensors = mnist_files.load_arrays, data.device_tensors
+load_arrays, device_tensors = mnist_arrays.load_arrays, data.device_tensors
 
 def counted_load_arrays(*args, **kwargs):
     parsed.append(args)
@@ -38,7 +38,7 @@ def counted_device_tensors(*args, **kwargs):
     storages.add(tensors["train_x"].untyped_storage().data_ptr())
     return tensors
 
-mnist_files.load_arrays, data.device_tensors = counted_load_arrays, counted_device_tensors
+mnist_arrays.load_arrays, data.device_tensors = counted_load_arrays, counted_device_tensors
 atexit.register(lambda: print(f"parsed {len(parsed)} times; {len(storages)} device copies"))
 sys.argv[0] = "mnist_lab.train"
 runpy.run_module("mnist_lab.train", run_name="__main__", alter_sys=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from mnist_lab.data.datamodule import DeviceBatches, MNISTDataModule, split_indices
+from mnist_lab.data.datamodule import DeviceBatches, MNISTDataModule, split_indices, split_tensors
 
 
 def test_split_sizes_are_exact_and_disjoint():
@@ -86,3 +87,22 @@ def test_groups_of_small_batches_hold_the_same_batches_in_the_same_order(drop_la
     assert len(grouped) == -(-len(single) // 4)
     split = [part for _, labels in grouped for part in labels.split(2)]
     assert [p.tolist() for p in split] == [labels.tolist() for _, labels in single]
+
+
+def test_a_run_config_and_the_data_module_get_the_same_split(synthetic_data_dir):
+    """``split_tensors`` takes a run's ``cfg.data`` (a pack, the size probe, a packed job's test)
+    or the data module's own settings: the same settings give the same rows, and ``normalize``
+    is on where the config leaves it out."""
+    data = OmegaConf.create({"data_dir": str(synthetic_data_dir), "val_size": 0.25, "split_seed": 3})
+    from_config = split_tensors(data, torch.device("cpu"))
+    dm = MNISTDataModule(str(synthetic_data_dir), val_size=0.25, split_seed=3)
+    dm.setup()
+    train_rows, val_rows = split_indices(0.25, 3, 3000)
+    for split, rows in (("train", train_rows), ("val", val_rows)):
+        assert torch.equal(from_config[f"{split}_x"], dm.tensors[f"{split}_x"])
+        assert torch.equal(from_config[f"{split}_y"], dm.tensors[f"{split}_y"])
+        assert len(from_config[f"{split}_y"]) == len(rows)
+    normalized = split_tensors(OmegaConf.merge(data, {"normalize": True}), torch.device("cpu"))
+    assert torch.equal(from_config["train_x"], normalized["train_x"])
+    scaled = split_tensors(OmegaConf.merge(data, {"normalize": False}), torch.device("cpu"))
+    assert not torch.equal(from_config["train_x"], scaled["train_x"])

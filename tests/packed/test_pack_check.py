@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from mnist_lab import models
-from mnist_lab.packed.check import check_pack, packed_form_reason
+from mnist_lab.packed.check import check_pack
 from mnist_lab.packed.groups import split_into_packs, why_solo
 from mnist_lab.packed.pack import Pack
+from mnist_lab.packed.packable import packed_form_reason
 from mnist_lab.packed.training import pack_epochs
 from tests.conftest import QUICK, ROOT, compose_train, read_metrics, run_cli
 from tests.packed.test_packed_launcher import assert_same_record

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays, mnist_files
 from tests.conftest import REAL_DATA, compose_train, read_metrics, run_cli
 from tests.packed.test_pack_matches_solo import solo_step_losses
 
@@ -33,7 +33,7 @@ BASE = [ACCELERATOR, *DATA, "trainer.max_epochs=2"]
 def mnist_dir() -> Path:
     data_dir = Path(os.environ.get("MNIST_LAB_DATA_DIR", REAL_DATA))
     raw = mnist_files.raw_dir(data_dir)
-    if not mnist_files.cache_path(data_dir).is_file() and not all((raw / f).is_file() for f in mnist_files.FILES):
+    if not mnist_arrays.cache_path(data_dir).is_file() and not all((raw / f).is_file() for f in mnist_files.FILES):
         pytest.fail(f"real MNIST is not in {data_dir}: set MNIST_LAB_DATA_DIR to a folder holding MNIST/raw")
     return data_dir
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mnist_lab.models import CNN, MLP
-from mnist_lab.packed.nets import PackedDropout, PackedNet
+from mnist_lab.packed.layers import PackedDropout
+from mnist_lab.packed.nets import PackedNet
 
 SOLO_NETS = {
     "linear": lambda seed, dropout: MLP(hidden=[]),

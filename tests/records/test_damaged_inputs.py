@@ -12,7 +12,7 @@ import zlib
 import pytest
 import torch
 
-from mnist_lab.data import mnist_files
+from mnist_lab.data import mnist_arrays, mnist_files
 from tests.conftest import checksums_of, compose_train, run_cli, synthetic_arrays, write_idx_files
 
 MLP = {"_target_": "mnist_lab.models.MLP", "hidden": [8]}
@@ -96,22 +96,22 @@ def test_a_cache_that_fails_its_digest_is_rebuilt_from_checksummed_idx_files(tmp
     write_idx_files(mnist_files.raw_dir(tmp_path), arrays)
     for name, sums in checksums_of(mnist_files.raw_dir(tmp_path)).items():  # these files are canonical here
         monkeypatch.setitem(mnist_files.CHECKSUMS, name, sums)
-    mnist_files.save_cache(tmp_path, arrays)
-    cache = torch.load(mnist_files.cache_path(tmp_path), weights_only=True)
+    mnist_arrays.save_cache(tmp_path, arrays)
+    cache = torch.load(mnist_arrays.cache_path(tmp_path), weights_only=True)
     cache["train_labels"][:10] = (cache["train_labels"][:10] + 1) % 10  # changed after the digest was taken
-    torch.save(cache, mnist_files.cache_path(tmp_path))
+    torch.save(cache, mnist_arrays.cache_path(tmp_path))
 
-    loaded = mnist_files.load_arrays(tmp_path)
+    loaded = mnist_arrays.load_arrays(tmp_path)
     assert torch.equal(loaded["train_labels"], torch.from_numpy(arrays["train_labels"]).to(torch.uint8))
-    assert mnist_files.cache_problem(torch.load(mnist_files.cache_path(tmp_path), weights_only=True)) is None
+    assert mnist_arrays.cache_problem(torch.load(mnist_arrays.cache_path(tmp_path), weights_only=True)) is None
 
 
 def test_a_cache_saved_and_loaded_keeps_its_arrays(tmp_path):
     arrays = synthetic_arrays(n_train=200, n_test=50)
-    mnist_files.save_cache(tmp_path, arrays)
-    loaded = mnist_files.load_arrays(tmp_path)
-    assert set(loaded) == set(mnist_files.ARRAYS)
-    for key in mnist_files.ARRAYS:
+    mnist_arrays.save_cache(tmp_path, arrays)
+    loaded = mnist_arrays.load_arrays(tmp_path)
+    assert set(loaded) == set(mnist_arrays.ARRAYS)
+    for key in mnist_arrays.ARRAYS:
         assert torch.equal(loaded[key], torch.from_numpy(arrays[key]))
 
 
