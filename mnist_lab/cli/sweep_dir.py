@@ -12,10 +12,10 @@ command's jobs, before anything is written, and compares them with what the dir 
   of the resume. The resume's jobs are numbered so that it is job n again: the same command with
   its overrides in another order (which Hydra numbers in another order) resumes the same jobs.
 
-A job is the set of its overrides without ``ckpt_path`` and ``print_config`` (a resume adds the
-first; neither changes what a job trains). A fresh sweep (no ``ckpt_path=last``) into a dir that
-holds an earlier sweep's job folders is refused too (a dir that holds ``multirun.yaml`` is
-refused earlier, by ``analysis.sweep.SweepReport.on_multirun_start``).
+A job is the set of its overrides but those that leave it what it is (``NOT_THE_JOB``: a resume
+adds ``ckpt_path=last``, and may read MNIST from another ``data.data_dir``). A fresh sweep (no
+``ckpt_path=last``) into a dir that holds job folders with a record is refused too (a dir that
+holds ``multirun.yaml`` is refused earlier, by ``analysis.sweep.SweepReport.on_multirun_start``).
 """
 
 from __future__ import annotations
@@ -30,17 +30,24 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from mnist_lab.cli.config_checks import ConfigError
+from mnist_lab.cli.console import first_line
 from mnist_lab.cli.hydra_errors import override_for_shell
 from mnist_lab.cli.sweep_start import MULTIRUN_FILE
-from mnist_lab.records.metrics_file import METRICS_FILE
+from mnist_lab.records.metrics_file import METRICS_FILE, record_or_empty
 
-NOT_THE_JOB = ("ckpt_path", "print_config")  # overrides that leave a job what it is
+# Overrides that leave a job what it is: the resume itself, where the MNIST files are read from
+# (their checksums are checked), the trackers it also logs to, what it prints.
+NOT_THE_JOB = ("ckpt_path", "data.data_dir", "logger", "print_config")
 JOB_FOLDER = re.compile(r"(\d+)(?:_|$)")  # analysis.sweep.job_dirname: 3_optimizer.lr=0.1, or 3
 
 
 def job_of(overrides) -> list[str]:
     """A job's overrides without those that leave it what it is."""
-    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_THE_JOB]
+    return [o for o in overrides if not leaves_the_job(o.split("=", 1)[0].lstrip("+~"))]
+
+
+def leaves_the_job(key: str) -> bool:
+    return any(key == other or key.startswith(f"{other}.") for other in NOT_THE_JOB)
 
 
 def expand(arguments: list[str], config_loader) -> list[list[str]]:
@@ -56,18 +63,26 @@ def jobs_for(sweep_dir: Path, jobs: list[list[str]], resume: bool, config_loader
         return jobs
     started = started_jobs(sweep_dir)
     if not resume:
-        earlier = [name for _, name, _ in started if (sweep_dir / name / METRICS_FILE).exists()]
+        earlier = [(name, job) for _, name, job in started if (sweep_dir / name / METRICS_FILE).exists()]
         if earlier:
+            ours = all(job is not None and any(set(job) == set(job_of(j)) for j in jobs) for _, job in earlier)
             raise ConfigError(
-                f"{sweep_dir} holds job folders of an earlier sweep ({earlier[0]} holds a run) but no "
-                "multirun.yaml; give this sweep its own hydra.sweep.dir, or add ckpt_path=last to resume those jobs."
+                f"{sweep_dir} holds job folders of an earlier sweep ({earlier[0][0]} holds a run) but no "
+                "multirun.yaml; give this sweep its own hydra.sweep.dir"
+                + (", or add ckpt_path=last to resume those jobs." if ours else ".")
             )
         return jobs
-    stored = OmegaConf.load(sweep_dir / MULTIRUN_FILE) if (sweep_dir / MULTIRUN_FILE).is_file() else None
-    if stored is not None:
-        params = stored.hydra.sweeper.get("params") or {}
-        arguments = [f"{key}={value}" for key, value in params.items()] + list(stored.hydra.overrides.task)
-        grid = [job_of(job) for job in expand(arguments, config_loader)]
+    if (sweep_dir / MULTIRUN_FILE).is_file():
+        try:
+            stored = OmegaConf.load(sweep_dir / MULTIRUN_FILE)
+            params = stored.hydra.sweeper.get("params") or {}
+            arguments = [f"{key}={value}" for key, value in params.items()] + list(stored.hydra.overrides.task)
+            grid = [job_of(job) for job in expand(arguments, config_loader)]
+        except Exception as error:  # noqa: BLE001 - e.g. an Optuna study's multirun.yaml: no grid to compare
+            raise ConfigError(
+                f"{sweep_dir} holds a sweep whose grid cannot be read from its multirun.yaml "
+                f"({first_line(error)}); give this sweep its own hydra.sweep.dir."
+            ) from None
         mine = [job_of(job) for job in jobs]
         if Counter(map(frozenset, grid)) != Counter(map(frozenset, mine)):
             raise ConfigError(
@@ -77,28 +92,35 @@ def jobs_for(sweep_dir: Path, jobs: list[list[str]], resume: bool, config_loader
     return numbered(jobs, started, sweep_dir)
 
 
-def started_jobs(sweep_dir: Path) -> list[tuple[int, str, list[str]]]:
-    """(number, folder name, overrides) of each job folder that holds its ``.hydra/overrides.yaml``."""
+def started_jobs(sweep_dir: Path) -> list[tuple[int, str, list[str] | None]]:
+    """(number, folder name, overrides) of each job folder that holds a record or its
+    ``.hydra/overrides.yaml`` (the overrides from there, else from the record; None if neither says)."""
     found = []
-    for folder in sorted(sweep_dir.iterdir(), key=lambda p: p.name):
+    for folder in sweep_dir.iterdir():
         number = JOB_FOLDER.match(folder.name)
-        overrides = folder / ".hydra" / "overrides.yaml"
+        overrides, record = folder / ".hydra" / "overrides.yaml", folder / METRICS_FILE
         if number and overrides.is_file():
             found.append((int(number.group(1)), folder.name, job_of(OmegaConf.load(overrides))))
-    return sorted(found, key=lambda job: job[0])
+        elif number and record.is_file():
+            listed = record_or_empty(record).get("overrides")
+            found.append((int(number.group(1)), folder.name, job_of(listed) if isinstance(listed, list) else None))
+    return sorted(found, key=lambda job: (job[0], job[1]))
 
 
-def numbered(jobs: list[list[str]], started: list[tuple[int, str, list[str]]], sweep_dir: Path) -> list[list[str]]:
+def numbered(
+    jobs: list[list[str]], started: list[tuple[int, str, list[str] | None]], sweep_dir: Path
+) -> list[list[str]]:
     """``jobs`` with the job of each folder ``<n>_…`` at place n, the others in their order."""
     unplaced = list(range(len(jobs)))
     places: list[int | None] = [None] * len(jobs)
     for number, name, overrides in started:
-        match = next((k for k in unplaced if set(job_of(jobs[k])) == set(overrides)), None)
+        match = next((k for k in unplaced if overrides is not None and set(job_of(jobs[k])) == set(overrides)), None)
         if match is None or number >= len(jobs) or places[number] is not None:
             raise ConfigError(
-                f"{sweep_dir} holds the job folder {name}, which is not one of this command's jobs "
-                f"({' '.join(overrides) or 'no overrides'}); give this sweep its own hydra.sweep.dir, or resume "
-                "that sweep with its own command (its jobs' overrides are in their folders' .hydra/overrides.yaml)."
+                f"{sweep_dir} holds the job folder {name} ({' '.join(overrides or []) or 'its overrides unknown'}), "
+                f"which is not a job of this command or a second folder of job {number}; give this sweep its own "
+                "hydra.sweep.dir, or resume that sweep with its own command (its jobs' overrides are in their "
+                "folders' .hydra/overrides.yaml)."
             )
         places[number] = match
         unplaced.remove(match)

@@ -131,3 +131,29 @@ def test_a_second_sweep_into_a_running_sweeps_dir_is_refused_and_a_killed_ones_l
         sweep_a.wait()
     sweep_c = run_cli(*command, "ckpt_path=last", cwd=tmp_path, data_dir=synthetic_data_dir)
     assert "sweep: 2 jobs, 2 ok" in sweep_c.stdout
+
+
+def test_each_job_folder_keeps_its_number_and_a_folder_of_no_job_is_refused(tmp_path):
+    """What `cli.sweep_dir` reads from the job folders alone (no multirun.yaml): a resume's jobs
+    are numbered as their folders; a second folder of job 1 (left by a changed-grid resume at
+    065fe68) or a folder of a job the command does not make is refused."""
+    from mnist_lab.cli.config_checks import ConfigError
+    from mnist_lab.cli.sweep_dir import jobs_for
+
+    def job_folder(name, *overrides):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
+
+    job_folder("0_lr=1,seed=1", "lr=1", "seed=1")
+    job_folder("2_lr=2,seed=1", "lr=2", "seed=1")
+    hydra_order = [["seed=1", "lr=1"], ["seed=1", "lr=2"], ["seed=2", "lr=1"], ["seed=2", "lr=2"]]
+    with_resume = [[*job, "ckpt_path=last"] for job in hydra_order]
+    assert jobs_for(tmp_path, with_resume, True, None) == [
+        with_resume[0],
+        with_resume[2],
+        with_resume[1],
+        with_resume[3],
+    ]
+    job_folder("2_lr=3,seed=1", "lr=3", "seed=1")
+    with pytest.raises(ConfigError, match=r"holds the job folder 2_lr=3,seed=1 \(lr=3 seed=1\), which is not a job"):
+        jobs_for(tmp_path, with_resume, True, None)
