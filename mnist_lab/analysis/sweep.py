@@ -65,6 +65,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from mnist_lab.analysis import summary as report  # here: keeps its imports out of every run's start-up
+        from mnist_lab.cli import sweep_lock  # held since the sweeper checked the dir (cli.sweep_lock)
         from mnist_lab.tracking.trackers import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -83,6 +84,7 @@ class SweepReport(Callback):
             f"{counts['failed']} failed{', ' + others if others else ''} in {sweep_clock.breakdown()}; "
             f"report in {sweep_dir}/summary.md"
         )
+        sweep_lock.release()
 
 
 def write_report_or_say_why(report, sweep_dir: Path) -> list[dict]:

@@ -5,7 +5,8 @@ and launches them, and a sweep dir that holds one refuses a new sweep (``sweep.S
 So a sweep refused at start (``-m loss=hinge,ce``) or stopped while it was planned would make its
 corrected command be refused too. ``SweepReport.on_multirun_start`` notes a fresh sweep's dir
 here; ``forget_unstarted`` (called where such a command ends: ``hydra_errors``, the packed
-launcher's planning) removes the file again while the dir holds nothing else.
+launcher's planning) removes the file again while the dir holds nothing else (but the lock
+file, ``cli.sweep_lock``, which goes with it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MULTIRUN_FILE = "multirun.yaml"
+LOCK_FILE = ".sweep.lock"  # cli.sweep_lock: held by the sweep running in the dir
 _fresh_sweep_dir: Path | None = None  # the dir of the sweep this command started, if it held no sweep
 
 
@@ -28,5 +30,7 @@ def forget_unstarted(beside_other_files: bool = False) -> None:
     sweep_dir = _fresh_sweep_dir
     if sweep_dir is None or not sweep_dir.is_dir():
         return
+    if {p.name for p in sweep_dir.iterdir()} <= {MULTIRUN_FILE, LOCK_FILE}:
+        (sweep_dir / LOCK_FILE).unlink(missing_ok=True)  # this process's: it ends here
     if beside_other_files or {p.name for p in sweep_dir.iterdir()} <= {MULTIRUN_FILE}:
         (sweep_dir / MULTIRUN_FILE).unlink(missing_ok=True)

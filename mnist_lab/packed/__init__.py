@@ -6,7 +6,8 @@ How a sweep runs, top to bottom:
 - ``launch``: ``PackedLaunch``, what ``hydra/launcher=packed`` runs (the Launcher class itself
   is in ``hydra_plugins/mnist_lab_packed_launcher/``): each job's config composed, the jobs
   split into units, each unit run; ``units``: a unit (a pack, or one job alone) and how a
-  worker process (submitit, Ray, ``gpu_workers``) runs one.
+  worker process (submitit, Ray, ``gpu_workers``) runs one; ``pack_run``: one pack built,
+  proved, resumed, trained and its jobs' ends said (or its jobs alone, and why).
 - ``groups``: which jobs can pack (``why_solo``) and which share a pack (``pack_key``);
   ``size_probe``: how many jobs a pack holds (``pack_size=auto``: up to 5 on the CPU, a timing
   probe on a GPU).

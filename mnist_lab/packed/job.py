@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.cli import sweep_clock
-from mnist_lab.cli.config_checks import ConfigError
+from mnist_lab.cli.config_error import ConfigError
 from mnist_lab.data.datamodule import DeviceBatches, split_tensors
 from mnist_lab.packed.checkpoint import SoloTrainerState, save_checkpoint, solo_checkpoint
 from mnist_lab.packed.images import PackedImages

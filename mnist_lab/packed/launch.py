@@ -4,7 +4,7 @@ Like Hydra's BasicLauncher (``hydra/_internal/core_plugins/basic_launcher.py``),
 every job's config with ``config_loader.load_sweep_config``, gives each its number, and sets each
 job up with Hydra's own ``run_job`` (its folder, ``HydraConfig``, job logging and callbacks).
 Then, unlike it, it splits the jobs into packs (``packed.groups``: what must match, and what a
-pack cannot do) and trains each pack as one model on one device (``packed.training``); each
+pack cannot do) and trains each pack as one model on one device (``packed.pack_run``); each
 packed job is recorded as its solo run (``packed.job``). A job that cannot pack, a pack's
 remainder of one, and the jobs of a pack that ``Pack`` refuses run through ``run_job`` with the
 task function, exactly as with the basic launcher. A pack, or a job alone, is a unit
@@ -26,7 +26,6 @@ the others by the epoch they resume at: each job's last.ckpt is loaded into its 
 from __future__ import annotations
 
 import copy
-import gc
 import logging
 import math
 import signal
@@ -38,41 +37,25 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from mnist_lab.cli import sweep_clock
-from mnist_lab.cli.config_checks import ConfigError
+from mnist_lab.cli.config_error import ConfigError
 from mnist_lab.cli.console import first_line, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_INTERRUPTED, Terminated, raise_terminated
 from mnist_lab.cli.hydra_errors import override_for_shell
 from mnist_lab.cli.sweep_start import forget_unstarted
-from mnist_lab.packed.check import check_pack
 from mnist_lab.packed.gpu_workers import run_on_gpus, visible_gpus
 from mnist_lab.packed.groups import DEVICES, split_into_packs, why_solo
-from mnist_lab.packed.job import PackedJob
-from mnist_lab.packed.pack import Pack
-from mnist_lab.packed.resume import FINISHED, last_checkpoint, start_of
+from mnist_lab.packed.pack_run import job_dir, pack_device, run_pack
+from mnist_lab.packed.resume import FINISHED, start_of
 from mnist_lab.packed.size_probe import pack_size
-from mnist_lab.packed.training import train_pack
 from mnist_lab.packed.units import Unit, describe
 from mnist_lab.records.metrics_file import METRICS_FILE, record_or_empty
 
 log = logging.getLogger(__name__)
-
-
-def job_dir(config: DictConfig) -> Path:
-    """A job's folder (``hydra.sweep.dir``/``hydra.sweep.subdir``), from its composed config."""
-    return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-
-
-def pack_device(cfg: DictConfig) -> torch.device:
-    """The device ``trainer.accelerator`` names (auto: the GPU when there is one)."""
-    name = DEVICES[str(cfg.trainer.accelerator)]
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 class PackedLaunch:
@@ -153,15 +136,7 @@ class PackedLaunch:
         with sweep_clock.timed("configs"):
             configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
             tasks = [self._task_config(config) for config in configs]
-        resume = any(task.get("ckpt_path") == "last" for task in tasks)
-        if not resume:  # a fresh sweep (its dir held no multirun.yaml) into job folders of an earlier one
-            earlier = [job_dir(config) for config in configs if (job_dir(config) / METRICS_FILE).exists()]
-            if earlier:
-                raise ConfigError(
-                    f"{self.config.hydra.sweep.dir} holds job folders of an earlier sweep ({earlier[0].name} "
-                    "holds a run) but no multirun.yaml; give this sweep its own hydra.sweep.dir, or add "
-                    "ckpt_path=last to resume those jobs."
-                )
+        resume = any(task.get("ckpt_path") == "last" for task in tasks)  # the sweeper checked the dir (cli.sweep_dir)
         return self._split(Unit(list(range(len(configs))), configs, tasks, resume), self._pack_size)
 
     def _split(self, unit: Unit, pack_size) -> list[Unit]:
@@ -208,7 +183,7 @@ class PackedLaunch:
         reason = why_solo(unit.tasks[0])
         if reason is not None:
             return self._each_alone(unit, alone, reason)
-        return self._run_pack(unit)
+        return run_pack(self, unit)
 
     def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
         """The job's whole config, as BasicLauncher composes it."""
@@ -279,81 +254,3 @@ class PackedLaunch:
         print(f"{summary_line(record)} (finished: left as it was)", flush=True)
         best = record.get("best_val_acc")
         return best if isinstance(best, float) else math.nan
-
-    def _run_pack(self, unit: Unit) -> dict[int, JobReturn]:
-        checkpoints = [None] * len(unit.jobs)
-        pack, differs = None, None
-        try:
-            pack = Pack(unit.tasks, pack_device(unit.tasks[0]))
-            differs = check_pack(pack)  # on copies: each job's step in the pack must be its solo step
-            if unit.resume and not differs:  # each job's last.ckpt (None: it starts afresh) into its slice
-                configs = zip(unit.configs, unit.tasks, strict=True)
-                checkpoints = [last_checkpoint(task, job_dir(config)) for config, task in configs]
-                pack.resume(checkpoints)
-        except Exception as error:  # noqa: BLE001 - what Pack refuses trains as it would unpacked
-            differs = f"the pack could not be built ({first_line(error)})"
-        if differs:
-            pack = None  # it refers to itself (its batch order reads its epoch): the collector frees it
-            gc.collect()
-            return self._each_alone(unit, self._resume if unit.resume else None, differs)
-        jobs: dict[int, PackedJob] = {}
-        resumed = f", resuming after {pack.epoch} of {pack.epochs} epochs" if pack.epoch else ""
-
-        def claim(k: int):
-            def task(cfg: DictConfig) -> float | None:
-                hydra_cfg = HydraConfig.get()
-                job = PackedJob(
-                    cfg,
-                    Path(hydra_cfg.runtime.output_dir),
-                    list(hydra_cfg.overrides.task),
-                    Path(hydra_cfg.sweep.dir),
-                    k,
-                    checkpoints[k],
-                )
-                print(f"{settings_line(cfg)} (packed: {len(unit.jobs)} jobs{resumed})", flush=True)
-                try:
-                    job.claim()
-                except Exception as error:  # noqa: BLE001 - as train.main: one bad job must not end the sweep
-                    print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
-                    return math.nan
-                jobs[k] = job
-                return None
-
-            return task
-
-        configs = zip(unit.jobs, unit.configs, strict=True)
-        returns = {i: self._run_alone(config, claim(k)) for k, (i, config) in enumerate(configs)}
-        results = self._train(pack, jobs)
-        for k, i in enumerate(unit.jobs):
-            if k in results:
-                best = results[k].get("best_val_acc")
-                failed = results[k].get("status") == "failed"  # as train.main: a failed job scores NaN
-                returns[i].return_value = best if best is not None and not failed else math.nan
-                returns[i].status = JobStatus.COMPLETED
-        return returns
-
-    def _train(self, pack: Pack, jobs: dict[int, PackedJob]) -> dict[int, dict]:
-        """Each job's final record; an error fails the pack's jobs, not the sweep (as train.main)."""
-        try:
-            results = train_pack(pack, jobs)
-        except KeyboardInterrupt:
-            for job in jobs.values():  # as train.main prints each interrupted job
-                print(summary_line(job.record.data))
-            print(
-                f"interrupted: {len(jobs)} packed jobs recorded as interrupted; resume with: the same command, "
-                f"{override_for_shell('hydra.sweep.dir', str(self.config.hydra.sweep.dir))} ckpt_path=last",
-                file=sys.stderr,
-            )
-            stopped_by = next((job.record.data.get("stopped_by") for job in jobs.values()), "SIGINT")
-            sys.exit(EXIT_INTERRUPTED.get(stopped_by, 130))
-        except Exception as error:  # noqa: BLE001 - recorded in every job's metrics.json
-            for job in jobs.values():
-                if job.record.data.get("status") == "failed":  # not a job that had diverged before
-                    print(f"[failed] {first_line(error)}  run {job.run_dir}", file=sys.stderr)
-            return {k: job.record.data for k, job in jobs.items()}
-        for job in jobs.values():
-            if job.record.data.get("status") == "failed":  # its own trouble (packed.training.on_its_own)
-                print(f"[failed] {job.record.data.get('error')}  run {job.run_dir}", file=sys.stderr)
-            else:
-                print(summary_line(job.record.data))
-        return results

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab.cli.config_checks import ConfigError
+from mnist_lab.cli.config_error import ConfigError
 
 
 def check_checkpoint(cfg: DictConfig, path: Path | None) -> None:

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab.cli.config_checks import ConfigError
+from mnist_lab.cli.config_error import ConfigError
 from mnist_lab.records.atomic_files import write_atomic
 from mnist_lab.records.metrics_file import record_or_empty
 from mnist_lab.records.run_record import RunRecord

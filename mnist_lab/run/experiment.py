@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.analysis.sweep import job_dirname  # noqa: F401  (registers ${job_dirname:...} for conf)
 from mnist_lab.cli import sweep_clock
-from mnist_lab.cli.config_checks import ConfigError, check_config, check_required
+from mnist_lab.cli.config_checks import check_config, check_required
+from mnist_lab.cli.config_error import ConfigError
 from mnist_lab.cli.out_of_memory import as_config_error
 from mnist_lab.records.checkpoint_checks import check_checkpoint
 from mnist_lab.records.run_dir import claim_run_dir, resume_path, write_hydra_files

@@ -85,7 +85,7 @@ def test_a_pack_trains_on_the_pixels_its_jobs_ask_for(synthetic_data_dir):
 def test_a_weights_only_packed_checkpoint_of_an_earlier_version_is_refused_in_one_sentence(tmp_path):
     from omegaconf import OmegaConf
 
-    from mnist_lab.cli.config_checks import ConfigError
+    from mnist_lab.cli.config_error import ConfigError
     from mnist_lab.records.checkpoint_checks import check_checkpoint
 
     cfg = compose_train(*QUICK, "ckpt_path=last")

@@ -146,7 +146,7 @@ def test_a_pack_out_of_memory_is_one_sentence_in_each_jobs_record(tmp_path, synt
 
 
 def test_a_pack_out_of_cpu_memory_names_the_cpu_and_the_pack(tmp_path, synthetic_data_dir):
-    from mnist_lab.cli.config_checks import ConfigError
+    from mnist_lab.cli.config_error import ConfigError
     from mnist_lab.packed.job import PackedJob
     from mnist_lab.packed.pack import Pack
     from mnist_lab.packed.training import train_pack

@@ -304,8 +304,9 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
             # each probability as printed (to 0.1 %): one rounding step apart at most
             assert dict(resumed[image]) == pytest.approx(dict(ranked), abs=0.0015), (checkpoint, image)
 
-    # pack_size=1 (no packing): the pack's two jobs resume alone, from the same packed last.ckpt
-    args_alone = ["-m", *QUICK, "optimizer.lr=0.00001,0.00002", "model.dropout=0.2", "hydra/launcher=packed"]
+    # pack_size=1 (no packing): the pack's two jobs resume alone, from the same packed last.ckpt (the
+    # same grid: a resume runs the sweep its dir holds, cli.sweep_dir; job 2 starts afresh)
+    args_alone = ["-m", *QUICK, *GRID, "hydra/launcher=packed"]
     args_alone += ["hydra.launcher.pack_size=1", f"hydra.sweep.dir={alone}", "ckpt_path=last"]
     run_cli("mnist_lab.train", *args_alone, cwd=tmp_path, data_dir=synthetic_data_dir)
     for job in JOBS[:2]:  # its first epoch in the pack, its second alone: the record and last.ckpt say so

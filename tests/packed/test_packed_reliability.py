@@ -133,20 +133,17 @@ def test_the_printed_sweep_resume_line_gives_hydra_the_sweep_dir_back(tmp_path, 
     import shlex
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
-    from mnist_lab.packed import launch as packed_launcher
+    from mnist_lab.packed import pack_run
 
     sweep_dir = tmp_path / "a b=c ü"
 
     def stopped(pack, jobs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(packed_launcher, "train_pack", stopped)
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
-    launch = packed_launcher.PackedLaunch(2, None, None, config)
+    monkeypatch.setattr(pack_run, "train_pack", stopped)
     with pytest.raises(SystemExit) as stop:
-        launch._train(None, {})
+        pack_run.trained(None, {}, sweep_dir)
     assert stop.value.code == 130
     line = capsys.readouterr().err.strip().splitlines()[-1]
     words = shlex.split(line.partition("resume with: the same command, ")[2])
@@ -269,3 +266,25 @@ def test_a_fresh_packed_sweep_into_an_earlier_sweeps_job_folders_is_refused(tmp_
         "but no multirun.yaml; give this sweep its own hydra.sweep.dir, or add ckpt_path=last to resume those jobs."
     )
     assert {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()} == before
+
+
+def test_a_pack_that_cannot_resume_its_jobs_says_so(tmp_path, synthetic_data_dir, monkeypatch):
+    """Each job then resumes alone, told why; at 065fe68 a failure in ``Pack.resume`` was told as
+    "the pack could not be built"."""
+    from omegaconf import OmegaConf
+
+    from mnist_lab.packed.launch import PackedLaunch
+    from mnist_lab.packed.pack import Pack
+    from mnist_lab.packed.units import Unit
+
+    def resume(self, checkpoints):
+        raise RuntimeError("size mismatch for 0.weight")
+
+    told = {}
+    monkeypatch.setattr(Pack, "resume", resume)
+    monkeypatch.setattr(PackedLaunch, "_each_alone", lambda self, unit, task, reason: told.update(reason=reason))
+    settings = [*BASE, f"data.data_dir={synthetic_data_dir}", "ckpt_path=last"]
+    tasks = [compose_train(*settings, f"seed={seed}") for seed in (1, 2)]
+    configs = [OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path), "subdir": str(k)}}}) for k in (0, 1)]
+    PackedLaunch(2, None, None, None)._run(Unit([0, 1], configs, tasks, resume=True))
+    assert told["reason"] == "the pack could not resume its jobs' last.ckpt (RuntimeError: size mismatch for 0.weight)"
