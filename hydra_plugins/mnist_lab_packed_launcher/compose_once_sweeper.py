@@ -31,7 +31,7 @@ class ComposeOnceSweeper(BasicSweeper):
         command and before it writes ``multirun.yaml``: the one place in between, which is why this
         overrides a static method of Hydra's rather than copying its ``sweep``."""
         from mnist_lab.cli import sweep_dir, sweep_lock
-        from mnist_lab.cli.config_checks import ConfigError
+        from mnist_lab.cli.config_error import ConfigError
 
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
         directory = Path(str(self.config.hydra.sweep.dir))

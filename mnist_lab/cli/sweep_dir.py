@@ -155,7 +155,8 @@ def command_of(stored, sweep_dir: Path) -> str:
     hydra_overrides = [
         o for o in stored.hydra.overrides.hydra if o.split("=", 1)[0] not in ("hydra.mode", "hydra.sweep.dir")
     ]
-    words = [shlex.quote(o) for o in [*job_of(stored.hydra.overrides.task), *hydra_overrides]]
+    task = [o for o in stored.hydra.overrides.task if o.split("=", 1)[0] != "ckpt_path"]  # the user's, as typed
+    words = [shlex.quote(o) for o in [*task, *hydra_overrides]]
     sweep_dir_word = override_for_shell("hydra.sweep.dir", str(sweep_dir))
     module = f"mnist_lab.{stored.hydra.job.name}"
     return " ".join(["python -m", module, "-m", *words, sweep_dir_word, "ckpt_path=last"])

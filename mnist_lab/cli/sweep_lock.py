@@ -3,7 +3,7 @@ unfinished jobs into the same folders.
 
 ``hold`` takes ``<sweep dir>/.sweep.lock`` (``filelock``: an OS lock, which the kernel releases
 when its process ends, so a sweep killed with -9 leaves nothing that blocks the next) and writes
-into it who holds it, so that a second sweep into the dir is refused with a sentence that names
+beside it (``.sweep.holder``) who holds it, so that a second sweep into the dir is refused with a sentence that names
 the running one. ``hydra/sweeper=compose_once`` takes it before it writes ``multirun.yaml``; the
 lock is held until the sweep's report is written (``release``) or the process ends.
 """
@@ -20,15 +20,14 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from mnist_lab.cli.config_error import ConfigError
-from mnist_lab.cli.sweep_start import LOCK_FILE
+from mnist_lab.cli.sweep_start import HOLDER_FILE, LOCK_FILE
 
 _held: FileLock | None = None  # kept referenced: a collected FileLock would let go of the lock
 
 
 def this_command() -> str:
-    """The command line of this process, as typed (``python -m mnist_lab.train -m …``)."""
-    module = Path(sys.argv[0]).with_suffix("").parts[-2:]  # …/mnist_lab/train.py -> mnist_lab.train
-    return shlex.join(["python", "-m", ".".join(module), *sys.argv[1:]])
+    """The command line of this process, as it was started (``python -m mnist_lab.train -m …``)."""
+    return shlex.join(["python", *sys.orig_argv[1:]])
 
 
 def hold(sweep_dir: Path) -> None:
@@ -41,15 +40,19 @@ def hold(sweep_dir: Path) -> None:
     try:
         lock.acquire()
     except Timeout:
-        holder = path.read_text(errors="replace").strip() or "a process that has not written its name yet"
+        holder_file = path.with_name(HOLDER_FILE)
+        holder = holder_file.read_text(errors="replace").strip() if holder_file.exists() else ""
+        holder = holder or "a process that has not written its name yet"
         raise ConfigError(
             f"another sweep is running in {sweep_dir} ({holder}); wait for it to end (or stop it), "
             "then run this command again."
         ) from None
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    # The holder's name, written through a second descriptor: flock is advisory, and the file is
-    # ours while we hold it. A reader in between sees an empty file (the fallback words above).
-    path.write_text(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {this_command()}\n")
+    # The holder's name goes in a file of its own, never into the lock file, which filelock owns
+    # (its soft-lock fallback, where a filesystem has no flock, keeps its own marker there).
+    path.with_name(HOLDER_FILE).write_text(
+        f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {this_command()}\n"
+    )
     _held = lock
 
 

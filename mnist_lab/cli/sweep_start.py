@@ -15,6 +15,7 @@ from pathlib import Path
 
 MULTIRUN_FILE = "multirun.yaml"
 LOCK_FILE = ".sweep.lock"  # cli.sweep_lock: held by the sweep running in the dir
+HOLDER_FILE = ".sweep.holder"  # cli.sweep_lock: who holds it, for the sentence that refuses a second sweep
 _fresh_sweep_dir: Path | None = None  # the dir of the sweep this command started, if it held no sweep
 
 
@@ -30,7 +31,8 @@ def forget_unstarted(beside_other_files: bool = False) -> None:
     sweep_dir = _fresh_sweep_dir
     if sweep_dir is None or not sweep_dir.is_dir():
         return
-    if {p.name for p in sweep_dir.iterdir()} <= {MULTIRUN_FILE, LOCK_FILE}:
+    if {p.name for p in sweep_dir.iterdir()} <= {MULTIRUN_FILE, LOCK_FILE, HOLDER_FILE}:
+        (sweep_dir / HOLDER_FILE).unlink(missing_ok=True)
         (sweep_dir / LOCK_FILE).unlink(missing_ok=True)  # this process's: it ends here
     if beside_other_files or {p.name for p in sweep_dir.iterdir()} <= {MULTIRUN_FILE}:
         (sweep_dir / MULTIRUN_FILE).unlink(missing_ok=True)

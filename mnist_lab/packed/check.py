@@ -1,7 +1,7 @@
 """Whether a pack computes each job's own network, proved before the pack trains (which networks
 can pack at all is decided before, in packable.py).
 
-``check_pack(pack)`` is the proof, before a pack trains (``packed.launch``): on the pack's
+``check_pack(pack)`` is the proof, before a pack trains (``packed.pack_run.built_pack``): on the pack's
 first batch, a copy of the pack makes one step (forward, per-job losses, backward, optimizer
 step) and each job's own network, built as its solo run builds it (its seed, its class and
 ``forward``, its torch optimizer and scheduler), makes the same step on its own batch. They

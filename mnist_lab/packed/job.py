@@ -213,6 +213,8 @@ class PackedJob:
         if improved:
             self.best_val_acc = val_acc
             self.best_weights = copy.deepcopy(self.module.net.state_dict())
+        if not improved and not node.get("save_last"):  # nothing to write this epoch
+            return
         best = (best_path, self.best_val_acc) if self.best_val_acc is not None else None
         if self.scratch is None:  # a net to cut the optimizer's state into, kept for every checkpoint
             self.scratch = pack.solo_net(self.index)
