@@ -492,7 +492,7 @@ def test_forked_cases_match_a_plain_subprocess(tmp_path, synthetic_data_dir, cas
 @pytest.mark.slow
 def test_two_sweeps_into_one_sweep_dir(tmp_path, synthetic_data_dir):
     """A second sweep into a used hydra.sweep.dir (no multirun.yaml, a job folder with a record)
-    is refused before it writes anything (cli.sweep_dir), and leaves the first sweep's records
+    is refused before it writes anything (records.sweep_dir), and leaves the first sweep's records
     as they were."""
     sweep = tmp_path / "sweep"
     first = sweep / "0_optimizer.lr=0.1"

@@ -1,9 +1,10 @@
 """``hydra/sweeper=compose_once`` (conf/hydra/sweeper/compose_once.yaml, the default of every
 --multirun): Hydra's BasicSweeper, handing itself and its launcher a config loader that composes
 each choice of config groups once (``mnist_lab.cli.sweep_configs.ComposedOnce``); the configs its
-check composes are the ones its launcher runs. Before it writes ``multirun.yaml`` it checks the
-sweep dir (``mnist_lab.cli.sweep_dir``: a resume runs the sweep the dir holds, its jobs numbered
-as their folders) and holds the dir's lock (``mnist_lab.cli.sweep_lock``: one sweep at a time).
+check composes are the ones its launcher runs. Before it writes ``multirun.yaml`` it holds the sweep
+dir's lock (``mnist_lab.cli.sweep_lock``: one sweep at a time) and checks the dir
+(``mnist_lab.records.sweep_dir``: a resume runs the sweep the dir holds, its jobs numbered as their
+folders).
 Hydra imports every module of hydra_plugins when any Hydra app starts, so this one imports
 mnist_lab only when a sweep is set up."""
 
@@ -30,16 +31,18 @@ class ComposeOnceSweeper(BasicSweeper):
         folders, with the dir's lock held. BasicSweeper.sweep calls this once it has parsed the
         command and before it writes ``multirun.yaml``: the one place in between, which is why this
         overrides a static method of Hydra's rather than copying its ``sweep``."""
-        from mnist_lab.cli import sweep_dir, sweep_lock
+        from mnist_lab.cli import sweep_lock
         from mnist_lab.cli.config_error import ConfigError
+        from mnist_lab.records import sweep_dir
 
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
         directory = Path(str(self.config.hydra.sweep.dir))
         resume = self.config.get("ckpt_path") == "last"
         try:
-            jobs = [job for batch in batches for job in batch]
-            jobs = sweep_dir.jobs_for(directory, jobs, resume, self.hydra_context.config_loader)
-            sweep_lock.hold(directory)
+            listed = [job for batch in batches for job in batch]
+            loader = self.hydra_context.config_loader
+            # the dir checked with its lock held: no other sweep changes it in between
+            jobs = sweep_lock.hold(directory, lambda: sweep_dir.jobs_for(directory, listed, resume, loader))
         except ConfigError as error:  # nothing written: one sentence, as the launcher says a refused job
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)

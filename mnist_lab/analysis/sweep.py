@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab.cli import sweep_clock, sweep_start
+from mnist_lab.cli import sweep_clock, sweep_lock, sweep_start
 
 MAX_NAME = 200  # folder names stay well under the usual 255-byte limit
 
@@ -56,6 +56,14 @@ class SweepReport(Callback):
         if not (sweep_dir / "multirun.yaml").exists():
             sweep_start.note_fresh(sweep_dir)  # a sweep that ends before any job leaves no multirun.yaml
         if (sweep_dir / "multirun.yaml").exists() and config.get("ckpt_path") != "last":
+            holder = sweep_lock.running_sweep(sweep_dir)
+            if holder is not None:  # a resume would be refused too: say what is going on
+                print(
+                    f"error: another sweep is running in {sweep_dir} ({holder}); give this sweep its own "
+                    "hydra.sweep.dir, or wait for that one to end.",
+                    file=sys.stderr,
+                )
+                sys.exit(1)
             print(
                 f"error: {sweep_dir} already holds a sweep (its multirun.yaml); add ckpt_path=last "
                 "to resume it, or give this sweep its own hydra.sweep.dir.",
@@ -65,7 +73,6 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from mnist_lab.analysis import summary as report  # here: keeps its imports out of every run's start-up
-        from mnist_lab.cli import sweep_lock  # held since the sweeper checked the dir (cli.sweep_lock)
         from mnist_lab.tracking.trackers import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)

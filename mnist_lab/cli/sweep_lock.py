@@ -15,13 +15,16 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock, Timeout
 
 from mnist_lab.cli.config_error import ConfigError
 from mnist_lab.cli.sweep_start import HOLDER_FILE, LOCK_FILE
 
+T = TypeVar("T")
 _held: FileLock | None = None  # kept referenced: a collected FileLock would let go of the lock
 
 
@@ -30,23 +33,30 @@ def this_command() -> str:
     return shlex.join(["python", *sys.orig_argv[1:]])
 
 
-def hold(sweep_dir: Path) -> None:
-    """Hold the sweep dir's lock for this process; ``ConfigError`` (the holder named) if another
-    process holds it."""
+def hold(sweep_dir: Path, check: Callable[[], T]) -> T:
+    """Hold the sweep dir's lock for this process and return ``check()``, run while it is held (so
+    no other sweep changes the dir between the check and the sweep); ``ConfigError`` (the holder
+    named) if another process holds it. If ``check`` raises, the lock is let go and the dir left
+    as it was (the lock file removed if this call made it)."""
     global _held
     path = Path(sweep_dir) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    made = not path.exists()
     lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        holder_file = path.with_name(HOLDER_FILE)
-        holder = holder_file.read_text(errors="replace").strip() if holder_file.exists() else ""
-        holder = holder or "a process that has not written its name yet"
         raise ConfigError(
-            f"another sweep is running in {sweep_dir} ({holder}); wait for it to end (or stop it), "
+            f"another sweep is running in {sweep_dir} ({_holder(path)}); wait for it to end (or stop it), "
             "then run this command again."
         ) from None
+    try:
+        checked = check()
+    except BaseException:
+        lock.release()
+        if made:  # nobody waits on it (timeout 0): a refused sweep leaves the dir as it found it
+            path.unlink(missing_ok=True)
+        raise
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     # The holder's name goes in a file of its own, never into the lock file, which filelock owns
     # (its soft-lock fallback, where a filesystem has no flock, keeps its own marker there).
@@ -54,6 +64,28 @@ def hold(sweep_dir: Path) -> None:
         f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {this_command()}\n"
     )
     _held = lock
+    return checked
+
+
+def running_sweep(sweep_dir: Path) -> str | None:
+    """Who runs a sweep in ``sweep_dir`` now (another process holds its lock), else None; never
+    makes a lock file where there is none."""
+    path = Path(sweep_dir) / LOCK_FILE
+    if not path.exists() or (_held is not None and Path(_held.lock_file) == path):
+        return None
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return _holder(path)
+    lock.release()
+    return None
+
+
+def _holder(path: Path) -> str:
+    holder_file = path.with_name(HOLDER_FILE)
+    holder = holder_file.read_text(errors="replace").strip() if holder_file.exists() else ""
+    return holder or "a process that has not written its name yet"
 
 
 def release() -> None:

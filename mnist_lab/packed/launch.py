@@ -136,7 +136,9 @@ class PackedLaunch:
         with sweep_clock.timed("configs"):
             configs = [self._compose(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
             tasks = [self._task_config(config) for config in configs]
-        resume = any(task.get("ckpt_path") == "last" for task in tasks)  # the sweeper checked the dir (cli.sweep_dir)
+        resume = any(
+            task.get("ckpt_path") == "last" for task in tasks
+        )  # the sweeper checked the dir (records.sweep_dir)
         return self._split(Unit(list(range(len(configs))), configs, tasks, resume), self._pack_size)
 
     def _split(self, unit: Unit, pack_size) -> list[Unit]:

@@ -305,7 +305,7 @@ def test_a_packed_sweep_killed_after_epoch_1_resumes_to_the_uninterrupted_sweeps
             assert dict(resumed[image]) == pytest.approx(dict(ranked), abs=0.0015), (checkpoint, image)
 
     # pack_size=1 (no packing): the pack's two jobs resume alone, from the same packed last.ckpt (the
-    # same grid: a resume runs the sweep its dir holds, cli.sweep_dir; job 2 starts afresh)
+    # same grid: a resume runs the sweep its dir holds, records.sweep_dir; job 2 starts afresh)
     args_alone = ["-m", *QUICK, *GRID, "hydra/launcher=packed"]
     args_alone += ["hydra.launcher.pack_size=1", f"hydra.sweep.dir={alone}", "ckpt_path=last"]
     run_cli("mnist_lab.train", *args_alone, cwd=tmp_path, data_dir=synthetic_data_dir)

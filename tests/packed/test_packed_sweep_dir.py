@@ -126,6 +126,15 @@ def test_a_second_sweep_into_a_running_sweeps_dir_is_refused_and_a_killed_ones_l
         assert line.startswith(f"error: another sweep is running in {sweep_dir} (pid {sweep_a.pid} on "), line
         assert line.endswith("; wait for it to end (or stop it), then run this command again."), line
         assert files_of(sweep_dir) == before
+        fresh = run_cli(*command, cwd=tmp_path, data_dir=synthetic_data_dir, check=False)  # no ckpt_path
+        assert (
+            fresh.stderr.strip()
+            .splitlines()[-1]
+            .startswith(f"error: another sweep is running in {sweep_dir} (pid {sweep_a.pid} on ")
+        ), fresh.stderr[-2000:]
+        assert files_of(sweep_dir) == before
+        report = run_cli("mnist_lab.report", str(sweep_dir), cwd=tmp_path, check=False)  # its jobs still train
+        assert f"; the sweep is still running (pid {sweep_a.pid} on " in report.stderr, report.stderr[-2000:]
     finally:
         sweep_a.kill()
         sweep_a.wait()
@@ -134,11 +143,11 @@ def test_a_second_sweep_into_a_running_sweeps_dir_is_refused_and_a_killed_ones_l
 
 
 def test_each_job_folder_keeps_its_number_and_a_folder_of_no_job_is_refused(tmp_path):
-    """What `cli.sweep_dir` reads from the job folders alone (no multirun.yaml): a resume's jobs
+    """What `records.sweep_dir` reads from the job folders alone (no multirun.yaml): a resume's jobs
     are numbered as their folders; a second folder of job 1 (left by a changed-grid resume at
     065fe68) or a folder of a job the command does not make is refused."""
     from mnist_lab.cli.config_error import ConfigError
-    from mnist_lab.cli.sweep_dir import jobs_for
+    from mnist_lab.records.sweep_dir import jobs_for
 
     def job_folder(name, *overrides):
         (tmp_path / name / ".hydra").mkdir(parents=True)
@@ -156,4 +165,12 @@ def test_each_job_folder_keeps_its_number_and_a_folder_of_no_job_is_refused(tmp_
     ]
     job_folder("2_lr=3,seed=1", "lr=3", "seed=1")
     with pytest.raises(ConfigError, match=r"holds the job folder 2_lr=3,seed=1 \(lr=3 seed=1\), which is not a job"):
+        jobs_for(tmp_path, with_resume, True, None)
+    shutil.rmtree(tmp_path / "2_lr=3,seed=1")
+    job_folder("3_lr=1,seed=1", "lr=1", "seed=1")  # job 0 again
+    with pytest.raises(ConfigError, match=r"holds two folders of one job \(0_lr=1,seed=1 and 3_lr=1,seed=1\); remove"):
+        jobs_for(tmp_path, with_resume, True, None)
+    shutil.rmtree(tmp_path / "3_lr=1,seed=1")
+    job_folder("7_lr=2,seed=2", "lr=2", "seed=2")  # a job of the command, at a number past its four
+    with pytest.raises(ConfigError, match=r"holds the job folder 7_lr=2,seed=2, whose number does not fit"):
         jobs_for(tmp_path, with_resume, True, None)

@@ -87,7 +87,7 @@ def jobs_for(sweep_dir: Path, jobs: list[list[str]], resume: bool, config_loader
         if Counter(map(frozenset, grid)) != Counter(map(frozenset, mine)):
             raise ConfigError(
                 f"{sweep_dir} holds another sweep ({difference(grid, mine)}); give this sweep its own "
-                f"hydra.sweep.dir, or resume that one with its command: {command_of(stored, sweep_dir)}"
+                f"hydra.sweep.dir, or resume that one with its command: {resume_command(sweep_dir, stored)}"
             )
     return numbered(jobs, started, sweep_dir)
 
@@ -113,16 +113,29 @@ def numbered(
     """``jobs`` with the job of each folder ``<n>_…`` at place n, the others in their order."""
     unplaced = list(range(len(jobs)))
     places: list[int | None] = [None] * len(jobs)
+    folder_of: dict[int, str] = {}  # job -> the folder it was placed by
     for number, name, overrides in started:
-        match = next((k for k in unplaced if overrides is not None and set(job_of(jobs[k])) == set(overrides)), None)
-        if match is None or number >= len(jobs) or places[number] is not None:
+        same = [k for k in range(len(jobs)) if overrides is not None and set(job_of(jobs[k])) == set(overrides)]
+        match = next((k for k in same if k in unplaced), None)
+        if match is None and same:
+            raise ConfigError(
+                f"{sweep_dir} holds two folders of one job ({folder_of[same[0]]} and {name}); remove the one you "
+                "do not want to keep, then run this command again."
+            )
+        if match is None:
             raise ConfigError(
                 f"{sweep_dir} holds the job folder {name} ({' '.join(overrides or []) or 'its overrides unknown'}), "
-                f"which is not a job of this command or a second folder of job {number}; give this sweep its own "
-                "hydra.sweep.dir, or resume that sweep with its own command (its jobs' overrides are in their "
-                "folders' .hydra/overrides.yaml)."
+                "which is not a job of this command; give this sweep its own hydra.sweep.dir, or resume that sweep "
+                "with its own command (its jobs' overrides are in their folders' .hydra/overrides.yaml)."
+            )
+        if number >= len(jobs) or places[number] is not None:
+            taken = f"numbered as {folder_of[places[number]]}" if number < len(jobs) else f"of {len(jobs)} jobs"
+            raise ConfigError(
+                f"{sweep_dir} holds the job folder {name}, whose number does not fit this command's jobs ({taken}); "
+                "give this sweep its own hydra.sweep.dir, or move that folder out of it."
             )
         places[number] = match
+        folder_of[match] = name
         unplaced.remove(match)
     rest = iter(unplaced)
     return [jobs[k if k is not None else next(rest)] for k in places]
@@ -150,13 +163,16 @@ def values_by_key(jobs: list[list[str]]) -> dict[str, list[str]]:
     return values
 
 
-def command_of(stored, sweep_dir: Path) -> str:
-    """The command that resumes the sweep ``multirun.yaml`` (``stored``) records."""
-    hydra_overrides = [
-        o for o in stored.hydra.overrides.hydra if o.split("=", 1)[0] not in ("hydra.mode", "hydra.sweep.dir")
-    ]
-    task = [o for o in stored.hydra.overrides.task if o.split("=", 1)[0] != "ckpt_path"]  # the user's, as typed
-    words = [shlex.quote(o) for o in [*task, *hydra_overrides]]
-    sweep_dir_word = override_for_shell("hydra.sweep.dir", str(sweep_dir))
-    module = f"mnist_lab.{stored.hydra.job.name}"
-    return " ".join(["python -m", module, "-m", *words, sweep_dir_word, "ckpt_path=last"])
+def resume_command(sweep_dir: Path, stored=None) -> str:
+    """The command that resumes the sweep whose ``multirun.yaml`` is ``stored`` (read from
+    ``sweep_dir`` if not given): its overrides as typed, its dir and ``ckpt_path=last``, quoted for
+    the shell; "the same command, ..." when ``multirun.yaml`` cannot be read."""
+    tail = f"{override_for_shell('hydra.sweep.dir', str(sweep_dir))} ckpt_path=last"
+    try:
+        stored = stored if stored is not None else OmegaConf.load(Path(sweep_dir) / MULTIRUN_FILE)
+        overrides, module = stored.hydra.overrides, f"mnist_lab.{stored.hydra.job.name}"
+        task = [str(o) for o in overrides.task if not str(o).startswith("ckpt_path=")]
+        hydra = [str(o) for o in overrides.hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))]
+    except Exception:  # noqa: BLE001 - no multirun.yaml, or not Hydra's: the words still say what to do
+        return f"the same command, {tail}"
+    return f"{shlex.join(['python', '-m', module, '-m', *task, *hydra])} {tail}"
