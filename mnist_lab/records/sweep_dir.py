@@ -170,9 +170,9 @@ def resume_command(sweep_dir: Path, stored=None) -> str:
     tail = f"{override_for_shell('hydra.sweep.dir', str(sweep_dir))} ckpt_path=last"
     try:
         stored = stored if stored is not None else OmegaConf.load(Path(sweep_dir) / MULTIRUN_FILE)
-        overrides, module = stored.hydra.overrides, f"mnist_lab.{stored.hydra.job.name}"
+        overrides = stored.hydra.overrides
         task = [str(o) for o in overrides.task if not str(o).startswith("ckpt_path=")]
         hydra = [str(o) for o in overrides.hydra if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))]
     except Exception:  # noqa: BLE001 - no multirun.yaml, or not Hydra's: the words still say what to do
         return f"the same command, {tail}"
-    return f"{shlex.join(['python', '-m', module, '-m', *task, *hydra])} {tail}"
+    return f"{shlex.join(['python', '-m', 'mnist_lab.train', '-m', *task, *hydra])} {tail}"  # sweeps are train's
