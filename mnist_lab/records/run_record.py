@@ -15,7 +15,6 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
@@ -24,9 +23,6 @@ from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.console import first_line
 from mnist_lab.cli.exit_codes import Terminated
 from mnist_lab.records.metrics_file import METRICS_FILE, finite_or_none, record_or_empty, write_json_atomic
-
-if TYPE_CHECKING:
-    from mnist_lab.run.classifier import Classifier
 
 __all__ = ["METRICS_FILE", "RunRecord", "Terminated", "finite_or_none", "first_line", "write_json_atomic"]
 
@@ -71,7 +67,7 @@ class RunRecord(L.Callback):
         """Resume the run recorded in this dir: write nothing until it trains or finishes."""
         self.adopted = True
 
-    def _update(self, module: Classifier, status: str) -> None:
+    def _update(self, module: L.LightningModule, status: str) -> None:
         history = module.history
         val_acc = [v for v in history["val_acc"] if math.isfinite(v)]
         elapsed = self._elapsed()
@@ -91,50 +87,50 @@ class RunRecord(L.Callback):
         """Seconds of training since ``on_train_start`` (of this fit: ``train_time_s`` holds the rest)."""
         return time.perf_counter() - self.train_started if self.train_started else 0.0
 
-    def on_save_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint["train_time_s"] = self.train_time_s + self._elapsed()
         checkpoint.update({key: self.data[key] for key in PACKED_FIELDS if key in self.data})
 
-    def on_load_checkpoint(self, trainer: L.Trainer, module: Classifier, checkpoint: dict) -> None:
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == "fit":  # resuming: add the training time before the interruption
             self.train_time_s = checkpoint.get("train_time_s", 0.0)
             if checkpoint.get("packed"):
                 self.data["packed"] = checkpoint["packed"]
                 self.data["packed_epochs"] = packed_epochs(checkpoint)
 
-    def on_train_start(self, trainer: L.Trainer, module: Classifier) -> None:
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.train_started = time.perf_counter()
         self.adopted = False  # training again: what happens now is this record's to say
         self.data.setdefault("train_started_at", time.time())  # unix time; benchmarks/startup.py
         self.data["device"] = str(module.device)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, module: Classifier) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if module.history["val_acc"]:  # the previous epoch is complete (and checkpointed)
             self._update(module, "running")
 
-    def on_train_end(self, trainer: L.Trainer, module: Classifier) -> None:
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         sweep_clock.add("training", self._elapsed())
         self.train_time_s += self._elapsed()
         self.train_started = None
         self._update(module, "diverged" if module.diverged_at is not None else "running")
 
-    def on_exception(self, trainer: L.Trainer, module: Classifier, exception: BaseException) -> None:
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
             self.interrupt(exception, module)
         else:
             self.fail(exception, module)
 
-    def interrupt(self, exception: KeyboardInterrupt, module: Classifier | None = None) -> None:
+    def interrupt(self, exception: KeyboardInterrupt, module: L.LightningModule | None = None) -> None:
         """Record status "interrupted" and the signal (SIGINT for Ctrl-C, or SIGTERM)."""
         self.data["stopped_by"] = "SIGTERM" if isinstance(exception, Terminated) else "SIGINT"
         self._set_status("interrupted", module)
 
-    def fail(self, exception: BaseException, module: Classifier | None = None) -> None:
+    def fail(self, exception: BaseException, module: L.LightningModule | None = None) -> None:
         """Record status "failed" with the error's first line (before or during training)."""
         self.data["error"] = first_line(exception)
         self._set_status("failed", module)
 
-    def _set_status(self, status: str, module: Classifier | None) -> None:
+    def _set_status(self, status: str, module: L.LightningModule | None) -> None:
         """With the module's history when there is one (the run got as far as Lightning)."""
         if self.adopted:  # nothing trained yet: the record on disk still says what happened
             self.data["status"] = status  # (what this command prints and exits with)
@@ -145,7 +141,7 @@ class RunRecord(L.Callback):
             self.data["status"] = status
             write_record(self.path, finite_or_none(self.data))
 
-    def finish(self, trainer: L.Trainer, module: Classifier, test: dict | None) -> dict:
+    def finish(self, trainer: L.Trainer, module: L.LightningModule, test: dict | None) -> dict:
         """Write the final record (and the TensorBoard HParams entry); return it."""
         if test:
             self.data.update(test_acc=test.get("test/acc"), test_loss=test.get("test/loss"))
