@@ -71,7 +71,8 @@ def running_sweep(sweep_dir: Path) -> str | None:
     """Who runs a sweep in ``sweep_dir`` now (another process holds its lock), else None; never
     makes a lock file where there is none."""
     path = Path(sweep_dir) / LOCK_FILE
-    if not path.exists() or (_held is not None and Path(_held.lock_file) == path):
+    # this process's own lock (its report, written while it holds it): a second descriptor would conflict
+    if not path.exists() or (_held is not None and Path(_held.lock_file).resolve() == path.resolve()):
         return None
     lock = FileLock(path, timeout=0)
     try:
