@@ -25,6 +25,7 @@ from rich.table import Table
 
 from mnist_lab import CONF_DIR
 from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.cli.quick_exit import skip_final_collection
 from mnist_lab.data.datamodule import DeviceBatches, device_tensors
 from mnist_lab.records.atomic_files import replaced_atomically
 from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, buildable_setting, load_checkpoint, pick_device
@@ -79,5 +80,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    skip_final_collection()
     with hydra_errors_as_sentences():
         main()

@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mnist_lab import CONF_DIR, NUM_CLASSES
 from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences
+from mnist_lab.cli.quick_exit import skip_final_collection
 from mnist_lab.data.datamodule import MEAN, STD
 from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, buildable_setting, load_checkpoint, pick_device
 
@@ -142,5 +143,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    skip_final_collection()
     with hydra_errors_as_sentences():
         main()

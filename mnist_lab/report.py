@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from mnist_lab.analysis.summary import load, load_steps, write_report
+from mnist_lab.cli.quick_exit import skip_final_collection
 
 __all__ = ["load", "load_steps", "main"]
 
@@ -43,4 +44,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    skip_final_collection()
     sys.exit(main(sys.argv[1:]))

