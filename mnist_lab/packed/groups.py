@@ -125,10 +125,11 @@ def split_into_packs(
 ) -> list[list[int]]:
     """The jobs (indices into ``cfgs``) as units to run, in the order of their first job: packs
     of up to ``pack_size(group)`` jobs (a callable given the group's configs, returning a number
-    or a number and why it is 1; or a number), and single jobs (one that cannot pack, or a pack's
-    remainder of one). ``starts``, in a resumed sweep: the epoch each job trains first (after
-    its ``last.ckpt``'s), or None for one that runs alone (finished, or a checkpoint the solo
-    path must judge); jobs pack only with jobs that start at the same epoch. ``reasons``, if
+    or a number and why it is 1; or a number), a group's packs as equal in size as can be
+    (``even_chunks``), and single jobs (one that cannot pack, or a pack's remainder of one).
+    ``starts``, in a resumed sweep: the epoch each job trains first (after its ``last.ckpt``'s),
+    or None for one that runs alone (finished, or a checkpoint the solo path must judge); jobs
+    pack only with jobs that start at the same epoch. ``reasons``, if
     given, gets why each job that runs alone does (a few words)."""
     reasons = {} if reasons is None else reasons
     groups: dict[tuple, list[int]] = {}
@@ -152,14 +153,21 @@ def split_into_packs(
             reasons[members[0]] = "no other job of the sweep shares its pack settings"
             continue
         size, why_one = _size_of(pack_size, [cfgs[i] for i in members])
-        for start in range(0, len(members), size):
-            chunk = members[start : start + size]
-            if len(chunk) > 1:
-                units.append(chunk)
-                continue
+        for chunk in even_chunks(members, size):
             units.append(chunk)
-            reasons[chunk[0]] = why_one if size == 1 else f"the remainder of its group after packs of {size}"
+            if len(chunk) == 1:
+                reasons[chunk[0]] = why_one if size == 1 else f"the remainder of its group after packs of {size}"
     return sorted(units, key=lambda unit: unit[0])
+
+
+def even_chunks(members: list[int], size: int) -> list[list[int]]:
+    """``members`` in order, in as few chunks of at most ``size`` as there can be, their sizes
+    as equal as can be (16 jobs in packs of up to 5: 4, 4, 4, 4, not 5, 5, 5 and one alone,
+    which would train on its own road at a single job's speed)."""
+    count = -(-len(members) // size)
+    small, larger = divmod(len(members), count)  # the first ``larger`` chunks take one more
+    bounds = [k * small + min(k, larger) for k in range(count + 1)]
+    return [members[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def _size_of(pack_size, cfgs: list[DictConfig]) -> tuple[int, str]:

@@ -76,8 +76,19 @@ def test_jobs_with_dropout_pack_whatever_their_rates(job):
 
 def test_a_packs_remainder_of_one_trains_alone(job):
     cfgs = [job(f"seed={s}") for s in range(5)]
-    assert split_into_packs(cfgs, 2) == [[0, 1], [2, 3], [4]]
+    reasons = {}
+    assert split_into_packs(cfgs, 2, reasons=reasons) == [[0, 1], [2, 3], [4]]
+    assert reasons == {4: "the remainder of its group after packs of 2"}
     assert split_into_packs(cfgs, lambda group: 1) == [[0], [1], [2], [3], [4]]
+
+
+def test_a_group_packs_in_packs_of_equal_size_not_full_packs_and_a_job_alone(job):
+    cfgs = [job(f"seed={s}") for s in range(16)]
+    reasons = {}
+    assert [len(u) for u in split_into_packs(cfgs, 5, reasons=reasons)] == [4, 4, 4, 4]
+    assert reasons == {}
+    assert [len(u) for u in split_into_packs(cfgs[:7], 5)] == [4, 3]
+    assert split_into_packs(cfgs[:6], 16) == [list(range(6))]
 
 
 def test_gpu_jobs_pack_and_ask_for_the_cuda_graph_only_on_a_gpu(job, monkeypatch):
