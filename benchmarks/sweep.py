@@ -41,6 +41,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mnist_lab import CONF_DIR
+from mnist_lab.packed.groups import even_chunks
 from mnist_lab.packed.pack import Pack
 from mnist_lab.packed.size_probe import SLACK, probe_pack_size, solo_steps, timed
 
@@ -82,6 +83,20 @@ GRIDS.update(
         for b in (1, 16, 64, 256)
     }
 )
+# 16 seeds of one setting: how large a pack pays on this machine (packed.size_probe.cpu_pack_size)
+GRIDS.update(
+    {
+        f"mlp_batch_{b}_16_seeds": (
+            ["experiment=mlp_batch", f"data.batch_size={b}"],
+            [[f"seed={s}"] for s in range(16)],
+        )
+        for b in (1, 16, 64, 256)
+    }
+)
+GRIDS["cnn_small_16_seeds"] = (["experiment=cnn_small_lr", "optimizer.lr=0.01"], [[f"seed={s}"] for s in range(16)])
+GRIDS["cnn_4_seeds"] = (["model=cnn"], [[f"seed={s}"] for s in range(4)])  # the largest shipped net
+GRIDS["cnn_small_b16_16_seeds"] = (["model=cnn_small", "data.batch_size=16"], [[f"seed={s}"] for s in range(16)])
+GRIDS["mlp4_wide_16_seeds"] = (["experiment=mlp4_wide"], [[f"seed={s}"] for s in range(16)])
 
 
 def configs(shared: list[str], jobs: list[list[str]], data_dir: str, device: str):
@@ -96,11 +111,12 @@ def configs(shared: list[str], jobs: list[list[str]], data_dir: str, device: str
 
 
 def split(cfgs, size: int) -> list[list]:
-    """Packs of at most ``size`` jobs, jobs that must match (batch size here) together."""
+    """Packs of at most ``size`` jobs, as equal in size as the launcher makes them
+    (``packed.groups.even_chunks``), jobs that must match (batch size here) together."""
     by_batch: dict[int, list] = {}
     for cfg in cfgs:
         by_batch.setdefault(cfg.data.batch_size, []).append(cfg)
-    return [group[i : i + size] for group in by_batch.values() for i in range(0, len(group), size)]
+    return [chunk for group in by_batch.values() for chunk in even_chunks(group, size)]
 
 
 def packed_steps(cfgs, device: torch.device, grouped: bool | None = None):

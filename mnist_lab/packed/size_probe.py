@@ -1,5 +1,5 @@
 """How many jobs to pack together: on a GPU, a short timing probe on the jobs themselves; on the
-CPU, a fixed size (below).
+CPU, a size that follows from the count of a job's operations (below).
 
 Whether packing pays depends on the machine, the net and the batch size (a big batch already
 fills a CPU's cores; a tiny MLP on a GPU is all launch overhead), so the size is measured, not
@@ -9,14 +9,20 @@ the probe found it faster than its jobs one after another, which leaves margin f
 that no pack be more than 10 % slower (``SLACK``) when the probe's few steps misjudge.
 ``benchmarks/sweep.py`` runs the same comparison at length and reports the ratios.
 
-On the CPU there is no probe: a group packs in packs of up to ``UNPROBED_SIZE``. A pack's
-numbers differ from its jobs' solo numbers in the last bits (docs/packed_sweeps.md), so a size
-that varies from run to run varies the results, and the probe's few timed steps on a busy CPU
-did vary: for the same two jobs it picked 1 in one run and 2 in the next, and their test
-accuracies differed (issue 26: 0.8755 against 0.8773). Measured instead, at length: a pack of
-up to 5 jobs on the CPU trained at 0.92x to 2.5x the speed of its jobs one after another in
-every grid docs/performance.md measured (*Packed sweeps*), so a fixed 5 costs at most about 8 %
-where one by one would have been faster. On a GPU (not yet measured) the probe decides; there
+On the CPU there is no probe: how many jobs a pack holds follows from the work of one job's
+training step, its net's forward pass on one batch counted in floating-point operations
+(``step_flops``, torch's ``FlopCounterMode`` on the meta device: nothing is computed), by
+``CPU_PACK_SIZES``. A pack's numbers differ from its jobs' solo numbers in the last bits
+(docs/packed_sweeps.md), so a size that varies from run to run varies the results, and the
+probe's few timed steps on a busy CPU did vary: for the same two jobs it picked 1 in one run and
+2 in the next, and their test accuracies differed (issue 26: 0.8755 against 0.8773); a count of
+operations is the same on every run and every machine. The sizes were measured at length
+(``benchmarks/sweep.py``, 16 seeds of a setting in packs of 2, 5, 8 and 16, docs/performance.md,
+*Packed sweeps (CPU)*): the softmax regression and the MLPs to batch 256 (1 to 52 million
+operations a job's step) trained fastest in packs of 16 (1.3x to 9.6x their one-by-one speed);
+the small CNN at batch 16 and 32 (92 and 185 million) and ``mlp4_wide`` (135 million) in packs of
+2 (1.0x to 1.7x; packs of 16: 0.8x to 1.8x); the CNN at batch 64 (1.5 billion) one by one (packs
+of 2: 0.76-0.94x). On a GPU (not yet measured) the probe decides; there
 ``hydra.launcher.pack_size=<the size the launch line printed>`` repeats a sweep's packing.
 """
 
@@ -29,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_lab.cli.console import first_line
 from mnist_lab.cli.out_of_memory import out_of_memory
@@ -39,7 +46,9 @@ from mnist_lab.run.step_factory import make_step
 SLACK = 1.1  # the target: a pack takes at most 10 % longer than its jobs one after another
 SIZES = (2, 4, 8, 16, 32)  # the pack sizes the probe may try
 PROBE_STEPS, PROBE_WARMUP = 20, 3  # timed steps per size tried, after these untimed ones
-UNPROBED_SIZE = 5  # on the CPU: the largest pack measured for every grid of docs/performance.md (all >= 0.92x)
+# On the CPU, (the most operations a job's forward step may take, the most jobs a pack then holds);
+# a step above the last bound trains alone (module docstring)
+CPU_PACK_SIZES = ((75e6, 16), (500e6, 2))
 
 
 def choose_pack_size(
@@ -116,17 +125,39 @@ def timed(steps: Iterator, count: int, warmup: int, device: torch.device) -> flo
 
 def pack_size(cfgs, device: torch.device) -> tuple[int, str]:
     """The pack size for a group of jobs that can share a pack, and how it was chosen: 1 for one
-    job, ``UNPROBED_SIZE`` (or the group, if smaller) on the CPU, else ``probe_pack_size`` (saying
-    why where it gives 1)."""
+    job, ``cpu_pack_size`` (or the group, if smaller) on the CPU, else ``probe_pack_size`` (each
+    saying why where it gives 1)."""
     if len(cfgs) == 1:
         return 1, "one job"
     if device.type == "cpu":
-        return min(len(cfgs), UNPROBED_SIZE), f"on the CPU: up to {UNPROBED_SIZE} jobs a pack, untimed"
+        size, how = cpu_pack_size(cfgs[0])
+        return min(len(cfgs), size), how
     failures: list[str] = []
     size = probe_pack_size(cfgs, device, failures=failures)
     if size == 1:
         return 1, f"timing probe: {failures[0] if failures else 'one job alone was the fastest'}"
     return size, "timing probe"
+
+
+def step_flops(cfg) -> int:
+    """The floating-point operations of the job's net's forward pass on one batch of
+    ``cfg.data.batch_size`` images, counted on the meta device (no weights, nothing computed)."""
+    with torch.device("meta"):
+        net = instantiate(cfg.model)
+        images = torch.empty(int(cfg.data.batch_size), 1, 28, 28)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(images)
+    return counter.get_total_flops()
+
+
+def cpu_pack_size(cfg) -> tuple[int, str]:
+    """On the CPU: the most jobs like ``cfg`` a pack holds (``CPU_PACK_SIZES``), and why."""
+    flops = step_flops(cfg)
+    size = next((size for bound, size in CPU_PACK_SIZES if flops <= bound), 1)
+    work = f"{flops / 1e6:.3g} million operations a job's forward step"
+    if size == 1:
+        return 1, f"on the CPU a pack of such jobs trains slower than they do one by one ({work})"
+    return size, f"on the CPU: up to {size} jobs a pack, for {work}"
 
 
 def probe_pack_size(

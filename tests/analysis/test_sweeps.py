@@ -103,10 +103,10 @@ def test_lr_sweep_leaves_one_folder_per_job_and_the_report(lr_sweep):
 
 def test_a_plain_multirun_packs_its_jobs(lr_sweep):
     """No hydra/launcher override: the packed launcher (conf/train.yaml). The three jobs share a
-    net, and on the CPU pack_size=auto packs up to 5 jobs, so they train as one pack."""
+    net, and on the CPU pack_size=auto packs up to 16 such small jobs, so they train as one pack."""
     sweep_dir, result = lr_sweep
     output = result.stdout + result.stderr
-    assert "pack size 3 for 3 jobs of train MLP [128]" in output and "(on the CPU: up to 5 jobs a pack" in output
+    assert "pack size 3 for 3 jobs of train MLP [128]" in output and "(on the CPU: up to 16 jobs a pack" in output
     assert "Launching 3 jobs locally: 3 in 1 packs, 0 alone" in output
     for number, lr in enumerate(("0.001", "0.01", "0.1")):  # each job announced as Hydra's basic launcher does
         assert f"#{number} : optimizer.lr={lr} debug=quick" in output

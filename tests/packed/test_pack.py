@@ -40,6 +40,19 @@ def test_the_probe_tries_a_whole_group_that_fits_in_one_pack():
     assert sizes_to_probe(1) == []  # one job: nothing to pack
 
 
+def test_on_the_cpu_the_pack_size_follows_the_operations_of_a_jobs_step():
+    from mnist_lab.packed.size_probe import cpu_pack_size, step_flops
+
+    softmax = compose_train("model=linear", "data.batch_size=64")
+    assert step_flops(softmax) == 2 * 64 * 784 * 10  # one matrix product: a multiply and an add each
+    before = torch.random.get_rng_state()
+    assert cpu_pack_size(softmax)[0] == 16
+    assert cpu_pack_size(compose_train("model=cnn_small", "data.batch_size=32"))[0] == 2
+    size, why = cpu_pack_size(compose_train("model=cnn", "data.batch_size=64"))
+    assert size == 1 and "trains slower than they do one by one" in why
+    assert torch.equal(torch.random.get_rng_state(), before)  # counted on the meta device: no draw
+
+
 def test_the_probe_times_real_packs(synthetic_data_dir):
     from mnist_lab.packed.size_probe import probe_pack_size
 
@@ -48,8 +61,8 @@ def test_the_probe_times_real_packs(synthetic_data_dir):
 
 
 def test_the_probe_runs_only_on_a_gpu(synthetic_data_dir, monkeypatch):
-    """One job: nothing to probe. On the CPU a group packs whole, up to 5 jobs, untimed, however
-    long it trains (so one command packs alike each time); on a GPU it is probed."""
+    """One job: nothing to probe. On the CPU a group packs by the work of a job's step, untimed,
+    however long it trains (so one command packs alike each time); on a GPU it is probed."""
     from mnist_lab.packed import size_probe as pack_size
 
     probed = []
@@ -61,8 +74,9 @@ def test_the_probe_runs_only_on_a_gpu(synthetic_data_dir, monkeypatch):
         return [compose_train(*base, f"seed={s}") for s in range(jobs)]
 
     assert pack_size.pack_size(group(1), cpu) == (1, "one job")
-    assert pack_size.pack_size(group(2), cpu) == (2, "on the CPU: up to 5 jobs a pack, untimed")
-    assert pack_size.pack_size(group(7), cpu)[0] == 5  # the largest pack measured for every grid
+    size, how = pack_size.pack_size(group(2), cpu)
+    assert size == 2 and how.startswith("on the CPU: up to 16 jobs a pack, for ")
+    assert pack_size.pack_size(group(20), cpu)[0] == 16
     assert pack_size.pack_size(group(2, "data.batch_size=4", "trainer.max_epochs=5"), cpu)[0] == 2
     assert probed == []
     assert pack_size.pack_size(group(2), torch.device("cuda")) == (3, "timing probe")

@@ -394,7 +394,7 @@ def test_the_default_pack_size_on_the_cpu_is_untimed_and_the_sweep_runs(tmp_path
     )
     output = result.stdout + result.stderr
     assert "pack size 2 for 2 jobs of train MLP [128]" in output
-    assert "(on the CPU: up to 5 jobs a pack, untimed)" in output
+    assert "(on the CPU: up to 16 jobs a pack, for " in output
     assert "sweep: 2 jobs, 2 ok, 0 diverged, 0 failed" in output
 
 
