@@ -154,7 +154,9 @@ def cpu_pack_size(cfg) -> tuple[int, str]:
     """On the CPU: the most jobs like ``cfg`` a pack holds (``CPU_PACK_SIZES``), and why."""
     flops = step_flops(cfg)
     size = next((size for bound, size in CPU_PACK_SIZES if flops <= bound), 1)
-    work = f"{flops / 1e6:.3g} million operations a job's forward step"
+    millions = flops / 1e6
+    work = f"{millions:,.0f}" if millions >= 10 else f"{millions:.2g}"
+    work = f"{work} million operations a job's forward step"
     if size == 1:
         return 1, f"on the CPU a pack of such jobs trains slower than they do one by one ({work})"
     return size, f"on the CPU: up to {size} jobs a pack, for {work}"
