@@ -151,8 +151,12 @@ def step_flops(cfg) -> int:
 
 
 def cpu_pack_size(cfg) -> tuple[int, str]:
-    """On the CPU: the most jobs like ``cfg`` a pack holds (``CPU_PACK_SIZES``), and why."""
-    flops = step_flops(cfg)
+    """On the CPU: the most jobs like ``cfg`` a pack holds (``CPU_PACK_SIZES``), and why; 1 (each
+    job alone, as without packing) where its net cannot be counted on the meta device."""
+    try:
+        flops = step_flops(cfg)
+    except Exception as error:  # noqa: BLE001 - a net whose forward needs real numbers: no pack, and why
+        return 1, f"on the CPU the operations of a job's step could not be counted ({first_line(error)})"
     size = next((size for bound, size in CPU_PACK_SIZES if flops <= bound), 1)
     millions = flops / 1e6
     work = f"{millions:,.0f}" if millions >= 10 else f"{millions:.2g}"

@@ -53,6 +53,21 @@ def test_on_the_cpu_the_pack_size_follows_the_operations_of_a_jobs_step():
     assert torch.equal(torch.random.get_rng_state(), before)  # counted on the meta device: no draw
 
 
+def test_a_net_that_cannot_be_counted_trains_alone_and_says_why(monkeypatch):
+    from mnist_lab.packed import size_probe
+
+    def needs_real_numbers(cfg):
+        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+
+    monkeypatch.setattr(size_probe, "step_flops", needs_real_numbers)
+    size, why = size_probe.cpu_pack_size(compose_train("model=linear"))
+    assert size == 1
+    assert why == (
+        "on the CPU the operations of a job's step could not be counted "
+        "(RuntimeError: Tensor.item() cannot be called on meta tensors)"
+    )
+
+
 def test_the_probe_times_real_packs(synthetic_data_dir):
     from mnist_lab.packed.size_probe import probe_pack_size
 
