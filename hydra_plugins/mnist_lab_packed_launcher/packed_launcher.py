@@ -31,10 +31,10 @@ def checked_pack_size(pack_size: int | str) -> int | str:
 
 class PackedLauncher(Launcher):
     """Args:
-    pack_size: "auto" (on the CPU, up to 16, 2 or 1 jobs a pack by the operations of a job's step,
-        untimed; on a GPU, a short timing probe per
-        group of jobs that can share a pack picks the size that trains the most jobs per second,
-        one job alone included: ``mnist_lab.packed.size_probe``), or the most jobs per pack (1: no packing).
+    pack_size: "auto" (on the CPU, up to 16, 2 or 1 jobs a pack by the operations of a job's
+        step, untimed; on a GPU, a short timing probe per group of jobs that can share a pack
+        picks the size that trains the most jobs per second, one job alone included:
+        ``mnist_lab.packed.size_probe``), or the most jobs per pack (1: no packing).
     gpus: the GPUs to spread the units over, one worker process each: "auto" (every visible
         GPU; with one or none, the units run in this process) or a number (the first N).
     """

@@ -9,8 +9,8 @@ How a sweep runs, top to bottom:
   worker process (submitit, Ray, ``gpu_workers``) runs one; ``pack_run``: one pack built,
   proved, resumed, trained and its jobs' ends said (or its jobs alone, and why).
 - ``groups``: which jobs can pack (``why_solo``) and which share a pack (``pack_key``);
-  ``size_probe``: how many jobs a pack holds (``pack_size=auto``: up to 5 on the CPU, a timing
-  probe on a GPU).
+  ``size_probe``: how many jobs a pack holds (``pack_size=auto``: on the CPU by the operations
+  of a job's step, on a GPU by a timing probe).
 - ``packable``: whether a job's network has a packed form (what it is, not what it is called);
   ``check``: the proof every pack gives before it trains, one step against each job's own model.
 - ``training``: one pack's epoch loop (``pack_epochs``, which the tests drive too) and its jobs'

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from itertools import pairwise
 
 import lightning as L
 import torch
@@ -165,9 +166,11 @@ def even_chunks(members: list[int], size: int) -> list[list[int]]:
     as equal as can be (16 jobs in packs of up to 5: 4, 4, 4, 4, not 5, 5, 5 and one alone,
     which would train on its own road at a single job's speed)."""
     count = -(-len(members) // size)
+    if count == 0:
+        return []
     small, larger = divmod(len(members), count)  # the first ``larger`` chunks take one more
     bounds = [k * small + min(k, larger) for k in range(count + 1)]
-    return [members[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [members[a:b] for a, b in pairwise(bounds)]
 
 
 def _size_of(pack_size, cfgs: list[DictConfig]) -> tuple[int, str]:

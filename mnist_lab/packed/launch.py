@@ -205,14 +205,14 @@ class PackedLaunch:
 
     def _pack_size(self, cfgs: list[DictConfig]) -> tuple[int, str]:
         """The pack size for a group of jobs, and why it is 1 where it is. A probe that fails
-        (a pack it cannot build or time) leaves the group's jobs alone: it never ends the sweep."""
+        (on a GPU, a pack it cannot build or time) leaves the group's jobs alone: it never ends the sweep."""
         if self.pack_size != "auto":
             return int(self.pack_size), f"hydra.launcher.pack_size={self.pack_size}"
         try:
             with sweep_clock.timed("pack sizes"):
                 size, how = pack_size(cfgs, pack_device(cfgs[0]))
         except Exception as error:  # noqa: BLE001 - the jobs then run as they would unpacked, and say why
-            size, how = 1, f"the timing probe could not train their pack ({first_line(error)})"
+            size, how = 1, f"their pack size could not be chosen ({first_line(error)})"
         if len(cfgs) > 1:
             log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} ({how})")
         return size, how

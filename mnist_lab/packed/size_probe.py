@@ -11,12 +11,14 @@ that no pack be more than 10 % slower (``SLACK``) when the probe's few steps mis
 
 On the CPU there is no probe: how many jobs a pack holds follows from the work of one job's
 training step, its net's forward pass on one batch counted in floating-point operations
-(``step_flops``, torch's ``FlopCounterMode`` on the meta device: nothing is computed), by
+(``forward_flops``, torch's ``FlopCounterMode`` on the meta device: nothing is computed), by
 ``CPU_PACK_SIZES``. A pack's numbers differ from its jobs' solo numbers in the last bits
 (docs/packed_sweeps.md), so a size that varies from run to run varies the results, and the
 probe's few timed steps on a busy CPU did vary: for the same two jobs it picked 1 in one run and
 2 in the next, and their test accuracies differed (issue 26: 0.8755 against 0.8773); a count of
-operations is the same on every run and every machine. The sizes were measured at length
+operations is the same on every run and every machine. The bounds, though, are this project's
+2-core CPU's, with torch's two threads (another CPU may gain from other sizes:
+``benchmarks/sweep.py`` measures it, ``hydra.launcher.pack_size=N`` sets it). They were measured at length
 (``benchmarks/sweep.py``, 16 seeds of a setting in packs of 2, 5, 8 and 16, docs/performance.md,
 *Packed sweeps (CPU)*): the softmax regression and the MLPs to batch 256 (1 to 52 million
 operations a job's step) trained fastest in packs of 16 (1.3x to 9.6x their one-by-one speed);
@@ -41,13 +43,14 @@ from mnist_lab.cli.console import first_line
 from mnist_lab.cli.out_of_memory import out_of_memory
 from mnist_lab.data.datamodule import DeviceBatches, split_tensors
 from mnist_lab.packed.pack import Pack
+from mnist_lab.packed.packable import kept_rng
 from mnist_lab.run.step_factory import make_step
 
 SLACK = 1.1  # the target: a pack takes at most 10 % longer than its jobs one after another
 SIZES = (2, 4, 8, 16, 32)  # the pack sizes the probe may try
 PROBE_STEPS, PROBE_WARMUP = 20, 3  # timed steps per size tried, after these untimed ones
 # On the CPU, (the most operations a job's forward step may take, the most jobs a pack then holds);
-# a step above the last bound trains alone (module docstring)
+# a step above the last bound trains alone. Measured on this project's 2-core CPU (module docstring)
 CPU_PACK_SIZES = ((75e6, 16), (500e6, 2))
 
 
@@ -139,24 +142,34 @@ def pack_size(cfgs, device: torch.device) -> tuple[int, str]:
     return size, "timing probe"
 
 
-def step_flops(cfg) -> int:
+def forward_flops(cfg) -> int:
     """The floating-point operations of the job's net's forward pass on one batch of
-    ``cfg.data.batch_size`` images, counted on the meta device (no weights, nothing computed)."""
-    with torch.device("meta"):
-        net = instantiate(cfg.model)
-        images = torch.empty(int(cfg.data.batch_size), 1, 28, 28)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(images)
+    ``cfg.data.batch_size`` images: counted on the meta device (no weights, nothing computed), or,
+    for a net whose constructor needs real weights (one that reads them), on a net built on the
+    CPU and a batch of zeros. Building it draws no number a run sees."""
+    batch = (int(cfg.data.batch_size), 1, 28, 28)
+    with kept_rng():
+        try:
+            with torch.device("meta"):
+                net, images = instantiate(cfg.model), torch.empty(batch)
+        except Exception:  # noqa: BLE001 - a constructor that reads its weights: build it for real
+            net, images = instantiate(cfg.model), torch.zeros(batch)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(images)
     return counter.get_total_flops()
 
 
 def cpu_pack_size(cfg) -> tuple[int, str]:
     """On the CPU: the most jobs like ``cfg`` a pack holds (``CPU_PACK_SIZES``), and why; 1 (each
-    job alone, as without packing) where its net cannot be counted on the meta device."""
+    job alone, as without packing) where its net's operations cannot be counted."""
     try:
-        flops = step_flops(cfg)
-    except Exception as error:  # noqa: BLE001 - a net whose forward needs real numbers: no pack, and why
-        return 1, f"on the CPU the operations of a job's step could not be counted ({first_line(error)})"
+        flops = forward_flops(cfg)
+    except Exception as error:  # noqa: BLE001 - no count, no pack: each job alone, and why
+        cause = error.__cause__ or error  # Hydra wraps a constructor's error: say the constructor's
+        return 1, (
+            f"on the CPU the operations of a job's step could not be counted ({first_line(cause)}), so each trains "
+            "alone; hydra.launcher.pack_size=N packs them"
+        )
     size = next((size for bound, size in CPU_PACK_SIZES if flops <= bound), 1)
     millions = flops / 1e6
     work = f"{millions:,.0f}" if millions >= 10 else f"{millions:.2g}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+from torch import nn
 
 from tests.conftest import QUICK, compose_train
 
@@ -41,10 +43,10 @@ def test_the_probe_tries_a_whole_group_that_fits_in_one_pack():
 
 
 def test_on_the_cpu_the_pack_size_follows_the_operations_of_a_jobs_step():
-    from mnist_lab.packed.size_probe import cpu_pack_size, step_flops
+    from mnist_lab.packed.size_probe import cpu_pack_size, forward_flops
 
     softmax = compose_train("model=linear", "data.batch_size=64")
-    assert step_flops(softmax) == 2 * 64 * 784 * 10  # one matrix product: a multiply and an add each
+    assert forward_flops(softmax) == 2 * 64 * 784 * 10  # one matrix product: a multiply and an add each
     before = torch.random.get_rng_state()
     assert cpu_pack_size(softmax)[0] == 16
     assert cpu_pack_size(compose_train("model=cnn_small", "data.batch_size=32"))[0] == 2
@@ -53,18 +55,39 @@ def test_on_the_cpu_the_pack_size_follows_the_operations_of_a_jobs_step():
     assert torch.equal(torch.random.get_rng_state(), before)  # counted on the meta device: no draw
 
 
-def test_a_net_that_cannot_be_counted_trains_alone_and_says_why(monkeypatch):
-    from mnist_lab.packed import size_probe
+class ReadsItsWeights(nn.Sequential):
+    """A user's plain stack whose constructor reads its weights: no net of it on the meta device."""
 
-    def needs_real_numbers(cfg):
-        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+    def __init__(self):
+        super().__init__(nn.Flatten(), nn.Linear(784, 10))
+        self.largest = self[1].weight.detach().abs().max().item()
 
-    monkeypatch.setattr(size_probe, "step_flops", needs_real_numbers)
-    size, why = size_probe.cpu_pack_size(compose_train("model=linear"))
-    assert size == 1
-    assert why == (
-        "on the CPU the operations of a job's step could not be counted "
-        "(RuntimeError: Tensor.item() cannot be called on meta tensors)"
+
+class NeedsAFile(nn.Sequential):
+    def __init__(self):
+        raise FileNotFoundError("weights.pt is missing")
+
+
+def job_of(target: str):
+    return OmegaConf.create({"model": {"_target_": f"{__name__}.{target}"}, "data": {"batch_size": 8}})
+
+
+def test_a_net_that_reads_its_weights_is_counted_on_the_cpu():
+    from mnist_lab.packed.size_probe import cpu_pack_size, forward_flops
+
+    before = torch.random.get_rng_state()
+    assert forward_flops(job_of("ReadsItsWeights")) == 2 * 8 * 784 * 10
+    assert cpu_pack_size(job_of("ReadsItsWeights"))[0] == 16
+    assert torch.equal(torch.random.get_rng_state(), before)  # its weights drawn, the state put back
+
+
+def test_a_net_that_cannot_be_counted_trains_alone_and_says_why():
+    from mnist_lab.packed.size_probe import cpu_pack_size
+
+    assert cpu_pack_size(job_of("NeedsAFile")) == (
+        1,
+        "on the CPU the operations of a job's step could not be counted (FileNotFoundError: weights.pt is missing), "
+        "so each trains alone; hydra.launcher.pack_size=N packs them",
     )
 
 
