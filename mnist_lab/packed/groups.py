@@ -130,8 +130,8 @@ def split_into_packs(
     (``even_chunks``), and single jobs (one that cannot pack, or a pack's remainder of one).
     ``starts``, in a resumed sweep: the epoch each job trains first (after its ``last.ckpt``'s),
     or None for one that runs alone (finished, or a checkpoint the solo path must judge); jobs
-    pack only with jobs that start at the same epoch. ``reasons``, if
-    given, gets why each job that runs alone does (a few words)."""
+    pack only with jobs that start at the same epoch. ``reasons``, if given, gets why each job
+    that runs alone does (a few words)."""
     reasons = {} if reasons is None else reasons
     groups: dict[tuple, list[int]] = {}
     units: list[list[int]] = []

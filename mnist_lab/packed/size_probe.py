@@ -18,8 +18,8 @@ probe's few timed steps on a busy CPU did vary: for the same two jobs it picked 
 2 in the next, and their test accuracies differed (issue 26: 0.8755 against 0.8773); a count of
 operations is the same on every run and every machine. The bounds, though, are this project's
 2-core CPU's, with torch's two threads (another CPU may gain from other sizes:
-``benchmarks/sweep.py`` measures it, ``hydra.launcher.pack_size=N`` sets it). They were measured at length
-(``benchmarks/sweep.py``, 16 seeds of a setting in packs of 2, 5, 8 and 16, docs/performance.md,
+``benchmarks/sweep.py`` measures it, ``hydra.launcher.pack_size=N`` sets it). They were
+measured at length (``benchmarks/sweep.py``, 16 seeds of a setting in packs of 2, 5, 8 and 16, docs/performance.md,
 *Packed sweeps (CPU)*): the softmax regression and the MLPs to batch 256 (1 to 52 million
 operations a job's step) trained fastest in packs of 16 (1.3x to 9.6x their one-by-one speed);
 the small CNN at batch 16 and 32 (92 and 185 million) and ``mlp4_wide`` (135 million) in packs of
@@ -145,17 +145,21 @@ def pack_size(cfgs, device: torch.device) -> tuple[int, str]:
 def forward_flops(cfg) -> int:
     """The floating-point operations of the job's net's forward pass on one batch of
     ``cfg.data.batch_size`` images: counted on the meta device (no weights, nothing computed), or,
-    for a net whose constructor needs real weights (one that reads them), on a net built on the
-    CPU and a batch of zeros. Building it draws no number a run sees."""
+    for a net that needs real numbers there (a constructor that reads its weights), on a net built
+    on the CPU and a batch of zeros. Building it draws no number a run sees."""
     batch = (int(cfg.data.batch_size), 1, 28, 28)
     with kept_rng():
         try:
-            with torch.device("meta"):
-                net, images = instantiate(cfg.model), torch.empty(batch)
-        except Exception:  # noqa: BLE001 - a constructor that reads its weights: build it for real
-            net, images = instantiate(cfg.model), torch.zeros(batch)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            net(images)
+            return _counted_forward(cfg, torch.device("meta"), batch)
+        except Exception:  # noqa: BLE001 - a net that needs real numbers: count one built for real
+            return _counted_forward(cfg, torch.device("cpu"), batch)
+
+
+def _counted_forward(cfg, device: torch.device, batch: tuple[int, ...]) -> int:
+    with torch.device(device):
+        net, images = instantiate(cfg.model), torch.zeros(batch)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(images)
     return counter.get_total_flops()
 
 
