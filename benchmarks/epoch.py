@@ -35,7 +35,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mnist_lab import CONF_DIR
-from mnist_lab.data.datamodule import MEAN, STD, MNISTDataModule
+from mnist_lab.data.datamodule import MNISTDataModule
+from mnist_lab.data.mnist_arrays import MEAN, STD
 from mnist_lab.run import experiment
 
 MODELS = {

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_lab.data import mnist_arrays
-from mnist_lab.data.datamodule import MEAN, STD
+from mnist_lab.data.mnist_arrays import MEAN, STD
 from mnist_lab.models import CNN, MLP
 
 

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from mnist_lab import CONF_DIR, NUM_CLASSES
 from mnist_lab.cli.hydra_errors import hydra_errors_as_sentences
 from mnist_lab.cli.quick_exit import skip_final_collection
-from mnist_lab.data.datamodule import MEAN, STD
+from mnist_lab.data.mnist_arrays import MEAN, STD  # not the data module: no Lightning to import
 from mnist_lab.records.checkpoint_loading import HOW_TO_PASS, buildable_setting, load_checkpoint, pick_device
 
 FIELD, BOX = 28, 20  # MNIST: a 28x28 field, the digit fitted in a 20x20 box

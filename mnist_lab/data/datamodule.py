@@ -16,8 +16,8 @@ import lightning as L
 import torch
 
 from mnist_lab.data import mnist_arrays
+from mnist_lab.data.mnist_arrays import MEAN, STD
 
-MEAN, STD = 0.1307, 0.3081
 TRAIN_SIZE = 60_000
 # Below this many images per batch, Lightning's loop (~0.2 ms a batch on CPU) would cost more
 # than a small step itself; the training loader then hands out groups of batches, and the

@@ -19,6 +19,10 @@ from mnist_lab.records.atomic_files import write_atomic
 if TYPE_CHECKING:
     import torch
 
+# The mean and standard deviation of MNIST's training pixels (scaled to 0-1): what normalization
+# subtracts and divides by, and what a drawn image or a predicted file is scaled with.
+MEAN, STD = 0.1307, 0.3081
+
 
 def cache_path(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / "MNIST" / "processed" / "mnist_lab_uint8.pt"

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_lab import NUM_CLASSES
-from mnist_lab.data.datamodule import MEAN, STD
+from mnist_lab.data.mnist_arrays import MEAN, STD
 
 GRID_COLUMNS = 8
 PAD = 12  # grid pixels between digits: room for a caption above each

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_lab.data.datamodule import MEAN, STD
+from mnist_lab.data.mnist_arrays import MEAN, STD
 from mnist_lab.tracking.drawn_images import CELL, PAD, SCALE, confusion_matrix_image, mistakes_image
 
 SIDE = 28
