@@ -48,8 +48,10 @@ PER_JOB_MODEL_KEYS = ("dropout", "conv_dropout")  # the net's shape is the rest
 DEFAULT_CALLBACKS = OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml")
 
 
-def why_solo(cfg: DictConfig) -> str | None:
-    """None if the job can train in a pack, else the reason (a few words) it trains alone."""
+def why_solo(cfg: DictConfig, model_reasons: dict[str, str | None] | None = None) -> str | None:
+    """None if the job can train in a pack, else the reason (a few words) it trains alone.
+    ``model_reasons``: ``model_reason`` by the job's resolved ``cfg.model``, kept by a caller that
+    asks for many jobs at once (a sweep's plan builds each distinct net once, not once a job)."""
     try:  # a job whose settings are refused fails through its solo path, which says why
         check_required(cfg)
         check_config(cfg)
@@ -85,7 +87,7 @@ def why_solo(cfg: DictConfig) -> str | None:
     checkpoint = callbacks.get("checkpoint")
     if checkpoint is not None and checkpoint != DEFAULT_CALLBACKS.checkpoint:
         return "its checkpoints are not the default ones"
-    reason = model_reason(cfg)
+    reason = _model_reason(cfg, model_reasons)
     if reason:
         return reason
     try:
@@ -118,6 +120,15 @@ def pack_key(cfg: DictConfig) -> tuple:
     )
 
 
+def _model_reason(cfg: DictConfig, model_reasons: dict[str, str | None] | None) -> str | None:
+    if model_reasons is None:
+        return model_reason(cfg)
+    key = OmegaConf.to_yaml(cfg.model, resolve=True)
+    if key not in model_reasons:
+        model_reasons[key] = model_reason(cfg)
+    return model_reasons[key]
+
+
 def split_into_packs(
     cfgs: list[DictConfig],
     pack_size,
@@ -133,13 +144,14 @@ def split_into_packs(
     pack only with jobs that start at the same epoch. ``reasons``, if given, gets why each job
     that runs alone does (a few words)."""
     reasons = {} if reasons is None else reasons
+    model_reasons: dict[str, str | None] = {}  # each distinct net built once to judge it
     groups: dict[tuple, list[int]] = {}
     units: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
         start = 0 if starts is None else starts[i]
         reason = None if start is not None else "it resumes on its own (finished, or its own run judges its checkpoint)"
         try:
-            reason = reason or why_solo(cfg)
+            reason = reason or why_solo(cfg, model_reasons)
             key = None if reason else (*pack_key(cfg), start)
         except Exception as error:  # noqa: BLE001 - a job the planner cannot group runs as it would alone
             reason = f"its settings could not be grouped ({first_line(error)})"

@@ -91,6 +91,18 @@ def test_a_group_packs_in_packs_of_equal_size_not_full_packs_and_a_job_alone(job
     assert split_into_packs(cfgs[:6], 16) == [list(range(6))]
 
 
+def test_a_sweeps_plan_builds_each_distinct_net_once(job, monkeypatch):
+    from mnist_lab.packed import groups
+
+    judged = []
+    judge = groups.model_reason
+    monkeypatch.setattr(groups, "model_reason", lambda cfg: judged.append(list(cfg.model.hidden)) or judge(cfg))
+    cfgs = [job(f"seed={s}") for s in range(6)] + [job("model.hidden=[64]", f"seed={s}") for s in range(2)]
+    assert split_into_packs(cfgs, 16) == [[0, 1, 2, 3, 4, 5], [6, 7]]
+    assert sorted(judged) == [[64], [128]]  # one build per net, not one per job
+    assert why_solo(cfgs[0]) is None and len(judged) == 3  # asked alone: built again
+
+
 def test_gpu_jobs_pack_and_ask_for_the_cuda_graph_only_on_a_gpu(job, monkeypatch):
     assert "cuda_graph=on" in why_solo(job("trainer.accelerator=auto", "step.cuda_graph=on"))  # no GPU here
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # a GPU; trainer.accelerator=auto picks it
