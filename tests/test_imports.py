@@ -1,5 +1,5 @@
 """Imports go one way: no module of the package imports, even for a type hint, a module that
-imports it back; and the reading tools (report, the error sentences) start without Lightning."""
+imports it back; and the reading tools (report, predict, the error sentences) start without Lightning."""
 
 from __future__ import annotations
 
@@ -66,10 +66,11 @@ def test_no_module_imports_a_command():
 
 
 def test_the_report_predict_and_the_error_sentences_start_without_lightning():
-    """Lightning's import (through torchmetrics) is most of a command's start-up: 2.4 s of 4.5."""
+    """Lightning's import, and torchmetrics' with it, is most of a command's start-up
+    (docs/performance.md, *A command's start-up*)."""
     code = (
         "import sys, mnist_lab.report, mnist_lab.predict, mnist_lab.cli.hydra_errors; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'torchmetrics'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

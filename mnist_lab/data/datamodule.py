@@ -16,7 +16,6 @@ import lightning as L
 import torch
 
 from mnist_lab.data import mnist_arrays
-from mnist_lab.data.mnist_arrays import MEAN, STD
 
 TRAIN_SIZE = 60_000
 # Below this many images per batch, Lightning's loop (~0.2 ms a batch on CPU) would cost more
@@ -76,7 +75,9 @@ def device_tensors(data_dir: str, device: torch.device, normalize: bool = True) 
         for split in ("train", "test"):
             images = arrays[f"{split}_images"].to(device, non_blocking=True)
             scaled = images.float() / 255
-            tensors[f"{split}_x"] = ((scaled - MEAN) / STD if normalize else scaled).unsqueeze(1)
+            if normalize:
+                scaled = (scaled - mnist_arrays.MEAN) / mnist_arrays.STD
+            tensors[f"{split}_x"] = scaled.unsqueeze(1)
             tensors[f"{split}_y"] = arrays[f"{split}_labels"].to(device).long()
         _DEVICE_CACHE.clear()  # keep one copy: a new data_dir or device replaces the old one
         _DEVICE_CACHE[key] = tensors

@@ -1,6 +1,7 @@
 """MNIST as uint8 tensors, parsed once from the verified IDX files (``mnist_files``) and cached
 beside them (``<data_dir>/MNIST/processed/mnist_lab_uint8.pt``) with their shapes and sha256; every
-read checks the cache against those, so a cache cut short or changed is never trained on.
+read checks the cache against those, so a cache cut short or changed is never trained on. Also
+the pixels' mean and standard deviation (``MEAN``, ``STD``), which need no torch or Lightning.
 """
 
 from __future__ import annotations

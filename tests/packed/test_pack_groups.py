@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mnist_lab.models import MLP
 from mnist_lab.packed.groups import split_into_packs, why_solo
 from tests.conftest import QUICK, compose_train
 
@@ -101,6 +102,13 @@ def test_a_sweeps_plan_builds_each_distinct_net_once(job, monkeypatch):
     assert split_into_packs(cfgs, 16) == [[0, 1, 2, 3, 4, 5], [6, 7]]
     assert sorted(judged) == [[64], [128]]  # one build per net, not one per job
     assert why_solo(cfgs[0]) is None and len(judged) == 3  # asked alone: built again
+    own = job(f"model._target_={__name__}.OwnForward", "seed=7")  # the same settings, another class
+    assert split_into_packs([*cfgs[:2], own], 16) == [[0, 1], [2]]  # judged apart: it trains alone
+
+
+class OwnForward(MLP):
+    def forward(self, x):
+        return super().forward(x) * 2
 
 
 def test_gpu_jobs_pack_and_ask_for_the_cuda_graph_only_on_a_gpu(job, monkeypatch):
