@@ -212,7 +212,13 @@ class PackedLaunch:
             with sweep_clock.timed("pack sizes"):
                 size, how = pack_size(cfgs, pack_device(cfgs[0]))
         except Exception as error:  # noqa: BLE001 - the jobs then run as they would unpacked, and say why
-            size, how = 1, f"their pack size could not be chosen ({first_line(error)})"
+            size, how = (
+                1,
+                (
+                    f"their pack size could not be chosen ({first_line(error)}), so each trains alone; "
+                    "hydra.launcher.pack_size=N packs them"
+                ),
+            )
         if len(cfgs) > 1:
             log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} ({how})")
         return size, how

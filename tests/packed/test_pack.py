@@ -181,3 +181,20 @@ def test_a_probe_error_that_is_not_out_of_memory_ends_the_probe_and_is_named(err
     failures = []
     assert choose_pack_size(seconds_per_step, [2, 4], failures) == 1
     assert failures == [f"a pack of 2 failed ({type(error).__name__}: {error})"]
+
+
+def test_a_pack_size_that_cannot_be_chosen_leaves_the_jobs_alone_saying_what_to_set(monkeypatch):
+    from types import SimpleNamespace
+
+    from mnist_lab.packed import launch
+
+    def fails(cfgs, device):
+        raise RuntimeError("the probe's pack could not be built")
+
+    monkeypatch.setattr(launch, "pack_size", fails)
+    cfgs = [compose_train("model=linear", f"seed={s}") for s in range(2)]
+    assert launch.PackedLaunch._pack_size(SimpleNamespace(pack_size="auto"), cfgs) == (
+        1,
+        "their pack size could not be chosen (RuntimeError: the probe's pack could not be built), so each trains "
+        "alone; hydra.launcher.pack_size=N packs them",
+    )
