@@ -180,6 +180,7 @@ def even_chunks(members: list[int], size: int) -> list[list[int]]:
     count = -(-len(members) // size)
     if count == 0:
         return []
+    # numpy.array_split splits alike, but into arrays; these are lists of job indices or configs
     small, larger = divmod(len(members), count)  # the first ``larger`` chunks take one more
     bounds = [k * small + min(k, larger) for k in range(count + 1)]
     return [members[a:b] for a, b in pairwise(bounds)]
