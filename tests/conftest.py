@@ -88,6 +88,16 @@ def compose_train(*overrides: str, hydra: bool = False):
         return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
+def pack_losses(pack):
+    """Every step's losses ``[steps, M]`` (on the CPU), ``pack`` trained to its end by the sweeps'
+    epoch loop (``packed.training.pack_epochs``)."""
+    import torch
+
+    from mnist_lab.packed.training import pack_epochs
+
+    return torch.cat([epoch.losses for epoch in pack_epochs(pack)])
+
+
 # A CLI run small and quick on the synthetic data (conf/debug/quick.yaml).
 QUICK = ["debug=quick"]
 

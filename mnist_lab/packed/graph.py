@@ -56,16 +56,7 @@ class PackedGraphStep(GraphStep):
     """``PackedStep`` captured once, on its first batch, and replayed for every batch of that shape
     (``GraphStep``; the ragged last batch of an epoch steps eagerly)."""
 
-    def __init__(
-        self,
-        net: PackedNet,
-        loss: PackedLoss,
-        optimizer: PackedOptimizer,
-        device: torch.device,
-        fallback: Callable[[str], None],
-    ):
-        super().__init__(net, loss, optimizer, device, fallback)
-        self.eager = PackedStep(net, loss, optimizer, keeps_grads=True)
+    EAGER = PackedStep
 
     def _prepare(self) -> None:
         # The written-out update reads its hyperparameters on the device; the CPU's grouping of

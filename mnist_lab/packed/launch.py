@@ -179,12 +179,11 @@ class PackedLaunch:
         return self._run(unit)
 
     def _run(self, unit: Unit) -> dict[int, JobReturn]:
-        alone = self._resume if unit.resume else None
         if len(unit.jobs) == 1:
-            return self._each_alone(unit, alone)
+            return self.each_alone(unit)
         reason = why_solo(unit.tasks[0])
         if reason is not None:
-            return self._each_alone(unit, alone, reason)
+            return self.each_alone(unit, reason)
         return run_pack(self, unit)
 
     def _compose(self, idx: int, overrides: Sequence[str]) -> DictConfig:
@@ -223,7 +222,7 @@ class PackedLaunch:
             log.info(f"pack size {size} for {len(cfgs)} jobs of {settings_line(cfgs[0])} ({how})")
         return size, how
 
-    def _run_alone(self, config: DictConfig, task_function: TaskFunction | None = None) -> JobReturn:
+    def run_alone(self, config: DictConfig, task_function: TaskFunction | None = None) -> JobReturn:
         """The job through Hydra's ``run_job``, as BasicLauncher runs it (with the sweep's task
         function, or ``task_function``), announced as BasicLauncher announces it."""
         log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
@@ -238,16 +237,16 @@ class PackedLaunch:
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def _each_alone(
-        self, unit: Unit, task_function: TaskFunction | None = None, reason: str | None = None
-    ) -> dict[int, JobReturn]:
-        """The unit's jobs one by one, each as ``_run_alone`` runs a job; where a pack was
-        planned for them, each says why it trains alone (``reason``)."""
+    def each_alone(self, unit: Unit, reason: str | None = None) -> dict[int, JobReturn]:
+        """The unit's jobs one by one, each as ``run_alone`` runs a job (in a resumed sweep, as
+        ``_resume`` resumes it); where a pack was planned for them, each says why it trains
+        alone (``reason``)."""
+        task_function = self._resume if unit.resume else None
         returns = {}
         for i, config in zip(unit.jobs, unit.configs, strict=True):
             if reason is not None:
                 log.info(f"job {config.hydra.job.num} trains alone: {reason}")
-            returns[i] = self._run_alone(config, task_function)
+            returns[i] = self.run_alone(config, task_function)
         return returns
 
     def _resume(self, cfg: DictConfig) -> float | None:

@@ -63,12 +63,13 @@ def built_pack(unit: Unit) -> tuple[Pack | None, list[dict | None], str | None]:
 
 def run_pack(launch, unit: Unit) -> dict[int, JobReturn]:
     """The unit's jobs trained as one pack, or each alone where ``built_pack`` says why not
-    (``launch``: the sweep's ``launch.PackedLaunch``, through which a job runs alone)."""
+    (``launch``: the sweep's ``launch.PackedLaunch``, whose ``run_alone`` and ``each_alone`` run
+    a job alone; not typed here, as launch imports this module)."""
     pack, checkpoints, differs = built_pack(unit)
     if differs:
         pack = None  # it refers to itself (its batch order reads its epoch): the collector frees it
         gc.collect()
-        return launch._each_alone(unit, launch._resume if unit.resume else None, differs)
+        return launch.each_alone(unit, differs)
     jobs: dict[int, PackedJob] = {}
     resumed = f", resuming after {pack.epoch} of {pack.epochs} epochs" if pack.epoch else ""
 
@@ -95,7 +96,7 @@ def run_pack(launch, unit: Unit) -> dict[int, JobReturn]:
         return task
 
     configs = zip(unit.jobs, unit.configs, strict=True)
-    returns = {i: launch._run_alone(config, claim(k)) for k, (i, config) in enumerate(configs)}
+    returns = {i: launch.run_alone(config, claim(k)) for k, (i, config) in enumerate(configs)}
     results = trained(pack, jobs, Path(str(launch.config.hydra.sweep.dir)))
     for k, i in enumerate(unit.jobs):
         if k in results:

@@ -108,10 +108,13 @@ class GraphStep:
 
     The graph runs in float32 on one device with a plain ``loss.backward()``;
     ``step_factory.graph_unsupported_reason`` names the set-ups that need more. The optimizer must have
-    been built with ``graph_optimizer_kwargs``.
+    been built with ``graph_optimizer_kwargs``. What the forward pass reads from Python (an
+    attribute, a ``.item()``) is read once, at the capture: a forward that changes with such a
+    value later replays the captured one (the check right after the capture cannot see it).
     """
 
     keeps_grads = True  # the graph writes the .grad tensors it was captured with
+    EAGER = EagerStep  # the step it captures, and takes for other batch sizes
 
     def __init__(
         self,
@@ -123,7 +126,7 @@ class GraphStep:
     ):
         self.net, self.loss, self.optimizer, self.device = net, loss, optimizer, device
         self.fallback = fallback
-        self.eager = EagerStep(net, loss, optimizer, keeps_grads=True)
+        self.eager = self.EAGER(net, loss, optimizer, keeps_grads=True)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.off_reason: str | None = None  # why this step no longer tries the graph
         self.batch_size = 0

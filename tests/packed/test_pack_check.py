@@ -16,8 +16,7 @@ from mnist_lab.packed.check import check_pack
 from mnist_lab.packed.groups import split_into_packs, why_solo
 from mnist_lab.packed.pack import Pack
 from mnist_lab.packed.packable import packed_form_reason
-from mnist_lab.packed.training import pack_epochs
-from tests.conftest import QUICK, ROOT, compose_train, read_metrics, run_cli
+from tests.conftest import QUICK, ROOT, compose_train, pack_losses, read_metrics, run_cli
 from tests.packed.test_packed_launcher import assert_same_record
 
 
@@ -96,12 +95,12 @@ PACKS = {
 def test_a_pack_of_shipped_models_proves_itself_and_the_check_changes_nothing(job, overrides):
     cfgs = [job(*overrides, f"seed={s}", f"optimizer.lr={0.01 * (s + 1)}") for s in range(3)]
     plain = Pack(cfgs)
-    losses = torch.cat([epoch.losses for epoch in pack_epochs(plain)])
+    losses = pack_losses(plain)
     checked = Pack(cfgs)
     rng = torch.get_rng_state()
     assert check_pack(checked) is None
     assert torch.equal(torch.get_rng_state(), rng)
-    assert torch.equal(torch.cat([epoch.losses for epoch in pack_epochs(checked)]), losses)  # bit for bit
+    assert torch.equal(pack_losses(checked), losses)  # bit for bit
     for i in range(len(cfgs)):
         ours, theirs = plain.solo_net(i).state_dict(), checked.solo_net(i).state_dict()
         for a, b in zip(ours.values(), theirs.values(), strict=True):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import QUICK, compose_train
+from tests.conftest import QUICK, compose_train, pack_losses
 from tests.float_tolerance import loss_mismatch, weights_mismatch
 
 # 2,500 training images at batch 64: 40 steps an epoch, 200 steps in 5 epochs.
@@ -267,12 +267,11 @@ def test_a_packed_jobs_numbers_do_not_depend_on_its_pack_mates(synthetic_data_di
     """The same job, second in two packs with different mates (seed, dropout rates, lr, loss):
     the same loss at every step, to the bit, over two epochs."""
     from mnist_lab.packed.pack import Pack
-    from mnist_lab.packed.training import pack_epochs
 
     def losses_beside(mate: list[str]) -> torch.Tensor:
         settings = [*BASE, "trainer.max_epochs=2", f"data.data_dir={synthetic_data_dir}", *shared]
         pack = Pack([compose_train(*settings, *mate), compose_train(*settings, *job)])
-        return torch.cat([epoch.losses for epoch in pack_epochs(pack)])
+        return pack_losses(pack)
 
     first, second = (losses_beside(mate) for mate in mates)
     assert not torch.equal(first[:, 0], second[:, 0]), "the mates should differ"

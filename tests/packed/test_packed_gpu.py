@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mnist_lab.data import mnist_arrays, mnist_files
-from tests.conftest import REAL_DATA, compose_train, read_metrics, run_cli
+from tests.conftest import REAL_DATA, compose_train, pack_losses, read_metrics, run_cli
 from tests.packed.test_pack_matches_solo import solo_step_losses
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
@@ -43,14 +43,6 @@ def configs(data_dir: Path, shared: list[str], jobs: list[list[str]], *more: str
 
 
 # Each case is one pack: the settings its jobs share, then each job's own.
-def trained(pack) -> torch.Tensor:
-    """Every step's losses ``[steps, M]`` (on the CPU), the pack trained to its end by the sweeps'
-    epoch loop."""
-    from mnist_lab.packed.training import pack_epochs
-
-    return torch.cat([epoch.losses for epoch in pack_epochs(pack)])
-
-
 GRAPH_CASES = {
     # per-job dropout streams (PackedNet.generators), registered with the graph
     "adam_bn_dropout": (
@@ -102,7 +94,7 @@ def test_a_pack_on_the_gpu_replays_its_captured_step_and_makes_the_eager_steps_l
     replay = graph.step._replay
     graph.step._replay = lambda x, y: replays.append(1) or replay(x, y)
 
-    graph_losses, eager_losses = trained(graph), trained(eager)
+    graph_losses, eager_losses = pack_losses(graph), pack_losses(eager)
 
     assert said == [], f"the captured step fell back to the eager one: {said}"
     assert graph.step.off_reason is None and graph.step.graph is not None, graph.step.off_reason
@@ -142,7 +134,7 @@ def test_a_pack_whose_capture_fails_goes_on_eagerly_drawing_from_its_dropout_str
     eager = Pack(configs(mnist_dir, shared, jobs, "trainer.max_epochs=1", "step.cuda_graph=off"), DEVICE)
     said: list[str] = []
     graph.step.fallback = said.append
-    graph_losses, eager_losses = trained(graph), trained(eager)
+    graph_losses, eager_losses = pack_losses(graph), pack_losses(eager)
     assert len(said) == 1 and said[0].startswith("capturing the training step failed ("), said
     assert graph.step.graph is None
     torch.testing.assert_close(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests import cpu_cuda_graph
-from tests.conftest import QUICK, compose_train
+from tests.conftest import QUICK, compose_train, pack_losses
 
 # 2,500 training images at batch 64: 39 full batches and a ragged one (eager) an epoch.
 BASE = [*QUICK, "trainer.max_epochs=2", "data.batch_size=64"]
@@ -82,13 +82,6 @@ def graphs_on_the_cpu(monkeypatch):
     monkeypatch.setattr(packed_graph, "packed_graph_unsupported_reason", lambda device: None)
 
 
-def trained(pack) -> torch.Tensor:
-    """Every step's losses ``[steps, M]``, the pack trained to its end by the sweeps' epoch loop."""
-    from mnist_lab.packed.training import pack_epochs
-
-    return torch.cat([epoch.losses for epoch in pack_epochs(pack)])
-
-
 def packs(data_dir, shared, jobs, said: list[str]):
     """The same jobs as a pack with the captured step and as one with the eager step, both
     stepping the optimizer's written-out update (the one a graph captures)."""
@@ -112,7 +105,7 @@ def test_a_captured_pack_trains_as_its_eager_step(graphs_on_the_cpu, synthetic_d
     replays = []
     replay = graph.step._replay
     graph.step._replay = lambda x, y: replays.append(1) or replay(x, y)
-    graph_losses, eager_losses = trained(graph), trained(eager)
+    graph_losses, eager_losses = pack_losses(graph), pack_losses(eager)
     assert said == [] and graph.step.graph is not None, said
     assert len(replays) == graph.total_steps - graph.epochs, "every full batch (the ragged last ones eagerly)"
     assert graph.optimizer.steps == eager.optimizer.steps == graph.total_steps
@@ -134,7 +127,7 @@ def test_a_pack_whose_capture_fails_goes_on_eagerly(graphs_on_the_cpu, synthetic
     shared, jobs = CASES["adam_bn_dropout"]
     said: list[str] = []
     graph, eager = packs(synthetic_data_dir, shared, jobs, said)
-    torch.testing.assert_close(trained(graph), trained(eager), rtol=0, atol=0)
+    torch.testing.assert_close(pack_losses(graph), pack_losses(eager), rtol=0, atol=0)
     assert graph.step.graph is None and len(said) == 1
     assert said[0].startswith("capturing the training step failed (") and "not registered with the graph" in said[0]
 

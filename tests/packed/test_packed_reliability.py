@@ -282,7 +282,7 @@ def test_a_pack_that_cannot_resume_its_jobs_says_so(tmp_path, synthetic_data_dir
 
     told = {}
     monkeypatch.setattr(Pack, "resume", resume)
-    monkeypatch.setattr(PackedLaunch, "_each_alone", lambda self, unit, task, reason: told.update(reason=reason))
+    monkeypatch.setattr(PackedLaunch, "each_alone", lambda self, unit, reason: told.update(reason=reason))
     settings = [*BASE, f"data.data_dir={synthetic_data_dir}", "ckpt_path=last"]
     tasks = [compose_train(*settings, f"seed={seed}") for seed in (1, 2)]
     configs = [OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path), "subdir": str(k)}}}) for k in (0, 1)]
