@@ -50,19 +50,25 @@ def hold(sweep_dir: Path, check: Callable[[], T]) -> T:
             f"another sweep is running in {sweep_dir} ({_holder(path)}); wait for it to end (or stop it), "
             "then run this command again."
         ) from None
+    holder = path.with_name(HOLDER_FILE)
+    before = holder.read_text(errors="replace") if holder.exists() else None  # a finished sweep's
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    # Named as soon as it holds the lock, so that a sweep refused during the check below names this
+    # process, not the last one. The name goes in a file of its own, never into the lock file,
+    # which filelock owns (its soft-lock fallback, where a filesystem has no flock, keeps its own
+    # marker there).
+    holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {this_command()}\n")
     try:
         checked = check()
     except BaseException:
+        if before is None:  # a refused sweep leaves the dir as it found it (the lock still held)
+            holder.unlink(missing_ok=True)
+        else:
+            holder.write_text(before)
         lock.release()
-        if made:  # nobody waits on it (timeout 0): a refused sweep leaves the dir as it found it
+        if made:  # nobody waits on it (timeout 0)
             path.unlink(missing_ok=True)
         raise
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    # The holder's name goes in a file of its own, never into the lock file, which filelock owns
-    # (its soft-lock fallback, where a filesystem has no flock, keeps its own marker there).
-    path.with_name(HOLDER_FILE).write_text(
-        f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {this_command()}\n"
-    )
     _held = lock
     return checked
 

@@ -65,7 +65,8 @@ def jobs_for(sweep_dir: Path, jobs: list[list[str]], resume: bool, config_loader
     if not resume:
         earlier = [(name, job) for _, name, job in started if (sweep_dir / name / METRICS_FILE).exists()]
         if earlier:
-            ours = all(job is not None and any(set(job) == set(job_of(j)) for j in jobs) for _, job in earlier)
+            mine = {frozenset(job_of(j)) for j in jobs}
+            ours = all(job is not None and frozenset(job) in mine for _, job in earlier)
             raise ConfigError(
                 f"{sweep_dir} holds job folders of an earlier sweep ({earlier[0][0]} holds a run) but no "
                 "multirun.yaml; give this sweep its own hydra.sweep.dir"
@@ -114,8 +115,11 @@ def numbered(
     unplaced = list(range(len(jobs)))
     places: list[int | None] = [None] * len(jobs)
     folder_of: dict[int, str] = {}  # job -> the folder it was placed by
+    by_overrides: dict[frozenset, list[int]] = {}  # each job's overrides, made once
+    for k, job in enumerate(jobs):
+        by_overrides.setdefault(frozenset(job_of(job)), []).append(k)
     for number, name, overrides in started:
-        same = [k for k in range(len(jobs)) if overrides is not None and set(job_of(jobs[k])) == set(overrides)]
+        same = [] if overrides is None else by_overrides.get(frozenset(overrides), [])
         match = next((k for k in same if k in unplaced), None)
         if match is None and same:
             raise ConfigError(
@@ -128,11 +132,15 @@ def numbered(
                 "which is not a job of this command; give this sweep its own hydra.sweep.dir, or resume that sweep "
                 "with its own command (its jobs' overrides are in their folders' .hydra/overrides.yaml)."
             )
-        if number >= len(jobs) or places[number] is not None:
-            taken = f"numbered as {folder_of[places[number]]}" if number < len(jobs) else f"of {len(jobs)} jobs"
+        if number < len(jobs) and places[number] is not None:
             raise ConfigError(
-                f"{sweep_dir} holds the job folder {name}, whose number does not fit this command's jobs ({taken}); "
-                "give this sweep its own hydra.sweep.dir, or move that folder out of it."
+                f"{sweep_dir} holds two folders numbered {number} ({folder_of[places[number]]} and {name}), of "
+                "different jobs; move one of them out of it, then run this command again."
+            )
+        if number >= len(jobs):
+            raise ConfigError(
+                f"{sweep_dir} holds the job folder {name}, whose number does not fit this command's jobs (of "
+                f"{len(jobs)} jobs); give this sweep its own hydra.sweep.dir, or move that folder out of it."
             )
         places[number] = match
         folder_of[match] = name

@@ -174,3 +174,51 @@ def test_each_job_folder_keeps_its_number_and_a_folder_of_no_job_is_refused(tmp_
     job_folder("7_lr=2,seed=2", "lr=2", "seed=2")  # a job of the command, at a number past its four
     with pytest.raises(ConfigError, match=r"holds the job folder 7_lr=2,seed=2, whose number does not fit"):
         jobs_for(tmp_path, with_resume, True, None)
+
+
+def test_a_sweep_is_named_as_the_holder_while_it_checks_the_dir_and_a_refused_one_leaves_the_old_name(tmp_path):
+    """A second sweep refused while the first still checks the dir must name the first, not the
+    sweep that ran there before (whose name the holder file still has)."""
+    from mnist_lab.cli.config_error import ConfigError
+    from mnist_lab.cli.sweep_lock import hold, release, running_sweep
+
+    holder = tmp_path / ".sweep.holder"
+    holder.write_text("pid 1 on old-host, started 2026-01-01 00:00:00: an earlier sweep\n")
+    seen = hold(tmp_path, lambda: running_sweep_from_another_descriptor(tmp_path, running_sweep))
+    release()
+    assert seen.startswith(f"pid {os.getpid()} on "), seen
+
+    def refused():
+        raise ConfigError("this sweep's grid differs")
+
+    holder.write_text("pid 1 on old-host, started 2026-01-01 00:00:00: an earlier sweep\n")
+    with pytest.raises(ConfigError):
+        hold(tmp_path, refused)
+    assert holder.read_text().startswith("pid 1 on old-host")  # a refused sweep leaves the dir as it was
+
+
+def running_sweep_from_another_descriptor(sweep_dir, running_sweep) -> str | None:
+    """What a second sweep would be told now: ``running_sweep`` as another process sees it (this
+    process's own lock is skipped by path, so the check runs with it set aside)."""
+    from mnist_lab.cli import sweep_lock
+
+    held, sweep_lock._held = sweep_lock._held, None
+    try:
+        return running_sweep(sweep_dir)
+    finally:
+        sweep_lock._held = held
+
+
+def test_two_folders_of_one_number_are_named_both(tmp_path):
+    from mnist_lab.cli.config_error import ConfigError
+    from mnist_lab.records.sweep_dir import numbered
+
+    jobs = [["seed=0"], ["seed=1"], ["seed=2"]]
+    started = [(1, "1_seed=1", ["seed=1"]), (1, "1_seed=2", ["seed=2"])]
+    with pytest.raises(ConfigError) as refused:
+        numbered(jobs, started, tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path} holds two folders numbered 1 (1_seed=1 and 1_seed=2), of different jobs; move one of them "
+        "out of it, then run this command again."
+    )
+    assert numbered(jobs, [(2, "2_seed=0", ["seed=0"])], tmp_path) == [["seed=1"], ["seed=2"], ["seed=0"]]
