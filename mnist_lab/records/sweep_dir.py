@@ -100,12 +100,27 @@ def started_jobs(sweep_dir: Path) -> list[tuple[int, str, list[str] | None]]:
     for folder in sweep_dir.iterdir():
         number = JOB_FOLDER.match(folder.name)
         overrides, record = folder / ".hydra" / "overrides.yaml", folder / METRICS_FILE
-        if number and overrides.is_file():
-            found.append((int(number.group(1)), folder.name, job_of(OmegaConf.load(overrides))))
-        elif number and record.is_file():
+        if not number or not (overrides.is_file() or record.is_file()):
+            continue
+        listed = _listed_overrides(overrides) if overrides.is_file() else None
+        if listed is None and record.is_file():
             listed = record_or_empty(record).get("overrides")
-            found.append((int(number.group(1)), folder.name, job_of(listed) if isinstance(listed, list) else None))
+        if not isinstance(listed, list) and overrides.is_file():  # damaged (a full disk): no way to tell its job
+            raise ConfigError(
+                f"{sweep_dir} holds the job folder {folder.name}, whose .hydra/overrides.yaml cannot be read and "
+                "whose record names no overrides; move that folder out of it, then run this command again."
+            )
+        found.append((int(number.group(1)), folder.name, job_of(listed) if isinstance(listed, list) else None))
     return sorted(found, key=lambda job: (job[0], job[1]))
+
+
+def _listed_overrides(path: Path) -> list | None:
+    """A job folder's ``.hydra/overrides.yaml`` as a list, or None if it is not one (cut short, empty)."""
+    try:
+        listed = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # noqa: BLE001 - any YAML error: the record may still say
+        return None
+    return listed if isinstance(listed, list) else None
 
 
 def numbered(

@@ -222,3 +222,25 @@ def test_two_folders_of_one_number_are_named_both(tmp_path):
         "out of it, then run this command again."
     )
     assert numbered(jobs, [(2, "2_seed=0", ["seed=0"])], tmp_path) == [["seed=1"], ["seed=2"], ["seed=0"]]
+
+
+def test_a_damaged_overrides_file_is_read_from_the_record_or_named(tmp_path):
+    """A full disk can leave ``.hydra/overrides.yaml`` cut short: the job is then known by its
+    record's overrides, and where the record names none either, the refusal names the folder."""
+    import json
+
+    from mnist_lab.cli.config_error import ConfigError
+    from mnist_lab.records.sweep_dir import started_jobs
+
+    folder = tmp_path / "0_seed=0"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("- seed=0\n- [optimizer.lr")  # cut short
+    (folder / "metrics.json").write_text(json.dumps({"status": "ok", "overrides": ["seed=0"]}))
+    assert started_jobs(tmp_path) == [(0, "0_seed=0", ["seed=0"])]
+    (folder / "metrics.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(ConfigError) as refused:
+        started_jobs(tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path} holds the job folder 0_seed=0, whose .hydra/overrides.yaml cannot be read and whose record "
+        "names no overrides; move that folder out of it, then run this command again."
+    )
