@@ -59,7 +59,7 @@ def main(cfg: DictConfig) -> float:
         print_config(cfg)
     print(settings_line(cfg), flush=True)
     try:
-        with sweep_clock.rest_to("records and images"):  # what is not training or evaluation
+        with sweep_clock.timed("records and images"):  # what is not training or evaluation
             metrics = run(cfg, run_dir, overrides, Path(hydra_cfg.sweep.dir) if multirun else None)
     except Exception as error:
         if multirun:  # one bad job must not end the sweep

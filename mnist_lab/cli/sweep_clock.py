@@ -5,6 +5,10 @@ Each part is timed where it runs, in the process that launched the sweep, and ad
 - ``start-up``: from the first import of mnist_lab to the sweep's start (the imports, Hydra);
 - ``configs``: composing the jobs' configs (the sweeper's check and the launcher's plan);
 - ``pack sizes``: the packed launcher's probe of the pack size (``packed.size_probe.pack_size``);
+- ``data``: reading MNIST, moving it to the device and splitting it (``data.datamodule.split_tensors``:
+  once per sweep, as every job of one split shares it);
+- ``pack checks``: building each pack and checking its step against each job's solo step
+  (``packed.pack_run.built_pack``: the proof a pack gives before it is trusted);
 - ``training``: the training and validation epochs (``train_time_s``), a pack's once for all
   its jobs;
 - ``evaluation``: the tests of the best weights;
@@ -25,7 +29,11 @@ from contextlib import contextmanager
 
 from mnist_lab import STARTED
 
-PARTS = ("start-up", "configs", "pack sizes", "training", "evaluation", "records and images", "report")
+PARTS = (
+    *("start-up", "configs", "pack sizes", "data", "pack checks"),
+    *("training", "evaluation", "records and images", "report"),
+)
+OPTIONAL = ("pack sizes", "data", "pack checks")  # named only where they took 0.1 s or more
 SECONDS: Counter[str] = Counter()
 
 
@@ -35,18 +43,9 @@ def add(part: str, seconds: float) -> None:
 
 @contextmanager
 def timed(part: str) -> Iterator[None]:
-    """Add the wall time of the ``with`` block to ``part``."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        SECONDS[part] += time.perf_counter() - started
-
-
-@contextmanager
-def rest_to(part: str) -> Iterator[None]:
     """Add to ``part`` the wall time of the ``with`` block less what the block added to the other
-    parts (a job: its time less its training and evaluation)."""
+    parts: parts timed inside it (a job's training and evaluation inside the job, MNIST's first
+    load inside a pack's check) are counted once, in their own part."""
     started, before = time.perf_counter(), sum(SECONDS.values())
     try:
         yield
@@ -62,9 +61,9 @@ def start_sweep() -> None:
 
 def breakdown() -> str:
     """``14.2 s (start-up 7.9 s, configs 0.3 s, ...)``: the time since mnist_lab's first import
-    and its parts (``pack sizes`` and ``other`` only where they are 0.1 s or more)."""
+    and its parts (the ``OPTIONAL`` ones and ``other`` only where they are 0.1 s or more)."""
     total = time.perf_counter() - STARTED
-    shown = [p for p in PARTS if p != "pack sizes" or SECONDS[p] >= 0.05]
+    shown = [p for p in PARTS if p not in OPTIONAL or SECONDS[p] >= 0.05]
     other = total - sum(SECONDS[p] for p in PARTS)
     parts = [f"{p} {SECONDS[p]:.1f} s" for p in shown] + ([f"other {other:.1f} s"] if other >= 0.05 else [])
     return f"{total:.1f} s ({', '.join(parts)})"

@@ -15,6 +15,7 @@ from typing import Protocol
 import lightning as L
 import torch
 
+from mnist_lab.cli import sweep_clock
 from mnist_lab.data import mnist_arrays
 
 TRAIN_SIZE = 60_000
@@ -122,20 +123,21 @@ def split_tensors(data: Mapping, device: torch.device) -> dict[str, torch.Tensor
     """
     data_dir, normalize = data["data_dir"], data.get("normalize", True)
     val_size, split_seed = data["val_size"], data["split_seed"]
-    tensors = device_tensors(data_dir, device, normalize)
     key = (str(Path(data_dir).resolve()), str(device), normalize, val_size, split_seed)
     if key not in _SPLIT_CACHE:
-        rows = split_indices(val_size, split_seed, len(tensors["train_x"]))
-        train_rows, val_rows = (r.to(device) for r in rows)
-        _SPLIT_CACHE.clear()
-        _SPLIT_CACHE[key] = {
-            "train_x": tensors["train_x"][train_rows],
-            "train_y": tensors["train_y"][train_rows],
-            "val_x": tensors["train_x"][val_rows],
-            "val_y": tensors["train_y"][val_rows],
-            "test_x": tensors["test_x"],
-            "test_y": tensors["test_y"],
-        }
+        with sweep_clock.timed("data"):  # a sweep's last line names it (once per sweep: the rest is cached)
+            tensors = device_tensors(data_dir, device, normalize)
+            rows = split_indices(val_size, split_seed, len(tensors["train_x"]))
+            train_rows, val_rows = (r.to(device) for r in rows)
+            _SPLIT_CACHE.clear()
+            _SPLIT_CACHE[key] = {
+                "train_x": tensors["train_x"][train_rows],
+                "train_y": tensors["train_y"][train_rows],
+                "val_x": tensors["train_x"][val_rows],
+                "val_y": tensors["train_y"][val_rows],
+                "test_x": tensors["test_x"],
+                "test_y": tensors["test_y"],
+            }
     return dict(_SPLIT_CACHE[key])
 
 

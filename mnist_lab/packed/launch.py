@@ -226,7 +226,7 @@ class PackedLaunch:
         """The job through Hydra's ``run_job``, as BasicLauncher runs it (with the sweep's task
         function, or ``task_function``), announced as BasicLauncher announces it."""
         log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
-        with sweep_clock.rest_to("records and images"):  # Hydra's set-up of the job, around its own parts
+        with sweep_clock.timed("records and images"):  # Hydra's set-up of the job, around its own parts
             ret = run_job(
                 hydra_context=self.hydra_context,
                 task_function=task_function or self.task_function,

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
+from mnist_lab.cli import sweep_clock
 from mnist_lab.cli.console import first_line, settings_line, summary_line
 from mnist_lab.cli.exit_codes import EXIT_INTERRUPTED
 from mnist_lab.cli.hydra_errors import override_for_shell
@@ -65,7 +66,8 @@ def run_pack(launch, unit: Unit) -> dict[int, JobReturn]:
     """The unit's jobs trained as one pack, or each alone where ``built_pack`` says why not
     (``launch``: the sweep's ``launch.PackedLaunch``, whose ``run_alone`` and ``each_alone`` run
     a job alone; not typed here, as launch imports this module)."""
-    pack, checkpoints, differs = built_pack(unit)
+    with sweep_clock.timed("pack checks"):
+        pack, checkpoints, differs = built_pack(unit)
     if differs:
         pack = None  # it refers to itself (its batch order reads its epoch): the collector frees it
         gc.collect()
