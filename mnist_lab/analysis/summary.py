@@ -33,9 +33,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_lab.analysis import replicates, replicates_report
+from mnist_lab.analysis import event_files, replicates, replicates_report
 from mnist_lab.analysis.figures import plot_job_curves, plot_job_times, thin
 from mnist_lab.analysis.unfinished import unfinished_line
 from mnist_lab.records.atomic_files import replaced_atomically
@@ -145,14 +144,9 @@ def load(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     return frame_of(rows_of(Path(sweep_dir)))
 
 
-def _loss_events(run_dir: Path) -> list:
+def _loss_events(run_dir: Path) -> list[event_files.ScalarEvent]:
     """The ``train/loss`` events of a run's TensorBoard folder (every step), or none."""
-    events_dir = run_dir / "tensorboard"
-    if not events_dir.is_dir():
-        return []
-    events = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})  # 0: keep every step
-    events.Reload()
-    return events.Scalars("train/loss") if "train/loss" in events.Tags()["scalars"] else []
+    return event_files.scalars(run_dir / "tensorboard", "train/loss")
 
 
 def step_losses(job_dir: Path) -> tuple[list[int], list[float]]:

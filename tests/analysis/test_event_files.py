@@ -1,0 +1,84 @@
+"""The report's reader of TensorBoard event files gives what tensorboard's own EventAccumulator
+gives: the same scalars of a tag, across a resumed run's files, up to a cut-short or damaged record."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from mnist_lab.analysis import event_files
+
+
+def accumulated(events_dir: Path, tag: str) -> list[tuple[float, int, float]]:
+    events = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.wall_time, e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
+def read(events_dir: Path, tag: str) -> list[tuple[float, int, float]]:
+    return [tuple(e) for e in event_files.scalars(events_dir, tag)]
+
+
+def write_run(events_dir: Path, steps: range, seed: int) -> Path:
+    """One writer's file: losses at ``steps``, another scalar, an image, a tensor-style scalar."""
+    rng = np.random.default_rng(seed)
+    writer = SummaryWriter(str(events_dir))
+    for step in steps:
+        writer.add_scalar("train/loss", float(rng.random()), step)
+    writer.add_scalar("val/acc", 0.5, steps[-1])
+    writer.add_image("val/misclassified", rng.random((3, 28, 28)), steps[-1])
+    writer.add_scalar("train/loss_tensor", 1.0, steps[-1], new_style=True)
+    writer.close()
+    return max(events_dir.glob("*tfevents*"), key=lambda p: p.stat().st_mtime_ns)
+
+
+@pytest.fixture
+def resumed_run(tmp_path) -> Path:
+    """Two files, as a run that was killed and resumed writes them: the second redoes steps 5-9."""
+    events_dir = tmp_path / "tensorboard"
+    write_run(events_dir, range(10), seed=0)
+    time.sleep(1.1)  # the second file's name (its opening second) sorts after the first's
+    write_run(events_dir, range(5, 15), seed=1)
+    assert len(event_files.event_files(events_dir)) == 2
+    return events_dir
+
+
+def test_a_runs_losses_are_tensorboards(tensorboard_run):
+    events_dir = tensorboard_run / "tensorboard"
+    ours = read(events_dir, "train/loss")
+    assert ours and ours == accumulated(events_dir, "train/loss")
+
+
+def test_a_resumed_runs_files_are_read_in_order(resumed_run):
+    ours = read(resumed_run, "train/loss")
+    assert [step for _, step, _ in ours] == [*range(10), *range(5, 15)]
+    assert ours == accumulated(resumed_run, "train/loss")
+    assert read(resumed_run, "val/acc") == accumulated(resumed_run, "val/acc")
+    assert read(resumed_run, "train/loss_tensor") == [], "EventAccumulator's Scalars leaves tensor-style scalars out"
+
+
+@pytest.mark.parametrize("damage", ["cut short", "checksum"])
+def test_a_file_is_read_up_to_its_first_bad_record(resumed_run, damage):
+    first = event_files.event_files(resumed_run)[0]
+    data = bytearray(first.read_bytes())
+    if damage == "cut short":  # a run killed while writing its last record
+        data = data[:-30]
+    else:  # a byte of the 4th record's event flipped
+        at = 0
+        for _ in range(3):
+            at += 12 + int.from_bytes(data[at : at + 8], "little") + 4
+        data[at + 14] ^= 0xFF
+    first.write_bytes(bytes(data))
+    ours = read(resumed_run, "train/loss")
+    assert ours == accumulated(resumed_run, "train/loss")
+    first_file = [0, 1] if damage == "checksum" else list(range(10))  # what comes before the bad record
+    assert [step for _, step, _ in ours] == [*first_file, *range(5, 15)], "and the next file is still read"
+
+
+def test_a_missing_folder_has_no_events(tmp_path):
+    assert event_files.scalars(tmp_path / "tensorboard", "train/loss") == []
