@@ -34,11 +34,12 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from mnist_lab.analysis import event_files, replicates, replicates_report
+from mnist_lab.analysis import replicates, replicates_report
 from mnist_lab.analysis.figures import plot_job_curves, plot_job_times, thin
 from mnist_lab.analysis.unfinished import unfinished_line
 from mnist_lab.records.atomic_files import replaced_atomically
 from mnist_lab.records.metrics_file import METRICS_FILE, NUMBER, RecordError, read_record
+from mnist_lab.tracking import event_files
 
 COLUMNS = (
     "job",

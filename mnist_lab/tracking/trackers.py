@@ -25,18 +25,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
+from mnist_lab.tracking.event_files import append_scalars
+
 PACKAGES = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}  # the rest need no extra package
 MLFLOW_BATCH = 1000  # metrics per MlflowClient.log_batch call: MLflow's limit
 MLFLOW_STATE = {"ok": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 DEFAULT_PROJECT = "mnist_lab"  # the MLflow experiment of single runs
 SUMMARY = {"best_val_acc": "best/val_acc", "train_time_s": "train_time_s"}  # metrics.json -> tracker
-# Events TensorBoard's writer may hold for its thread before ``add_scalar`` waits (SummaryWriter's
-# ``max_queue``, 10 by default): an epoch's ``train/loss`` (up to 60,000 at batch 1) is written in
-# one go, and with 10 each event waited for the writer thread (10,000 ``add_scalar`` calls, then
-# ``flush()``: 64 us a call against 5 us, 0.65 s against 0.24 s in all with the flush; one run
-# each, torch 2.14.1, tensorboard 2.21.0, this project's 2-core VM, quiet, 2026-12-07). Each
-# epoch's flush still empties the queue to disk (``log_as_lightning``).
-EVENT_QUEUE = 100_000
 
 
 def missing_package(target: str) -> str | None:
@@ -55,9 +50,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None)
     """TensorBoard, then the trackers chosen in ``cfg.logger`` (config_checks has checked that
     their packages are there)."""
     _quiet()
-    loggers: list[Logger] = [
-        TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False, max_queue=EVENT_QUEUE)
-    ]
+    loggers: list[Logger] = [TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
     for node in (cfg.get("logger") or {}).values():
         target = node.get("_target_", "")
         cls = next((c for c in (MLFlowLogger, WandbLogger) if target.endswith("." + c.__name__)), None)
@@ -157,10 +150,8 @@ def log_step_losses(loggers: Sequence[Logger], first_step: int, losses: list[flo
             metrics = [Metric("train/loss", value, now, step) for step, value in zip(steps, losses, strict=True)]
             for start in range(0, len(metrics), MLFLOW_BATCH):
                 logger.experiment.log_batch(logger.run_id, metrics=metrics[start : start + MLFLOW_BATCH])
-        elif isinstance(logger, TensorBoardLogger):  # straight to the writer: batch-1 runs write 60,000 an epoch
-            writer = logger.experiment
-            for step, value in zip(steps, losses, strict=True):
-                writer.add_scalar("train/loss", value, step)
+        elif isinstance(logger, TensorBoardLogger):  # straight to the file: batch-1 runs write 60,000 an epoch
+            append_scalars(logger.experiment, "train/loss", steps, losses)
         else:
             for step, value in zip(steps, losses, strict=True):
                 logger.log_metrics({"train/loss": value}, step)

@@ -1,5 +1,6 @@
-"""The report's reader of TensorBoard event files gives what tensorboard's own EventAccumulator
-gives: the same scalars of a tag, across a resumed run's files, up to a cut-short or damaged record."""
+"""Every step's loss, appended to and read from TensorBoard's event files by ``tracking.event_files``:
+the events ``add_scalar`` writes, and what tensorboard's own EventAccumulator reads (across a
+resumed run's files, up to a cut-short or damaged record)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.proto.event_pb2 import Event
 from torch.utils.tensorboard import SummaryWriter
 
-from mnist_lab.analysis import event_files
+from mnist_lab.tracking import event_files
 
 
 def accumulated(events_dir: Path, tag: str) -> list[tuple[float, int, float]]:
@@ -82,3 +84,37 @@ def test_a_file_is_read_up_to_its_first_bad_record(resumed_run, damage):
 
 def test_a_missing_folder_has_no_events(tmp_path):
     assert event_files.scalars(tmp_path / "tensorboard", "train/loss") == []
+
+
+def test_appended_losses_are_add_scalars_events_after_what_the_writer_held(tmp_path):
+    """The same events as ``add_scalar`` (tag, step, value), in one append after the events the
+    writer had queued; tensorboard's own reader reads them."""
+    values = [float(v) for v in np.random.default_rng(0).random(50)]
+    by_add_scalar, appended = tmp_path / "add_scalar", tmp_path / "appended"
+    for events_dir in (by_add_scalar, appended):
+        writer = SummaryWriter(str(events_dir), max_queue=1000)  # the epoch's own scalar stays queued
+        writer.add_scalar("val/acc", 0.5, 49)
+        if events_dir is by_add_scalar:
+            for step, value in enumerate(values):
+                writer.add_scalar("train/loss", value, step)
+        else:
+            event_files.append_scalars(writer, "train/loss", range(50), values)
+        writer.close()
+    ours, theirs = (accumulated(d, "train/loss") for d in (appended, by_add_scalar))
+    assert [(s, v) for _, s, v in ours] == [(s, v) for _, s, v in theirs] and len(ours) == 50
+    assert [(s, v) for _, s, v in accumulated(appended, "val/acc")] == [(49, 0.5)]
+    (path,) = event_files.event_files(appended)
+    tags = [Event.FromString(r).summary.value[0].tag for r in list(event_files.records(path))[1:]]  # 1st: the version
+    assert tags == ["val/acc", *["train/loss"] * 50], "the queued event first, as add_scalar would have it"
+
+
+def test_a_writer_that_is_not_torchs_gets_add_scalar_calls():
+    class Writer:  # tensorboardX's SummaryWriter, say
+        calls = []
+
+        def add_scalar(self, tag, value, step):
+            self.calls.append((tag, value, step))
+
+    writer = Writer()
+    event_files.append_scalars(writer, "train/loss", [1, 2], [0.5, 0.25])
+    assert writer.calls == [("train/loss", 0.5, 1), ("train/loss", 0.25, 2)]
