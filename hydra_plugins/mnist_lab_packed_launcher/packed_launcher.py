@@ -12,8 +12,6 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from mnist_lab.cli.config_error import is_whole  # plain Python: Hydra imports this module in every app
-
 
 def as_typed(value) -> str:
     """A setting's value as it is typed on the command line (null, true, 0.5, abc)."""
@@ -24,7 +22,7 @@ def as_typed(value) -> str:
 
 def checked_pack_size(pack_size: int | str) -> int | str:
     """``hydra.launcher.pack_size`` as given, if it is auto or a whole number of at least 1."""
-    if pack_size != "auto" and not (is_whole(pack_size) and pack_size >= 1):
+    if pack_size != "auto" and not (isinstance(pack_size, int) and not isinstance(pack_size, bool) and pack_size >= 1):
         raise ValueError(
             f"hydra.launcher.pack_size={as_typed(pack_size)} must be auto or a whole number of at least 1."
         )
@@ -44,7 +42,7 @@ class PackedLauncher(Launcher):
     def __init__(self, pack_size: int | str = "auto", gpus: int | str = "auto") -> None:
         super().__init__()
         self.pack_size = checked_pack_size(pack_size)
-        if gpus != "auto" and not (is_whole(gpus) and gpus >= 0):
+        if gpus != "auto" and not (isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0):
             raise ValueError(
                 f"hydra.launcher.gpus={as_typed(gpus)} must be auto or a whole number of at least 0 "
                 "(0 or 1: the units run in this process)."
