@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,8 @@ def tensorboard_run(tmp_path_factory, synthetic_data_dir) -> Path:
         "mnist_lab.train", *TENSORBOARD_RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent, data_dir=synthetic_data_dir
     )
     return run_dir
+
+
+def sweep_parts(breakdown: str) -> dict[str, float]:
+    """The parts a sweep's last line names, ``start-up 4.1 s, ...`` (``cli.sweep_clock.breakdown``)."""
+    return {name.strip(): float(seconds) for name, seconds in re.findall(r"([a-z -]+) ([\d.]+) s", breakdown)}

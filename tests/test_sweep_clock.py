@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from mnist_lab.cli import sweep_clock
 from mnist_lab.data import datamodule
 from mnist_lab.packed import pack_run
+from tests.conftest import sweep_parts
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def clock(monkeypatch):
 
 
 def parts(line: str) -> dict[str, float]:
-    return {name.strip(): float(s) for name, s in re.findall(r"([a-z -]+) ([\d.]+) s", line.split("(", 1)[1])}
+    return sweep_parts(line.split("(", 1)[1])
 
 
 def test_optional_parts_are_named_only_where_they_took_time(clock):
@@ -48,11 +48,23 @@ def test_a_packs_build_and_check_are_timed_as_pack_checks(clock, monkeypatch):
 
 def test_a_part_timed_inside_another_is_counted_once(clock):
     with sweep_clock.timed("records and images"):
-        time.sleep(0.05)
+        time.sleep(0.1)
         with sweep_clock.timed("data"):
             time.sleep(0.2)
-    assert clock["data"] >= 0.2
-    assert clock["records and images"] < 0.2, "the inner part's time is not counted in the outer one too"
+        started = time.perf_counter()  # a job's training, measured inside its block (run_record)
+        time.sleep(0.2)
+        sweep_clock.add("training", time.perf_counter() - started)
+    assert clock["data"] >= 0.2 and clock["training"] >= 0.2
+    assert 0.1 <= clock["records and images"] < 0.2, "the block's own time, the inner parts' counted apart"
+
+
+def test_a_part_timed_inside_itself_is_counted_once(clock):
+    """Hydra's set-up of a job (launch.run_alone) around the job's own records (train.main)."""
+    with sweep_clock.timed("records and images"):
+        time.sleep(0.1)
+        with sweep_clock.timed("records and images"):
+            time.sleep(0.1)
+    assert 0.2 <= clock["records and images"] < 0.3
 
 
 def test_mnists_first_load_and_split_are_timed_as_data(clock, synthetic_data_dir, monkeypatch):

@@ -5,8 +5,9 @@ Each part is timed where it runs, in the process that launched the sweep, and ad
 - ``start-up``: from the first import of mnist_lab to the sweep's start (the imports, Hydra);
 - ``configs``: composing the jobs' configs (the sweeper's check and the launcher's plan);
 - ``pack sizes``: the packed launcher's probe of the pack size (``packed.size_probe.pack_size``);
-- ``data``: reading MNIST, moving it to the device and splitting it (``data.datamodule.split_tensors``:
-  once per sweep, as every job of one split shares it);
+- ``data``: loading MNIST's arrays, moving them to the device and splitting them
+  (``data.datamodule.split_tensors``: once per sweep, as every job of one split shares it; a data
+  dir's first-ever download and parse, in a solo job's ``prepare_data``, counts with its records);
 - ``pack checks``: building each pack and checking its step against each job's solo step
   (``packed.pack_run.built_pack``: the proof a pack gives before it is trusted);
 - ``training``: the training and validation epochs (``train_time_s``), a pack's once for all

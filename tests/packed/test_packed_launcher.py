@@ -19,7 +19,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lab.analysis import summary as report
-from tests.conftest import QUICK, read_metrics, run_cli
+from mnist_lab.cli import sweep_clock
+from tests.conftest import QUICK, read_metrics, run_cli, sweep_parts
 from tests.float_tolerance import assert_losses_close
 from tests.test_evaluate_predict import predictions
 
@@ -99,10 +100,10 @@ def test_the_sweeps_last_line_says_where_the_time_went(sweeps):
     output = sweeps[2]
     line = re.search(r"sweep: 3 jobs, 3 ok, 0 diverged, 0 failed in ([\d.]+) s \((.*)\); report in", output)
     assert line, output[-2000:]
-    parts = {name.strip(): float(seconds) for name, seconds in re.findall(r"([a-z -]+) ([\d.]+) s", line[2])}
+    parts = sweep_parts(line[2])
     named = ["start-up", "configs", "training", "evaluation", "records and images", "report"]  # no probe: pack_size=2
-    assert [p for p in parts if p != "pack checks"][: len(named)] == named, parts  # the check: where it took 0.1 s
-    assert set(parts) <= {*named, "pack checks", "other"}, parts
+    assert [p for p in parts if p not in sweep_clock.OPTIONAL][: len(named)] == named, parts  # those: from 0.1 s
+    assert set(parts) <= {*named, *sweep_clock.OPTIONAL, "other"}, parts
     assert all(parts[name] >= 0 for name in named)  # each part named, even where it rounds to 0.0 s
     assert sum(parts.values()) == pytest.approx(float(line[1]), abs=0.1 * len(parts))  # each rounded to 0.1 s
 

@@ -108,9 +108,42 @@ def test_appended_losses_are_add_scalars_events_after_what_the_writer_held(tmp_p
     assert tags == ["val/acc", *["train/loss"] * 50], "the queued event first, as add_scalar would have it"
 
 
+def test_events_written_after_an_append_follow_it(tmp_path):
+    """The writer's own file keeps working after an append: what it writes next comes after."""
+    writer = SummaryWriter(str(tmp_path))
+    event_files.append_scalars(writer, "train/loss", range(1, 4), [0.3, 0.2, 0.1])
+    writer.add_scalar("val/acc", 0.9, 3)
+    event_files.append_scalars(writer, "train/loss", range(4, 6), [0.05, 0.04])
+    writer.add_scalar("val/acc", 0.95, 5)
+    writer.close()
+    (path,) = event_files.event_files(tmp_path)
+    events = [Event.FromString(r) for r in list(event_files.records(path))[1:]]
+    assert [(e.summary.value[0].tag, e.step) for e in events] == [
+        *[("train/loss", s) for s in (1, 2, 3)],
+        ("val/acc", 3),
+        *[("train/loss", s) for s in (4, 5)],
+        ("val/acc", 5),
+    ]
+    val = [(s, v) for _, s, v in accumulated(tmp_path, "val/acc")]
+    assert val == [(3, pytest.approx(0.9)), (5, pytest.approx(0.95))]
+
+
+def test_a_file_that_is_not_tensorboards_stand_in_gets_add_scalar_calls(tmp_path, monkeypatch):
+    """TensorFlow's own file (tensorboard uses it where TensorFlow is installed) keeps a position
+    of its own: an append beside it would be overwritten, so the steps go through add_scalar."""
+    writer = SummaryWriter(str(tmp_path))
+    event_writer = writer._get_file_writer().event_writer
+    monkeypatch.setattr(event_writer, "_general_file_writer", object())  # not the stand-in GFile
+    calls = []
+    monkeypatch.setattr(writer, "add_scalar", lambda tag, value, step: calls.append((tag, value, step)))
+    event_files.append_scalars(writer, "train/loss", [1, 2], [0.5, 0.25])
+    assert calls == [("train/loss", 0.5, 1), ("train/loss", 0.25, 2)]
+
+
 def test_a_writer_that_is_not_torchs_gets_add_scalar_calls():
     class Writer:  # tensorboardX's SummaryWriter, say
-        calls = []
+        def __init__(self):
+            self.calls = []
 
         def add_scalar(self, tag, value, step):
             self.calls.append((tag, value, step))
