@@ -76,6 +76,13 @@ def test_the_report_predict_and_the_error_sentences_start_without_lightning():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_report_starts_without_torch():
+    """It reads records and event files (tracking.event_files): torch's import is not its work."""
+    code = "import sys, mnist_lab.report; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_the_packed_launcher_plugin_imports_no_torch():
     """Hydra imports every module of hydra_plugins when any Hydra app starts (evaluate too)."""
     code = (
