@@ -7,11 +7,11 @@ Written by hand, over tensorboard's own protobuf classes, because tensorboard is
 without TensorFlow installed: its writer thread computes each record's CRC32C in pure Python and
 opens, appends to and closes the file once per record (its stand-in file system keeps no file
 open), and its reader checks each CRC in pure Python again while ``EventAccumulator`` keeps every
-event of every tag, the images too. Measured on this project's 2-core VM, 2026-12-07, at
-``05f4adc``, torch 2.14.1, tensorboard 2.21.0, quiet, two runs each: 7,500 steps written with
-``add_scalar`` and a flush, 58-66 us a step (SummaryWriter's default queue of 10), against
-3.6-3.7 us with ``append_scalars``; a softmax job's epoch (750 losses, three images, 88 kB) read
-in 18.8 ms with ``EventAccumulator`` against 1.6 ms with ``scalars`` (at ``1ff456e``).
+event of every tag, the images too. Measured on this project's 2-core VM, 2026-12-07, torch
+2.14.1, tensorboard 2.21.0, quiet, two runs each: 7,500 steps written with ``add_scalar`` and a
+flush, 64 us a step (SummaryWriter's default queue of 10), against 3.6-3.7 us with
+``append_scalars`` (11:14 UTC, this code); a softmax job's epoch (750 losses, three images,
+88 kB) read in 18.8 ms with ``EventAccumulator`` against 1.6 ms with ``scalars`` (at ``1ff456e``).
 
 The records are TFRecords (8-byte length, its masked CRC32C, the serialized ``Event``, its masked
 CRC32C), the CRCs computed by ``google_crc32c`` (in C where its wheel has the extension, as on
@@ -72,7 +72,9 @@ def append_scalars(writer, tag: str, steps: Iterable[int], values: Iterable[floa
 
     event_writer = writer._get_file_writer().event_writer if isinstance(writer, SummaryWriter) else None
     file = getattr(event_writer, "_general_file_writer", None)  # what tensorboard's RecordWriter writes to
-    if not (isinstance(file, StandInFile) and file.fs_supports_append):
+    # write_started: its first write (the file's version event, at the writer's creation) truncated
+    # the file; a GFile's later writes append
+    if not (isinstance(file, StandInFile) and file.fs_supports_append and file.write_started):
         for step, value in zip(steps, values, strict=True):
             writer.add_scalar(tag, value, step)
         return

@@ -128,16 +128,48 @@ def test_events_written_after_an_append_follow_it(tmp_path):
     assert val == [(3, pytest.approx(0.9)), (5, pytest.approx(0.95))]
 
 
-def test_a_file_that_is_not_tensorboards_stand_in_gets_add_scalar_calls(tmp_path, monkeypatch):
-    """TensorFlow's own file (tensorboard uses it where TensorFlow is installed) keeps a position
-    of its own: an append beside it would be overwritten, so the steps go through add_scalar."""
+def test_beside_a_file_that_keeps_its_own_position_every_event_survives(tmp_path):
+    """TensorFlow's own file (tensorboard writes through it where TensorFlow is installed) keeps a
+    position of its own, so an append beside it would be overwritten by its next write: there the
+    steps go through add_scalar, and every event can be read back."""
     writer = SummaryWriter(str(tmp_path))
     event_writer = writer._get_file_writer().event_writer
-    monkeypatch.setattr(event_writer, "_general_file_writer", object())  # not the stand-in GFile
+    positional = open(event_writer._file_name, "r+b")  # noqa: SIM115 - the writer closes it
+    positional.seek(0, 2)
+    event_writer._general_file_writer = event_writer._async_writer._writer._writer = positional
+    event_files.append_scalars(writer, "train/loss", [1, 2], [0.5, 0.25])
+    writer.add_scalar("val/acc", 0.9, 2)
+    writer.close()
+    assert [(s, v) for _, s, v in accumulated(tmp_path, "train/loss")] == [(1, 0.5), (2, 0.25)]
+    assert [(s, v) for _, s, v in accumulated(tmp_path, "val/acc")] == [(2, pytest.approx(0.9))]
+
+
+@pytest.mark.parametrize("file", ["another object", "a file system without append", "not written yet"])
+def test_only_tensorboards_stand_in_file_after_its_first_write_is_appended_to(tmp_path, monkeypatch, file):
+    writer = SummaryWriter(str(tmp_path))
+    stand_in = writer._get_file_writer().event_writer._general_file_writer
+    if file == "another object":
+        monkeypatch.setattr(writer._get_file_writer().event_writer, "_general_file_writer", object())
+    else:  # a first write would truncate the file; without append, GFile rewrites it from a copy
+        monkeypatch.setattr(stand_in, "fs_supports_append" if "append" in file else "write_started", False)
     calls = []
     monkeypatch.setattr(writer, "add_scalar", lambda tag, value, step: calls.append((tag, value, step)))
     event_files.append_scalars(writer, "train/loss", [1, 2], [0.5, 0.25])
     assert calls == [("train/loss", 0.5, 1), ("train/loss", 0.25, 2)]
+    monkeypatch.undo()
+    writer.close()
+
+
+def test_after_the_writer_is_closed_an_append_goes_to_its_next_file(tmp_path):
+    """As add_scalar: torch opens a new event file for what is written after close()."""
+    writer = SummaryWriter(str(tmp_path))
+    event_files.append_scalars(writer, "train/loss", [1], [0.5])
+    writer.close()
+    time.sleep(1.1)  # the next file's name (its opening second) sorts after the first's
+    event_files.append_scalars(writer, "train/loss", [2], [0.25])
+    writer.close()
+    assert len(event_files.event_files(tmp_path)) == 2
+    assert [(s, v) for _, s, v in accumulated(tmp_path, "train/loss")] == [(1, 0.5), (2, 0.25)]
 
 
 def test_a_writer_that_is_not_torchs_gets_add_scalar_calls():
