@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from mnist_lab.data import mnist_arrays
 from mnist_lab.data.datamodule import DeviceBatches, MNISTDataModule, split_indices, split_tensors
 
 
@@ -98,10 +99,14 @@ def test_a_run_config_and_the_data_module_get_the_same_split(synthetic_data_dir)
     dm = MNISTDataModule(str(synthetic_data_dir), val_size=0.25, split_seed=3)
     dm.setup()
     train_rows, val_rows = split_indices(0.25, 3, 3000)
+    arrays = mnist_arrays.load_arrays(str(synthetic_data_dir))  # the rows themselves, not the cache again
     for split, rows in (("train", train_rows), ("val", val_rows)):
         assert torch.equal(from_config[f"{split}_x"], dm.tensors[f"{split}_x"])
         assert torch.equal(from_config[f"{split}_y"], dm.tensors[f"{split}_y"])
-        assert len(from_config[f"{split}_y"]) == len(rows)
+        assert torch.equal(from_config[f"{split}_y"], arrays["train_labels"][rows].long())
+        pixels = arrays["train_images"][rows].float() / 255
+        assert torch.equal(from_config[f"{split}_x"], ((pixels - mnist_arrays.MEAN) / mnist_arrays.STD).unsqueeze(1))
+    assert torch.equal(from_config["test_y"], arrays["test_labels"].long())
     normalized = split_tensors(OmegaConf.merge(data, {"normalize": True}), torch.device("cpu"))
     assert torch.equal(from_config["train_x"], normalized["train_x"])
     scaled = split_tensors(OmegaConf.merge(data, {"normalize": False}), torch.device("cpu"))
