@@ -1,30 +1,31 @@
-"""TensorBoard event files, appended and read fast, for the one thing written and read by the
-thousand: every step's ``train/loss``. ``append_scalars`` writes an epoch's steps
+"""TensorBoard event files, appended and read fast, for the one thing written and read by the thousand:
+every step's ``train/loss``. ``append_scalars`` writes an epoch's steps
 (``trackers.log_step_losses``); ``scalars`` reads them back for the report's loss curves
 (``analysis.summary.step_losses``, ``report.load_steps``).
 
 Written by hand, over tensorboard's own protobuf classes, because tensorboard is slow at this
 without TensorFlow installed: its writer thread computes each record's CRC32C in pure Python and
-opens, appends to and closes the file once per record (its stand-in file system keeps no file
-open), and its reader checks each CRC in pure Python again while ``EventAccumulator`` keeps every
-event of every tag, the images too. Measured on this project's 2-core VM, 2026-12-07, torch
-2.14.1, tensorboard 2.21.0, quiet, two runs each: 7,500 steps written with ``add_scalar`` and a
-flush, 64 us a step (SummaryWriter's default queue of 10), against 3.6-3.7 us with
-``append_scalars`` (11:14 UTC, this code); a softmax job's epoch (750 losses, three images,
-88 kB) read in 18.8 ms with ``EventAccumulator`` against 1.6 ms with ``scalars`` (at ``1ff456e``).
+opens, appends to and closes the file once per record (its stand-in file system keeps no file open),
+and its reader checks each CRC in pure Python again while ``EventAccumulator`` keeps every event of
+every tag, the images too. Measured on this project's 2-core VM, 2026-12-07, torch 2.14.1,
+tensorboard 2.21.0, quiet, two runs each: 7,500 steps written with ``add_scalar`` and a flush, 64 us
+a step (SummaryWriter's default queue of 10), against 3.6-3.7 us with ``append_scalars`` (11:14 UTC,
+this code); a softmax job's epoch (750 losses, three images, 88 kB) read in 18.8 ms with
+``EventAccumulator`` against 1.6 ms with ``scalars`` (at ``1ff456e``).
 
 The records are TFRecords (8-byte length, its masked CRC32C, the serialized ``Event``, its masked
-CRC32C), the CRCs computed by ``google_crc32c`` (in C where its wheel has the extension, as on
-Linux x86-64; otherwise in Python, correct but slower). Each event is the one ``add_scalar``
-writes (``simple_value``, step, wall time). Appending assumes one thread writes to the run's
-writer (as here: the training loop's); the writer is flushed first, so the events already queued
-come before the appended ones. As tensorboard's loader, ``scalars`` reads a file up to its first
-record that is cut short (a run killed while writing) or whose checksum fails, and the files of
-a folder in name order (their names start with the time they were opened: a resumed run's events
-follow its first run's). It does not purge events after a ``SessionLog.START`` as
-``EventAccumulator`` does: only ``SummaryWriter(purge_step=...)`` writes one, which this project
-never sets. ``tests/tracking/test_event_files.py`` checks both against tensorboard's own writer
-and reader.
+CRC32C), the CRCs computed by ``google_crc32c`` (in C where its wheel has the extension, as on Linux
+x86-64; otherwise in Python, correct but slower). Each event is the one ``add_scalar`` writes
+(``simple_value``, step, wall time). Appending assumes one thread writes to the run's writer (as
+here: the training loop's); the writer is flushed first, so the events already queued come before
+the appended ones. As tensorboard's loader, ``scalars`` reads a file up to its first record that is
+cut short (a run killed while writing) or whose checksum fails, and the files of a folder in name
+order, as tensorboard does (their names start with the second they were opened, then the host, the
+process and a count: a resumed run's events follow its first run's; files one process opens within a
+second sort by their count as text, ``.10`` before ``.9``, in both readers). It does not purge
+events after a ``SessionLog.START`` as ``EventAccumulator`` does: only
+``SummaryWriter(purge_step=...)`` writes one, which this project never sets.
+``tests/tracking/test_event_files.py`` checks both against tensorboard's own writer and reader.
 """
 
 from __future__ import annotations
